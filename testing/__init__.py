@@ -1,0 +1,1 @@
+"""Test helpers that build real git repositories and agent scripts in temp dirs."""
