@@ -16,8 +16,20 @@ from pathlib import Path
 
 # Variables any child may inherit; everything else must be asked for explicitly.
 BASE_ENV_ALLOW = (
-    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
-    "TERM", "SHELL", "PYTHONPATH", "VIRTUAL_ENV", "SYSTEMROOT",
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "TERM",
+    "SHELL",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "SYSTEMROOT",
 )
 _KILL_GRACE_S = 2.0
 
@@ -106,9 +118,7 @@ def run(
     else:
         stdout_text = (out or b"").decode(errors="replace")
         stderr_text = (err or b"").decode(errors="replace")
-    return ProcResult(
-        tuple(args), proc.returncode, stdout_text, stderr_text, duration, timed_out
-    )
+    return ProcResult(tuple(args), proc.returncode, stdout_text, stderr_text, duration, timed_out)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

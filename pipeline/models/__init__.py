@@ -1,0 +1,1 @@
+"""Frozen pydantic models: the validated shape of every artifact. No I/O here."""

@@ -1,0 +1,99 @@
+"""The hand-edited plan (runs/<run_id>/plan.yaml, DESIGN §4a)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from pipeline.models.base import Frozen, Ident
+from pipeline.models.enums import BuilderMode, CiProfileName, Complexity, RunScope, SafetyProfile
+
+
+class AgentSpec(Frozen):
+    """An agent given inline: a shell command run in the worktree, or a preset with options."""
+
+    command: str | None = Field(default=None, description="shell command run in the worktree")
+    preset: str | None = Field(default=None, description="a preset name from profiles/agents.yaml")
+    timeout_s: int | None = Field(default=None, ge=1)
+
+
+# A preset name ("claude", "codex") or an inline spec.
+AgentRef = str | AgentSpec
+
+
+class Scope(Frozen):
+    """gitignore-style globs: the only paths a phase's patch may touch."""
+
+    allow: list[str] = Field(default_factory=lambda: ["**"])
+    deny: list[str] = Field(default_factory=list)
+
+
+class CiStep(Frozen):
+    name: str = Field(min_length=1)
+    run: str = Field(min_length=1, description="shell line; {junit} becomes a JUnit XML path")
+    timeout_s: int = Field(default=900, ge=1)
+
+
+class CiProfile(Frozen):
+    """A verifier profile: static checks gate the patch, steps verify it."""
+
+    static_checks: list[CiStep] = Field(default_factory=list)
+    steps: list[CiStep] = Field(default_factory=list)
+    preflight_attempts: int = Field(default=3, ge=1, le=10)
+
+
+class PlanTarget(Frozen):
+    repo: str = "."
+    base: str | None = None
+
+
+class PlanAgents(Frozen):
+    builder: AgentRef | None = None
+    auditor: AgentRef | None = None
+
+
+class PlanBudgets(Frozen):
+    """Optional per-run tightening of the ruleset's run budgets."""
+
+    token_cap: int | None = Field(default=None, ge=1)
+    cost_cap_usd: float | None = Field(default=None, gt=0)
+    max_phases: int | None = Field(default=None, ge=1)
+    max_duration_minutes: int | None = Field(default=None, ge=1)
+
+
+class PlanPhase(Frozen):
+    phase_id: Ident
+    name: str = Field(min_length=1)
+    description: str = ""
+    task_category: str = Field(min_length=1)
+    complexity: Complexity | None = None
+    builder_mode: BuilderMode | None = None
+    scope: Scope = Field(default_factory=Scope)
+    builder: AgentRef | None = None
+    auditor: AgentRef | None = None
+    ci_profile: CiProfileName | None = None
+    auto_apply: bool | None = None
+    max_builder_attempts: int | None = Field(default=None, ge=1, le=20)
+    incident_token_cap: int | None = Field(default=None, ge=1)
+
+
+class PlanTier(Frozen):
+    tier_id: Ident
+    name: str = Field(min_length=1)
+    description: str = ""
+    phases: list[PlanPhase] = Field(min_length=1)
+
+
+class Plan(Frozen):
+    run_id: Ident
+    project_id: str = Field(min_length=1)
+    description: str = ""
+    target: PlanTarget = Field(default_factory=PlanTarget)
+    safety_profile: SafetyProfile = SafetyProfile.normal
+    run_scope: RunScope = RunScope.multi_tier
+    agents: PlanAgents = Field(default_factory=PlanAgents)
+    ci: dict[CiProfileName, CiProfile] | None = None
+    budgets: PlanBudgets = Field(default_factory=PlanBudgets)
+    tiers: list[PlanTier] = Field(min_length=1)
+
+    def phases(self) -> list[tuple[PlanTier, PlanPhase]]:
+        return [(tier, phase) for tier in self.tiers for phase in tier.phases]

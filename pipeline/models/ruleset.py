@@ -1,0 +1,72 @@
+"""The ruleset (profiles/ruleset.yaml merged over the built-in defaults, DESIGN §11.6-11.9)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipeline.models.base import Frozen
+from pipeline.models.enums import BuilderMode, CiProfileName, Complexity, SafetyProfile, Severity
+
+
+class CategoryRule(Frozen):
+    complexity: Complexity
+    default_severity: Severity = Severity.minor
+    ci_profile: CiProfileName = CiProfileName.normal
+    auto_apply: bool = True
+    auditor_profile: str | None = None
+    high_risk: bool = False
+    max_builder_attempts: int = Field(ge=1, le=20)
+    max_auditor_attempts: int = Field(ge=0, le=10)
+    incident_token_cap: int = Field(ge=1)
+    majors_tolerated: int = Field(default=0, ge=0)
+
+
+class BuilderModeRule(Frozen):
+    max_files: int | None = Field(default=None, ge=1)
+    max_changed_lines: int | None = Field(default=None, ge=1)
+    builder_timeout_s: int = Field(default=1800, ge=1)
+    extra_attempts: int = Field(default=0, ge=-5, le=5)
+
+
+class SafetyProfileRule(Frozen):
+    aging_runs: int = Field(ge=1)
+    aging_tiers: int = Field(ge=1)
+    ci_profile_floor: CiProfileName
+    tier_minor_per_phase: int = Field(ge=0)
+    stop_on_not_clean_tier: bool
+
+
+class RunBudgetRule(Frozen):
+    token_cap: int = Field(ge=1)
+    cost_cap_usd: float | None = Field(default=None, gt=0)
+    max_phases: int = Field(ge=1)
+    minor_issues_per_phase: int = Field(ge=0)
+    max_duration_minutes: int = Field(ge=1)
+
+
+class TierBudgetRule(Frozen):
+    token_cap_incident_multiplier: int = Field(ge=1)
+    ci_runs_per_phase: int = Field(ge=1)
+    max_major_issues: int = Field(ge=0)
+
+
+class Ruleset(Frozen):
+    version: int = 1
+    categories: dict[str, CategoryRule]
+    aliases: dict[str, str] = Field(default_factory=dict)
+    builder_modes: dict[BuilderMode, BuilderModeRule]
+    default_builder_mode: dict[Complexity, BuilderMode]
+    safety_profiles: dict[SafetyProfile, SafetyProfileRule]
+    run_budgets: RunBudgetRule
+    tier_budgets: TierBudgetRule
+    protected_paths: list[str]
+    on_policy_violation: Literal["fail_run", "retry"] = "fail_run"
+    debt_cleanup: Literal["off", "auto"] = "off"
+
+    def canonical_category(self, name: str) -> str | None:
+        """The category key for a category or a playbook alias, else None."""
+        if name in self.categories:
+            return name
+        return self.aliases.get(name)

@@ -1,0 +1,87 @@
+"""The compiled, frozen strategy of one run (strategy.json)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from pipeline.models.base import SCHEMA_VERSION, Frozen, Ident
+from pipeline.models.enums import (
+    BuilderMode,
+    CiProfileName,
+    Complexity,
+    RunScope,
+    SafetyProfile,
+    Severity,
+)
+from pipeline.models.plan import AgentSpec, CiProfile
+
+
+class PhaseStrategy(Frozen):
+    phase_id: Ident
+    tier_id: Ident
+    index: int = Field(ge=1)
+    name: str
+    task_category: str
+    requested_category: str
+    complexity: Complexity
+    builder_mode: BuilderMode
+    high_risk: bool
+    default_severity: Severity
+    ci_profile: CiProfileName
+    auto_apply: bool
+    auditor_profile: str | None
+    max_builder_attempts: int
+    max_auditor_attempts: int
+    incident_token_cap: int
+    builder_timeout_s: int
+    max_files: int | None
+    max_changed_lines: int | None
+    scope_allow: list[str]
+    scope_deny: list[str]
+    builder: AgentSpec | None
+    auditor: AgentSpec | None
+    why: dict[str, str] = Field(default_factory=dict, description="field -> where its value came from")
+
+
+class TierBudget(Frozen):
+    tier_id: Ident
+    phase_ids: list[str]
+    token_cap: int
+    ci_run_cap: int
+    max_minor_issues: int
+    max_major_issues: int
+
+
+class RunBudget(Frozen):
+    token_cap: int
+    cost_cap_usd: float | None
+    max_phases: int
+    max_minor_issues_total: int
+    max_duration_minutes: int
+
+
+class Strategy(Frozen):
+    schema_version: int = SCHEMA_VERSION
+    run_id: Ident
+    plan_sha256: str
+    ruleset_sha256: str
+    safety_profile: SafetyProfile
+    run_scope: RunScope
+    run_budget: RunBudget
+    tiers: list[TierBudget]
+    phases: list[PhaseStrategy]
+    protected_paths: list[str]
+    ci_profiles: dict[CiProfileName, CiProfile]
+    on_policy_violation: str
+    aging_runs: int
+    aging_tiers: int
+    stop_on_not_clean_tier: bool
+    effective_severity: dict[str, Severity] = Field(
+        default_factory=dict, description="issue_key -> severity raised by backlog aging"
+    )
+
+    def phase(self, phase_id: str) -> PhaseStrategy:
+        for p in self.phases:
+            if p.phase_id == phase_id:
+                return p
+        raise KeyError(phase_id)
