@@ -1,0 +1,839 @@
+"""The only module that runs git: the GitAdapter protocol and LocalGitCli (host git).
+
+`LocalGitCli(repo)` works on the user's checkout `repo` without ever changing its working
+tree, index, current branch or stash: everything a run changes happens in linked worktrees
+that this module creates, and every mutating operation first checks that the path it is
+given really is such a worktree (a deleted `.git` file would otherwise make git walk up to
+the user's checkout and `reset_to` would wipe it).
+
+git runs through `pipeline.proc.run` with a list argv, a scrubbed environment and a fixed
+identity, and with the user's settings that would change our output or commits overridden.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from pipeline import proc
+from pipeline.errors import GitError
+
+MIN_GIT_VERSION = (2, 25)
+GIT_TIMEOUT_S = 600.0
+DEFAULT_GIT_NAME = "Autopack Supervisor"
+DEFAULT_GIT_EMAIL = "autopack@localhost"
+SNAPSHOT_TRAILER = "Autopack-Phase"
+
+INSTALL_FIX = (
+    "install git and make sure `git` is on PATH: `apt-get install git` (Debian/Ubuntu); "
+    "in a container image: `RUN apt-get update && apt-get install -y "
+    "--no-install-recommends git`"
+)
+
+# GIT_DIR, GIT_WORK_TREE, GIT_INDEX_FILE inherited from a hook would redirect every command
+# to another repository, so only these GIT_* names survive.
+GIT_ENV_ALLOW = ("GIT_CONFIG_GLOBAL", "GIT_CONFIG_NOSYSTEM", "GIT_SSH_COMMAND", "GIT_ASKPASS")
+
+# User settings that would make patches unappliable, make commits prompt for a signing
+# key, run the user's hooks (or an fsmonitor daemon, or a background gc holding locks)
+# inside our operations, or change output that is parsed here.
+_CONFIG_OVERRIDES = (
+    f"core.hooksPath={os.devnull}",
+    "core.fsmonitor=false",
+    "gc.auto=0",
+    "maintenance.auto=false",
+    "commit.gpgSign=false",
+    "tag.gpgSign=false",
+    "tag.forceSignAnnotated=false",
+    "log.showSignature=false",
+    "diff.noprefix=false",
+    "diff.mnemonicPrefix=false",
+    "diff.relative=false",
+    "advice.detachedHead=false",
+    "core.quotePath=true",
+)
+
+_TRAILER_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+_STATUS_LINES_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """Whether a patch went in, and whether that needed a 3-way merge."""
+
+    ok: bool
+    three_way: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class IntegrationStatus:
+    """Where the integration branch stands against its base."""
+
+    ahead: int
+    behind: int
+    head: str
+    last_snapshot: str | None
+    dirty: bool
+
+
+@dataclass(frozen=True)
+class WorktreeEntry:
+    """One line-group of `git worktree list --porcelain`."""
+
+    path: Path
+    head: str | None
+    branch: str | None
+    main: bool
+    locked: bool
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A worktree verified by LocalGitCli._worktree, with its own git directory."""
+
+    path: Path
+    git_dir: Path
+
+
+@runtime_checkable
+class GitAdapter(Protocol):
+    """What the supervisor needs from git; LocalGitCli runs host git, others may be remote."""
+
+    def check_available(self) -> str: ...
+
+    def toplevel(self) -> Path: ...
+
+    def current_branch(self) -> str: ...
+
+    def resolve(self, ref: str) -> str | None: ...
+
+    def branch_exists(self, name: str) -> bool: ...
+
+    def ensure_worktree(self, branch: str, base: str, path: Path) -> str: ...
+
+    def head(self, worktree: Path) -> str: ...
+
+    def is_dirty(self, worktree: Path) -> bool: ...
+
+    def assert_clean(self, worktree: Path) -> None: ...
+
+    def collect_patch(self, worktree: Path, base_commit: str) -> str: ...
+
+    def reset_to(self, worktree: Path, branch: str, commit: str) -> None: ...
+
+    def apply(self, worktree: Path, patch_path: Path) -> ApplyResult: ...
+
+    def commit(
+        self,
+        worktree: Path,
+        message: str,
+        trailers: dict[str, str],
+        allow_empty: bool = False,
+    ) -> str: ...
+
+    def tag(self, worktree: Path, name: str, commit: str, message: str) -> None: ...
+
+    def tag_target(self, name: str) -> str | None: ...
+
+    def find_commit_with_trailer(
+        self, branch: str, key: str, value: str, since: str | None = None
+    ) -> str | None: ...
+
+    def integration_status(self, worktree: Path, base: str, branch: str) -> IntegrationStatus: ...
+
+    def remove_worktree(self, path: Path) -> None: ...
+
+    def merge_no_ff(self, into: str, branch: str, message: str, worktree: Path) -> str: ...
+
+
+def git_env(source: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The child environment for git: scrubbed, non-interactive, with the fixed identity."""
+    src = os.environ if source is None else source
+    name = src.get("AUTOPACK_GIT_NAME") or DEFAULT_GIT_NAME
+    email = src.get("AUTOPACK_GIT_EMAIL") or DEFAULT_GIT_EMAIL
+    extra = {
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_AUTHOR_NAME": name,
+        "GIT_AUTHOR_EMAIL": email,
+        "GIT_COMMITTER_NAME": name,
+        "GIT_COMMITTER_EMAIL": email,
+    }
+    return proc.scrubbed_env((*proc.BASE_ENV_ALLOW, *GIT_ENV_ALLOW), extra, src)
+
+
+def encode_patch(text: str) -> bytes:
+    """The bytes of a patch from `collect_patch` (non-UTF-8 file contents survive)."""
+    return text.encode("utf-8", errors="surrogateescape")
+
+
+def _tail(text: str, lines: int = 6) -> str:
+    kept = [line for line in text.strip().splitlines() if line.strip()]
+    return "; ".join(kept[-lines:]) or "(no output)"
+
+
+def _failure(res: proc.ProcResult) -> str:
+    return _tail(res.stderr or res.stdout)
+
+
+def _version_tuple(text: str) -> tuple[int, int] | None:
+    found = re.search(r"(\d+)\.(\d+)", text)
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+class LocalGitCli:
+    """GitAdapter over the host's git binary, for the checkout at `repo`."""
+
+    def __init__(self, repo: Path) -> None:
+        self.repo = Path(repo)
+        self._top: Path | None = None
+        self._common: Path | None = None
+
+    # -- running git -------------------------------------------------------------------
+
+    def _run(
+        self, *args: str, cwd: Path | None = None, input_text: str | None = None
+    ) -> proc.ProcResult:
+        where = cwd if cwd is not None else self.repo
+        if not where.is_dir():
+            raise GitError(
+                f"cannot run git in {where}: the directory does not exist",
+                fix="check the path (target.repo in the plan, or the run's worktree)",
+            )
+        env = git_env()
+        overrides = [arg for setting in _CONFIG_OVERRIDES for arg in ("-c", setting)]
+        argv = ["git", "--no-optional-locks", *overrides, *args]
+        res = proc.run(argv, cwd=where, env=env, timeout_s=GIT_TIMEOUT_S, input_text=input_text)
+        if res.returncode == 127 and shutil.which("git", path=env.get("PATH")) is None:
+            raise GitError("git is not installed (no `git` on PATH)", fix=INSTALL_FIX)
+        if res.timed_out:
+            raise GitError(
+                f"git {args[0]} timed out after {GIT_TIMEOUT_S:.0f}s in {where}",
+                fix="look for a hung git process or a stale lock file under .git and retry",
+            )
+        return res
+
+    def _ok(
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        input_text: str | None = None,
+        fix: str = "fix what git reports in the repository, then retry",
+    ) -> str:
+        res = self._run(*args, cwd=cwd, input_text=input_text)
+        if not res.ok:
+            where = cwd if cwd is not None else self.repo
+            command = args[2] if args[0] == "-c" else args[0]
+            raise GitError(f"git {command} failed in {where}: {_failure(res)}", fix=fix)
+        return res.stdout
+
+    # -- the repository ----------------------------------------------------------------
+
+    def check_available(self) -> str:
+        """The git version (e.g. "2.39.5"); GitError if git is missing or too old."""
+        res = self._run("--version", cwd=self.repo if self.repo.is_dir() else Path(os.sep))
+        version = _version_tuple(res.stdout)
+        if not res.ok or version is None:
+            raise GitError(f"`git --version` failed: {_failure(res)}", fix=INSTALL_FIX)
+        if version < MIN_GIT_VERSION:
+            want = ".".join(map(str, MIN_GIT_VERSION))
+            raise GitError(
+                f"git {res.stdout.strip()} is too old; Autopack needs git {want} or newer",
+                fix=INSTALL_FIX.replace("install git", "install a newer git", 1),
+            )
+        return res.stdout.strip().removeprefix("git version ").strip()
+
+    def toplevel(self) -> Path:
+        """The top directory of the user's checkout."""
+        if self._top is None:
+            self._top, self._common = self._locate_repo()
+        return self._top
+
+    def _common_dir(self) -> Path:
+        if self._common is None:
+            self._top, self._common = self._locate_repo()
+        return self._common
+
+    def _locate_repo(self) -> tuple[Path, Path]:
+        if not self.repo.is_dir():
+            raise GitError(
+                f"target repository {self.repo} does not exist",
+                fix="point target.repo in the plan at an existing git checkout",
+            )
+        res = self._run("rev-parse", "--show-toplevel", "--git-common-dir")
+        if not res.ok:
+            err = _failure(res)
+            fix = (
+                f"run `git init` in {self.repo}, or point target.repo in the plan at a git "
+                "checkout"
+            )
+            if "dubious ownership" in err:
+                fix = f"trust it: `git config --global --add safe.directory {self.repo}`"
+            raise GitError(f"{self.repo} is not a git repository ({err})", fix=fix)
+        top, common = res.stdout.splitlines()[:2]
+        return Path(top).resolve(), (self.repo / common).resolve()
+
+    def current_branch(self) -> str:
+        """The branch checked out in the user's checkout."""
+        self.toplevel()
+        res = self._run("symbolic-ref", "--quiet", "--short", "HEAD")
+        if not res.ok:
+            at = self.resolve("HEAD") or "no commit"
+            raise GitError(
+                f"{self.repo} is on a detached HEAD (at {at[:12]}), so there is no base branch",
+                fix="check out a branch there (`git switch <branch>`) or set target.base in "
+                "the plan",
+            )
+        return res.stdout.strip()
+
+    def resolve(self, ref: str) -> str | None:
+        """The commit `ref` names in the repository, or None."""
+        if not _safe_ref_arg(ref):
+            return None
+        self.toplevel()
+        res = self._run("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+        return res.stdout.strip() if res.ok else None
+
+    def branch_exists(self, name: str) -> bool:
+        return _safe_ref_arg(name) and self.resolve(f"refs/heads/{name}") is not None
+
+    def _branches(self) -> list[str]:
+        out = self._ok("for-each-ref", "--format=%(refname:short)", "refs/heads")
+        return out.split()
+
+    def _check_ref_name(self, name: str, kind: str) -> None:
+        prefix = "refs/heads/" if kind == "branch" else "refs/tags/"
+        valid = _safe_ref_arg(name) and self._run("check-ref-format", prefix + name).ok
+        if not valid:
+            raise GitError(
+                f"'{name}' is not a valid git {kind} name (in {self.repo})",
+                fix="use letters, digits, '.', '_', '-' and '/' (see `git help check-ref-format`)",
+            )
+
+    def _require_commit(self, ref: str, what: str) -> str:
+        sha = self.resolve(ref)
+        if sha is None:
+            raise GitError(
+                f"{what} '{ref}' does not exist in {self.repo}",
+                fix="check the run record against the repository (was the branch or commit "
+                "removed, or is this a different clone?)",
+            )
+        return sha
+
+    # -- worktrees ---------------------------------------------------------------------
+
+    def worktrees(self) -> list[WorktreeEntry]:
+        """Every worktree registered in the repository, the main checkout first."""
+        self.toplevel()
+        out = self._ok("worktree", "list", "--porcelain")
+        entries: list[WorktreeEntry] = []
+        for block in out.strip().split("\n\n"):
+            fields = _porcelain_fields(block)
+            if "worktree" not in fields:
+                continue
+            branch = fields.get("branch")
+            entries.append(
+                WorktreeEntry(
+                    path=Path(fields["worktree"]).resolve(),
+                    head=fields.get("HEAD"),
+                    branch=branch.removeprefix("refs/heads/") if branch else None,
+                    main=not entries,
+                    locked="locked" in fields,
+                )
+            )
+        return entries
+
+    def ensure_worktree(self, branch: str, base: str, path: Path) -> str:
+        """A linked worktree at `path` on `branch` (created from `base` if new); its HEAD.
+
+        Idempotent: an existing worktree on `branch` is reused as it is; one whose directory
+        was deleted is re-created; one left on another branch (an agent switched) is forced
+        back onto `branch`, discarding its uncommitted changes.
+        """
+        self.toplevel()
+        self._check_ref_name(branch, "branch")
+        target = Path(path).resolve()
+        entries = self.worktrees()
+        entry = next((e for e in entries if e.path == target), None)
+        if entry is not None and (entry.main or target == self.toplevel()):
+            raise GitError(
+                f"{target} is the user's checkout of {self.repo}, not a run worktree",
+                fix="give the run its own worktree path (default .autopack/worktrees/<run_id>)",
+            )
+        if entry is not None and not target.is_dir():
+            self._forget_worktree(target)
+            entry = None
+        if not self.branch_exists(branch):
+            self._create_branch(branch, base)
+        if entry is None:
+            self._free_branch(branch, entries, target)
+            self._add_worktree(target, branch)
+        elif entry.branch != branch:
+            self._ok("checkout", "--force", "--quiet", branch, "--", cwd=target)
+        return self.head(target)
+
+    def _create_branch(self, branch: str, base: str) -> None:
+        sha = self.resolve(base)
+        if sha is None:
+            existing = ", ".join(self._branches()) or "none"
+            raise GitError(
+                f"base branch '{base}' does not exist in {self.repo}",
+                fix=f"set target.base in the plan to an existing branch (existing: {existing}), "
+                f"or create it (e.g. `git branch {base} origin/{base}`)",
+            )
+        self._ok("branch", "--no-track", branch, sha)
+
+    def _free_branch(self, branch: str, entries: Sequence[WorktreeEntry], target: Path) -> None:
+        holder = next((e for e in entries if e.branch == branch and e.path != target), None)
+        if holder is None:
+            return
+        if not holder.path.exists() and not holder.locked:
+            self._forget_worktree(holder.path)
+            return
+        raise GitError(
+            f"branch '{branch}' is already checked out at {holder.path} in {self.repo}",
+            fix=f"use that worktree for the run, or free the branch there (check out another "
+            f"branch, or `git worktree remove {holder.path}`)",
+        )
+
+    def _add_worktree(self, target: Path, branch: str) -> None:
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise GitError(
+                f"cannot create the worktree {target}: it already exists and is not a worktree "
+                f"of {self.repo}",
+                fix="remove that path or choose another worktree location",
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._ok("worktree", "add", "--quiet", str(target), branch)
+
+    def _forget_worktree(self, path: Path) -> None:
+        # Twice --force: also drops a locked registration whose directory is gone.
+        self._ok("worktree", "remove", "--force", "--force", str(path))
+
+    def remove_worktree(self, path: Path) -> None:
+        """Remove a run worktree (its branch stays); nothing to do if it is already gone."""
+        target = Path(path).resolve()
+        entry = next((e for e in self.worktrees() if e.path == target), None)
+        if entry is not None and (entry.main or target == self.toplevel()):
+            raise GitError(
+                f"refusing to remove {target}: it is the user's checkout of {self.repo}",
+                fix="pass the run's worktree path (default .autopack/worktrees/<run_id>)",
+            )
+        if entry is not None:
+            self._forget_worktree(target)
+        elif target.exists():
+            raise GitError(
+                f"{target} is not a worktree of {self.repo}; it was left in place",
+                fix="delete it by hand if nothing in it is needed",
+            )
+
+    def _worktree(self, worktree: Path, *, ours: bool) -> _Checked:
+        """`worktree` verified as the top of a worktree of this repository.
+
+        With `ours`, it must also be a linked worktree, never the user's checkout.
+        """
+        wt = Path(worktree)
+        if not wt.is_dir():
+            raise GitError(
+                f"worktree {wt} does not exist",
+                fix="re-create it (doit start_run / run_phase call ensure_worktree)",
+            )
+        res = self._run(
+            "rev-parse", "--show-toplevel", "--absolute-git-dir", "--git-common-dir", cwd=wt
+        )
+        if not res.ok:
+            raise GitError(
+                f"{wt} is not a git worktree ({_failure(res)})",
+                fix=f"remove the directory and let ensure_worktree re-create it "
+                f"(`git -C {self.repo} worktree prune` drops its registration)",
+            )
+        top, git_dir, common = res.stdout.splitlines()[:3]
+        checked = _Checked(wt.resolve(), Path(git_dir).resolve())
+        if Path(top).resolve() != checked.path:
+            raise GitError(
+                f"{wt} is not the top of a git worktree: it lies inside {top}",
+                fix="its .git file is missing; remove the directory and let ensure_worktree "
+                "re-create it",
+            )
+        if (wt / common).resolve() != self._common_dir():
+            raise GitError(
+                f"worktree {wt} belongs to another repository, not to {self.repo}",
+                fix="pass a worktree created for this repository by ensure_worktree",
+            )
+        is_main = checked.git_dir == self._common_dir() or checked.path == self.toplevel()
+        if ours and is_main:
+            raise GitError(
+                f"{wt} is the user's checkout of {self.repo}; the supervisor only changes its "
+                "own linked worktrees",
+                fix="pass the run's worktree (default .autopack/worktrees/<run_id>)",
+            )
+        return checked
+
+    def head(self, worktree: Path) -> str:
+        wt = self._worktree(worktree, ours=False).path
+        return self._ok("rev-parse", "--verify", "HEAD^{commit}", cwd=wt).strip()
+
+    def _status(self, wt: Path, untracked: bool = True) -> list[str]:
+        mode = "--untracked-files=normal" if untracked else "--untracked-files=no"
+        out = self._ok("status", "--porcelain", mode, cwd=wt)
+        return [line for line in out.splitlines() if line.strip()]
+
+    def is_dirty(self, worktree: Path) -> bool:
+        """Tracked changes or untracked files that are not ignored."""
+        return bool(self._status(self._worktree(worktree, ours=False).path))
+
+    def assert_clean(self, worktree: Path) -> None:
+        wt = self._worktree(worktree, ours=False).path
+        lines = self._status(wt)
+        if not lines:
+            return
+        shown = ", ".join(line.strip() for line in lines[:_STATUS_LINES_SHOWN])
+        if len(lines) > _STATUS_LINES_SHOWN:
+            shown += f" (and {len(lines) - _STATUS_LINES_SHOWN} more)"
+        raise GitError(
+            f"worktree {wt} was changed behind the supervisor's back: {shown}",
+            fix="stop whatever else writes there; the worktree belongs to the run (the next "
+            f"step resets it), or remove it with `git worktree remove --force {wt}`",
+        )
+
+    # -- patches -----------------------------------------------------------------------
+
+    def collect_patch(self, worktree: Path, base_commit: str) -> str:
+        """Everything the worktree holds beyond `base_commit`, as one binary-safe diff.
+
+        Uncommitted edits, new files (not ignored ones) and commits the agent made itself are
+        all folded in. A text file that is not UTF-8 comes out as a git binary patch, so the
+        text is always valid UTF-8 and applies byte for byte. Only if the repository's own
+        .gitattributes force a text diff for such a file do its bytes travel as surrogate
+        escapes (`encode_patch` turns them back).
+        """
+        wt = self._worktree(worktree, ours=True).path
+        base = self._require_commit(base_commit, "base commit")
+        self._ok("add", "--all", cwd=wt)
+        raw = self._diff_bytes(wt, base)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raw = self._with_binary_sections(wt, base, raw)
+        return raw.decode("utf-8", errors="surrogateescape")
+
+    def _diff_bytes(
+        self, wt: Path, base: str, pathspecs: Sequence[str] = (), all_binary: bool = False
+    ) -> bytes:
+        """The staged diff against `base` as raw bytes (the pipe wrapper decodes lossily)."""
+        with tempfile.TemporaryDirectory(prefix="autopack-diff-") as tmp:
+            out = Path(tmp) / "patch.diff"
+            config: tuple[str, ...] = ()
+            if all_binary:
+                # Global attributes rank below the repository's own .gitattributes.
+                attributes = Path(tmp) / "attributes"
+                attributes.write_text("* -diff\n")
+                config = ("-c", f"core.attributesFile={attributes}")
+            self._ok(
+                *config, "diff", "--cached", "--binary", "--full-index", "--no-color",
+                "--no-ext-diff", "--no-renames", "--no-textconv", "--submodule=short",
+                "--unified=3", "--src-prefix=a/", "--dst-prefix=b/", f"--output={out}",
+                base, "--", *pathspecs,
+                cwd=wt,
+            )
+            return out.read_bytes()
+
+    def _with_binary_sections(self, wt: Path, base: str, raw: bytes) -> bytes:
+        """`raw` with every file section that is not UTF-8 re-diffed as a binary patch."""
+        sections = _diff_sections(raw)
+        bad = {_section_path(sec) for sec in sections if not _is_utf8(sec)}
+        specs = [":(literal)" + path.decode("utf-8", "surrogateescape") for path in sorted(bad)]
+        replacement: dict[bytes, list[bytes]] = {}
+        for sec in _diff_sections(self._diff_bytes(wt, base, specs, all_binary=True)):
+            replacement.setdefault(_section_path(sec), []).append(sec)
+        out: list[bytes] = []
+        for sec in sections:
+            path = _section_path(sec)
+            if path not in replacement:
+                out.append(sec)
+            elif replacement[path]:
+                # One path can have two sections (a type change); all were re-diffed.
+                out.extend(replacement[path])
+                replacement[path] = []
+        return b"".join(out)
+
+    def reset_to(self, worktree: Path, branch: str, commit: str) -> None:
+        """Put the worktree exactly at `commit` on `branch`, whatever the agent did there."""
+        checked = self._worktree(worktree, ours=True)
+        self._check_ref_name(branch, "branch")
+        sha = self._require_commit(commit, "commit")
+        # An agent killed mid-command leaves this lock behind; the worktree is ours alone.
+        (checked.git_dir / "index.lock").unlink(missing_ok=True)
+        self._ok("checkout", "--force", "--quiet", "-B", branch, sha, "--", cwd=checked.path)
+        self._ok("clean", "-ffdxq", cwd=checked.path)
+        if self.head(checked.path) != sha:
+            raise GitError(
+                f"resetting {checked.path} to {sha[:12]} on '{branch}' did not take",
+                fix=f"remove the worktree (`git worktree remove --force {checked.path}`) and "
+                "let ensure_worktree re-create it",
+            )
+
+    def apply(self, worktree: Path, patch_path: Path) -> ApplyResult:
+        """Apply a patch to the working tree and index; 3-way merge if it does not apply.
+
+        On failure the worktree is left clean at its HEAD.
+        """
+        wt = self._worktree(worktree, ours=True).path
+        patch = Path(patch_path).resolve()
+        if not patch.is_file():
+            raise GitError(
+                f"patch file {patch} does not exist",
+                fix="check the attempt directory; the patch is written before it is applied",
+            )
+        if not patch.read_bytes().strip():
+            return ApplyResult(ok=False, three_way=False, message="empty patch")
+        common = ("apply", "--whitespace=nowarn")
+        check = self._run(*common, "--check", "--index", str(patch), cwd=wt)
+        if check.ok:
+            done = self._run(*common, "--index", str(patch), cwd=wt)
+            if done.ok:
+                return ApplyResult(ok=True, three_way=False, message="applied")
+            self._discard_changes(wt)
+            return ApplyResult(ok=False, three_way=False, message=_failure(done))
+        merged = self._run(*common, "--3way", str(patch), cwd=wt)
+        if merged.ok:
+            return ApplyResult(ok=True, three_way=True, message="applied with a 3-way merge")
+        self._discard_changes(wt)
+        message = f"{_failure(check)}; 3-way merge: {_failure(merged)}"
+        return ApplyResult(ok=False, three_way=True, message=message)
+
+    def _discard_changes(self, wt: Path) -> None:
+        self._ok("reset", "--hard", "--quiet", "HEAD", cwd=wt)
+        self._ok("clean", "-ffdq", cwd=wt)
+
+    # -- history -----------------------------------------------------------------------
+
+    def commit(
+        self,
+        worktree: Path,
+        message: str,
+        trailers: dict[str, str],
+        allow_empty: bool = False,
+    ) -> str:
+        """Commit everything in the worktree with `trailers` as the message's trailer block."""
+        wt = self._worktree(worktree, ours=True).path
+        text = _message_with_trailers(message, trailers, where=str(wt))
+        self._ok("add", "--all", cwd=wt)
+        staged = self._run("diff", "--cached", "--quiet", "HEAD", "--", cwd=wt)
+        if staged.ok and not allow_empty:
+            raise GitError(
+                f"nothing to commit in worktree {wt}",
+                fix="the applied patch changed nothing; pass allow_empty for a record-only "
+                "commit",
+            )
+        args = ["commit", "--quiet", "--no-verify", "--cleanup=whitespace", "-F", "-"]
+        if allow_empty:
+            args.append("--allow-empty")
+        self._ok(*args, cwd=wt, input_text=text)
+        return self.head(wt)
+
+    def tag(self, worktree: Path, name: str, commit: str, message: str) -> None:
+        """An annotated tag `name` on `commit`; a no-op if it already points there."""
+        wt = self._worktree(worktree, ours=False).path
+        self._check_ref_name(name, "tag")
+        sha = self._require_commit(commit, "commit")
+        existing = self.tag_target(name)
+        if existing == sha:
+            return
+        if existing is not None:
+            raise GitError(
+                f"tag '{name}' already points at {existing[:12]}, not {sha[:12]}, in "
+                f"{self.repo}",
+                fix=f"tags of accepted phases are never moved; if '{name}' is stale, delete it "
+                f"(`git tag -d {name}`) and retry",
+            )
+        text = message.strip() + "\n" if message.strip() else f"{name}\n"
+        self._ok(
+            "tag", "--annotate", "--cleanup=whitespace", "-F", "-", name, sha,
+            cwd=wt, input_text=text,
+        )
+
+    def tag_target(self, name: str) -> str | None:
+        """The commit tag `name` points at (through an annotated tag), or None."""
+        if not _safe_ref_arg(name):
+            return None
+        return self.resolve(f"refs/tags/{name}")
+
+    def _trailer_log(
+        self, rev_range: str, key: str, grep: str = ""
+    ) -> Iterator[tuple[str, list[str]]]:
+        """(sha, values of trailer `key`) for each commit in `rev_range`, newest first."""
+        if not _TRAILER_KEY.match(key):
+            raise GitError(
+                f"'{key}' is not a valid trailer key",
+                fix="use letters, digits and '-' (e.g. Autopack-Run)",
+            )
+        args = [
+            "log", "-z", "--topo-order",
+            f"--format=%H%x01%(trailers:key={key},valueonly,unfold)",
+        ]
+        if grep:
+            args += ["--fixed-strings", f"--grep={grep}"]
+        out = self._ok(*args, rev_range, "--")
+        for record in out.split("\0"):
+            sha, _, values = record.strip("\n").partition("\x01")
+            if sha:
+                yield sha, [v.strip() for v in values.splitlines() if v.strip()]
+
+    def find_commit_with_trailer(
+        self, branch: str, key: str, value: str, since: str | None = None
+    ) -> str | None:
+        """The newest commit on `branch` (after `since`) whose trailer `key` is `value`."""
+        tip = self._require_commit(branch, "branch")
+        rev_range = tip
+        if since is not None:
+            rev_range = f"{self._require_commit(since, 'commit')}..{tip}"
+        wanted = value.strip()
+        for sha, values in self._trailer_log(rev_range, key, grep=wanted):
+            if wanted in values:
+                return sha
+        return None
+
+    def integration_status(self, worktree: Path, base: str, branch: str) -> IntegrationStatus:
+        """Ahead/behind of `branch` against `base`, its tip, newest snapshot, dirtiness."""
+        wt = self._worktree(worktree, ours=False).path
+        base_sha = self._require_commit(base, "base branch")
+        tip = self._require_commit(branch, "branch")
+        counts = self._ok("rev-list", "--left-right", "--count", f"{base_sha}...{tip}").split()
+        behind, ahead = int(counts[0]), int(counts[1])
+        snapshot = next(
+            (sha for sha, values in self._trailer_log(f"{base_sha}..{tip}", SNAPSHOT_TRAILER)
+             if values),
+            None,
+        )
+        return IntegrationStatus(
+            ahead=ahead, behind=behind, head=tip, last_snapshot=snapshot,
+            dirty=bool(self._status(wt)),
+        )
+
+    def merge_no_ff(self, into: str, branch: str, message: str, worktree: Path) -> str:
+        """Merge `branch` into `into` (checked out in `worktree`) as a merge commit; its sha.
+
+        The one operation allowed in the user's checkout: promote writes the base branch,
+        which may be checked out nowhere else. Refuses if tracked files there are modified.
+        """
+        wt = self._worktree(worktree, ours=False).path
+        on = self._run("symbolic-ref", "--quiet", "--short", "HEAD", cwd=wt).stdout.strip()
+        if on != into:
+            raise GitError(
+                f"{wt} has '{on or 'a detached HEAD'}' checked out, not '{into}'",
+                fix=f"check out '{into}' there, or pass the worktree that has it",
+            )
+        if not self.branch_exists(branch):
+            raise GitError(
+                f"branch '{branch}' does not exist in {self.repo}",
+                fix="check the run's branch name in run.json (`git branch --list` shows them)",
+            )
+        if self._status(wt, untracked=False):
+            raise GitError(
+                f"cannot merge '{branch}' into '{into}': {wt} has uncommitted changes",
+                fix="commit or stash them first, then retry",
+            )
+        res = self._run(
+            "merge", "--no-ff", "--no-log", "--no-edit", "--quiet", "-m", message,
+            f"refs/heads/{branch}", cwd=wt,
+        )
+        if not res.ok:
+            self._run("merge", "--abort", cwd=wt)
+            raise GitError(
+                f"merging '{branch}' into '{into}' in {wt} failed: {_failure(res)}",
+                fix=f"the branches conflict; merge by hand (`git merge --no-ff {branch}`) or "
+                "rebase the run onto the new base",
+            )
+        return self.head(wt)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _diff_sections(raw: bytes) -> list[bytes]:
+    """A diff split into its per-file sections (each starts with `diff --git `)."""
+    starts = [0] + [m.start() + 1 for m in re.finditer(rb"\ndiff --git ", raw)]
+    return [raw[a:b] for a, b in zip(starts, [*starts[1:], len(raw)], strict=True) if raw[a:b]]
+
+
+_C_ESCAPES = {
+    ord("a"): 7, ord("b"): 8, ord("t"): 9, ord("n"): 10, ord("v"): 11, ord("f"): 12,
+    ord("r"): 13, ord('"'): 34, ord("\\"): 92,
+}
+
+
+def _section_path(section: bytes) -> bytes:
+    """The path in a `diff --git a/P b/P` header (no renames, so both sides are P)."""
+    rest = section.split(b"\n", 1)[0][len(b"diff --git ") :]
+    if not rest.startswith(b'"'):
+        return rest[2 : (len(rest) - 1) // 2]
+    # core.quotePath=true: C-style quoting with octal escapes for any unusual byte.
+    out = bytearray()
+    i = 1
+    while i < len(rest) and rest[i] != ord('"'):
+        if rest[i] == ord("\\") and rest[i + 1 : i + 2].isdigit():
+            out.append(int(rest[i + 1 : i + 4], 8))
+            i += 4
+        elif rest[i] == ord("\\"):
+            out.append(_C_ESCAPES.get(rest[i + 1], rest[i + 1]))
+            i += 2
+        else:
+            out.append(rest[i])
+            i += 1
+    return bytes(out[2:])
+
+
+def _porcelain_fields(block: str) -> dict[str, str]:
+    """`key value` lines (a bare `key` maps to "") of one porcelain record."""
+    fields: dict[str, str] = {}
+    for line in block.splitlines():
+        key, _, value = line.partition(" ")
+        if key:
+            fields[key] = value
+    return fields
+
+
+def _safe_ref_arg(ref: str) -> bool:
+    """False for what git would take as an option or what cannot be a ref at all."""
+    return bool(ref) and not ref.startswith("-") and not any(c in ref for c in "\0\n\r")
+
+
+def _message_with_trailers(message: str, trailers: Mapping[str, str], where: str) -> str:
+    body = message.strip()
+    if not body:
+        raise GitError(f"empty commit message for {where}", fix="pass a commit message")
+    lines = []
+    for key, value in trailers.items():
+        if not _TRAILER_KEY.match(key) or any(c in value for c in "\0\n\r"):
+            raise GitError(
+                f"invalid commit trailer {key!r}: {value!r} for {where}",
+                fix="trailer keys are letters, digits and '-'; values are one line",
+            )
+        lines.append(f"{key}: {value.strip()}")
+    return body + ("\n\n" + "\n".join(lines) if lines else "") + "\n"
+
+
+def init_repository(path: Path, branch: str, message: str) -> str:
+    """A new repository at `path` holding its current files in one commit (the demo's
+    sample). Returns the commit sha."""
+    path.mkdir(parents=True, exist_ok=True)
+    git = LocalGitCli(path)
+    git.check_available()
+    git._ok("init", "-q", "-b", branch)
+    git._ok("add", "-A")
+    git._ok("commit", "-q", "-m", message)
+    sha = git.resolve("HEAD")
+    assert sha is not None
+    return sha
