@@ -18,9 +18,7 @@ IDENTITY = {
 def git(repo: Path, *args: str, check: bool = True) -> str:
     """Run git in `repo` and return its stdout (stripped)."""
     env = {**os.environ, **IDENTITY}
-    done = subprocess.run(
-        ["git", *args], cwd=repo, env=env, capture_output=True, text=True, check=False
-    )
+    done = subprocess.run(["git", *args], cwd=repo, env=env, capture_output=True, text=True, check=False)
     if check and done.returncode != 0:
         raise AssertionError(f"git {' '.join(args)} failed in {repo}:\n{done.stderr}")
     return done.stdout.strip()

@@ -1,0 +1,124 @@
+"""start_run: freeze the plan, compile the strategy, create branch + worktree (layer L5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline import config, planfile
+from pipeline.context import branch_name, record_lives_in_branch, target_repo, worktree_path
+from pipeline.errors import InvalidInput
+from pipeline.git import LocalGitCli
+from pipeline.jsonio import write_model
+from pipeline.models.enums import RunState
+from pipeline.models.issues import PhaseIssueFile, RunIssueIndex
+from pipeline.models.plan import Plan
+from pipeline.models.run import PhaseRecord, RunRecord
+from pipeline.models.strategy import Strategy
+from pipeline.recorder import Recorder, initial_summaries
+from pipeline.store import RunStore, utc_now
+from pipeline.strategy import compile_strategy
+
+
+def load_valid_plan(workspace: Path, store: RunStore) -> Plan:
+    if not store.plan_path.exists():
+        raise InvalidInput(
+            f"{store.plan_path} does not exist",
+            f"create it with `doit new_run --run {store.run_id}`",
+        )
+    loaded = config.load_ruleset(workspace)
+    categories = {*loaded.ruleset.categories, *loaded.ruleset.aliases}
+    plan, _ = planfile.load_plan(store.plan_path, categories)
+    return plan
+
+
+def compile_for(workspace: Path, store: RunStore, plan: Plan) -> Strategy:
+    loaded = config.load_ruleset(workspace)
+    return compile_strategy(
+        plan,
+        loaded.ruleset,
+        plan_sha256=planfile.plan_sha256(store.plan_path),
+        ruleset_sha256=loaded.sha256,
+        ci_profiles=config.load_ci_profiles(workspace, plan.ci),
+        overridden=loaded.overridden,
+    )
+
+
+def start_run(workspace: Path, run_id: str) -> RunRecord:
+    store = RunStore(workspace, run_id)
+    with store.lock():
+        if store.run_json.exists():
+            raise InvalidInput(
+                f"run {run_id} is already started ({store.run_json} exists)",
+                f"drive it with `doit run --run {run_id}`, or start a new run id",
+            )
+        plan = load_valid_plan(workspace, store)
+        strategy = compile_for(workspace, store, plan)
+        target = target_repo(workspace, plan.target.repo)
+        git = LocalGitCli(target)
+        git.check_available()
+        git.toplevel()
+        base = plan.target.base or git.current_branch()
+        branch = branch_name(run_id)
+        worktree = worktree_path(workspace, run_id)
+        git.ensure_worktree(branch, base, worktree)
+        base_commit = git.resolve(base) or ""
+        rec = _create_records(store, plan, strategy, target, base, base_commit, branch, worktree)
+        rec.run_to(RunState.RUN_CREATED, plan_sha256=strategy.plan_sha256, base=base, base_commit=base_commit)
+        rec.run_to(RunState.PHASE_QUEUEING, phases=len(strategy.phases), tiers=len(strategy.tiers))
+        if record_lives_in_branch(workspace, target):
+            _commit_record(git, store, worktree, run_id, rec)
+        return rec.run
+
+
+def _create_records(
+    store: RunStore,
+    plan: Plan,
+    strategy: Strategy,
+    target: Path,
+    base: str,
+    base_commit: str,
+    branch: str,
+    worktree: Path,
+) -> Recorder:
+    write_model(store.strategy_json, strategy)
+    for ps in strategy.phases:
+        phase_dir = store.phase_dir(ps.index, ps.phase_id)
+        write_model(
+            phase_dir / "phase.json",
+            PhaseRecord(run_id=plan.run_id, phase_id=ps.phase_id, tier_id=ps.tier_id, index=ps.index, name=ps.name),
+        )
+        write_model(phase_dir / "issues.json", PhaseIssueFile(phase_id=ps.phase_id, tier_id=ps.tier_id))
+    write_model(store.issue_index_path, RunIssueIndex(run_id=plan.run_id))
+    tiers, phases = initial_summaries(strategy, {t.tier_id: t.name for t in plan.tiers})
+    now = utc_now()
+    run = RunRecord(
+        run_id=plan.run_id,
+        project_id=plan.project_id,
+        state=RunState.PLAN_BOOTSTRAP,
+        safety_profile=plan.safety_profile,
+        run_scope=plan.run_scope,
+        target_repo=str(target),
+        base_ref=base,
+        base_commit=base_commit,
+        branch=branch,
+        worktree=str(worktree),
+        plan_sha256=strategy.plan_sha256,
+        budgets=strategy.run_budget,
+        created_at=now,
+        updated_at=now,
+        tiers=tiers,
+        phases=phases,
+    )
+    return Recorder(store, strategy, run)
+
+
+def _commit_record(git: LocalGitCli, store: RunStore, worktree: Path, run_id: str, rec: Recorder) -> None:
+    from pipeline.context import RunContext
+
+    ctx = RunContext(store.workspace, store, rec, git, worktree, True)
+    ctx.copy_record_into_worktree()
+    git.commit(
+        worktree,
+        f"autopack: start run {run_id}",
+        {"Autopack-Run": run_id, "Autopack-Event": str(rec.run.events_count)},
+    )
