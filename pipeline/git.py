@@ -753,6 +753,22 @@ class LocalGitCli:
             )
         return self.head(wt)
 
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        """True when `ancestor` is reachable from `descendant` (promote: already merged?)."""
+        older = self._require_commit(ancestor, "commit")
+        newer = self._require_commit(descendant, "commit")
+        res = self._run("merge-base", "--is-ancestor", older, newer)
+        if res.returncode in (0, 1):
+            return res.returncode == 0
+        raise GitError(
+            f"git merge-base --is-ancestor failed in {self.repo}: {_failure(res)}",
+            fix="fix what git reports in the repository, then retry",
+        )
+
+    def checked_out_in(self, branch: str) -> Path | None:
+        """The worktree (the user's checkout or a linked one) that has `branch` checked out."""
+        return next((e.path for e in self.worktrees() if e.branch == branch), None)
+
 
 def _is_utf8(data: bytes) -> bool:
     try:

@@ -32,7 +32,7 @@ def _scope_is_protected_adjacent(allow: list[str], protected: list[str]) -> bool
     itself."""
     import pathspec
 
-    spec = pathspec.PathSpec.from_lines("gitwildmatch", allow)
+    spec = pathspec.PathSpec.from_lines("gitignore", allow)
     for pattern in protected:
         top = pattern.strip("/").split("/")[0]
         if top and top not in ("**", "*") and spec.match_file(f"{top}/x") and allow != ["**"]:
@@ -108,6 +108,7 @@ def compile_phase(
         builder=agent_spec(phase.builder or plan.agents.builder),
         auditor=agent_spec(phase.auditor or plan.agents.auditor),
         why=why,
+        cleans=list(phase.cleans),
     )
 
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def finish_run(ctx: RunContext, state: RunState, reason: str) -> None:
     _settle_leftovers(ctx, state)
-    tiers = [_cleanliness(ctx, t) for t in ctx.rec.run.tiers]
+    tiers = [tier_cleanliness(ctx, t) for t in ctx.rec.run.tiers]
     eligible, why = _promotion(state, tiers)
     minor = sum(t.spend.minor_issues for t in tiers)
     major = sum(t.spend.major_issues for t in tiers)
@@ -58,7 +58,7 @@ def _settle_leftovers(ctx: RunContext, state: RunState) -> None:
             ctx.rec.tier_to(tier.tier_id, TierState.COMPLETE if done else TierState.FAILED)
 
 
-def _cleanliness(ctx: RunContext, tier: TierSummary) -> TierSummary:
+def tier_cleanliness(ctx: RunContext, tier: TierSummary) -> TierSummary:
     budget = next(t for t in ctx.rec.strategy.tiers if t.tier_id == tier.tier_id)
     reasons = []
     if tier.state != TierState.COMPLETE:

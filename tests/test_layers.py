@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 
 LAYERS: dict[str, int] = {
-    "errors": 0,
+    "errors": 0, "failpoints": 0,
     "models": 0,
     "ids": 0,
     "yamlio": 1,
@@ -37,7 +37,7 @@ LAYERS: dict[str, int] = {
     "context": 5,
     "starting": 5,
     "terminal": 5,
-    "status": 5,
+    "status": 5, "outcomes": 5, "building": 5, "auditing": 5, "verifying": 5,
     "checks": 5,
     "explain": 5,
     "crash": 5,

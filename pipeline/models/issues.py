@@ -68,8 +68,17 @@ class BacklogEntry(Frozen):
     last_seen_run_id: str
     last_seen_at: str
     status: BacklogStatus
+    last_seen_phase_id: str | None = Field(default=None, description="phase of the newest appearance")
+    evidence_refs: list[str] = Field(
+        default_factory=list, description="distinct evidence of every appearance (sorted, capped)"
+    )
+    message: str = Field(default="", description="the newest appearance's message")
+    resolved_by: str | None = Field(
+        default=None, description='what resolved it: "debt_cleanup <run>/<phase>" or "ci <run>/<phase>"'
+    )
 
 
 class ProjectBacklog(Frozen):
     schema_version: int = SCHEMA_VERSION
     issues: dict[str, BacklogEntry] = Field(default_factory=dict)
+    runs_read: int = Field(default=0, ge=0, description="started runs the backlog was derived from")

@@ -74,6 +74,9 @@ class PlanPhase(Frozen):
     auto_apply: bool | None = None
     max_builder_attempts: int | None = Field(default=None, ge=1, le=20)
     incident_token_cap: int | None = Field(default=None, ge=1)
+    cleans: list[str] = Field(
+        default_factory=list, description="backlog issue keys a debt_cleanup phase cleans (added by start_run)"
+    )
 
 
 class PlanTier(Frozen):

@@ -49,6 +49,7 @@ class AuditorResult(Frozen):
 
 AttemptOutcome = Literal[
     "running",
+    "auditor_rejected",
     "agent_failed",
     "timed_out",
     "no_change",
@@ -80,3 +81,21 @@ class AttemptRecord(Frozen):
     reason: str = ""
     fingerprint: str | None = None
     result_notes: str = ""
+
+
+class AuditRecord(Frozen):
+    """audit/<k>/auditor.json: one auditor call as the supervisor saw it."""
+
+    k: int = Field(ge=1)
+    purpose: Literal["review", "escalation"]
+    profile: str | None
+    command: str | None
+    started_at: str
+    finished_at: str | None = None
+    exit_code: int | None = None
+    timed_out: bool = False
+    usage: Usage = Field(default_factory=Usage)
+    verdict: Literal["approve", "revise", "reject"] | None = None
+    patch_sha256: str | None = None
+    notes: str = ""
+    error: str = ""

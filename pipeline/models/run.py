@@ -49,7 +49,9 @@ class TierSummary(Frozen):
     spend: Spend = Field(default_factory=Spend)
 
 
-Step = Literal["queued", "building", "built", "gated", "ci_passed", "committed", "done"]
+Step = Literal[
+    "queued", "building", "reviewing", "escalating", "built", "gated", "ci_passed", "committed", "done"
+]
 
 
 class PhaseRecord(Frozen):
@@ -65,6 +67,8 @@ class PhaseRecord(Frozen):
     attempts: list[AttemptRecord] = Field(default_factory=list)
     spend: Spend = Field(default_factory=Spend)
     feedback: str | None = None
+    escalated: bool = Field(default=False, description="builder attempts gave way to the auditor")
+    approved_attempt: int | None = Field(default=None, description="attempt the auditor approved for apply")
     commit: str | None = None
     tag: str | None = None
     failure_reason: str | None = None
@@ -98,3 +102,5 @@ class RunRecord(Frozen):
     events_head: str = ""
     tiers: list[TierSummary] = Field(default_factory=list)
     phases: list[PhaseSummary] = Field(default_factory=list)
+    promoted_commit: str | None = Field(default=None, description="the merge commit `promote` made on the base")
+    promoted_at: str | None = None

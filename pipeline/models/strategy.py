@@ -41,6 +41,7 @@ class PhaseStrategy(Frozen):
     builder: AgentSpec | None
     auditor: AgentSpec | None
     why: dict[str, str] = Field(default_factory=dict, description="field -> where its value came from")
+    cleans: list[str] = Field(default_factory=list, description="backlog issue keys this debt_cleanup phase cleans")
 
 
 class TierBudget(Frozen):

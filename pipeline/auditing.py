@@ -1,0 +1,207 @@
+"""The Auditor: a review before apply (auto_apply false) and an escalation when builder
+attempts are spent or the same failure repeats (DESIGN §5, §11.2). Layer L5.
+
+Its verdict is approve | revise (with a patch, which then takes the full gate -> CI ->
+snapshot path) | reject. Auditor attempts are bounded; nothing ever waits for a person.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pipeline import agents
+from pipeline.building import agent_env, classify, patch_files, patch_sha, write_spec
+from pipeline.config import builtin_path
+from pipeline.context import RunContext
+from pipeline.jsonio import write_model, write_text_atomic
+from pipeline.models.enums import IssueSource, RunState
+from pipeline.models.results import AttemptRecord, AuditorResult, AuditRecord
+from pipeline.models.run import Spend
+from pipeline.models.strategy import PhaseStrategy
+from pipeline.outcomes import (
+    EndRun,
+    add_phase_spend,
+    attempt_dir,
+    auditor_attempts,
+    check_agent_budget,
+    fail_phase,
+    failed_attempt,
+    probe_issue,
+    save_issues,
+    suggested_issues,
+    with_attempt,
+)
+from pipeline.store import utc_now
+
+Purpose = Literal["review", "escalation"]
+
+
+def profile_path(workspace: Path, profile: str | None) -> Path | None:
+    if not profile:
+        return None
+    own = workspace / "profiles" / "auditors" / f"{profile}.md"
+    return own if own.exists() else builtin_path(f"auditors/{profile}.md")
+
+
+def review(ctx: RunContext, ps: PhaseStrategy) -> None:
+    """Pre-apply review of the current attempt's patch (auto_apply false)."""
+    rec = ctx.rec.phase(ps.phase_id)
+    k = rec.current_attempt
+    verdict, patch = _call(ctx, ps, "review", attempt_dir(ctx, ps, k) / "patch.diff")
+    if verdict is None:
+        _retry_or_fail(ctx, ps, "review")
+        return
+    if verdict.verdict == "approve":
+        ctx.rec.note(ps.phase_id, "auditor_approved", attempt=k)
+        ctx.rec.save_phase(ctx.rec.phase(ps.phase_id).model_copy(update={"step": "built", "approved_attempt": k}))
+    elif verdict.verdict == "revise" and patch:
+        _adopt_patch(ctx, ps, k + 1, patch, verdict)
+    else:
+        _rejected(ctx, ps, verdict)
+
+
+def escalate(ctx: RunContext, ps: PhaseStrategy) -> None:
+    """The builder could not make it: the auditor may revise (with a patch) or reject."""
+    rec = ctx.rec.phase(ps.phase_id)
+    k = rec.current_attempt
+    previous = attempt_dir(ctx, ps, k - 1) / "patch.diff" if k > 1 else None
+    verdict, patch = _call(ctx, ps, "escalation", previous)
+    if verdict is None:
+        _retry_or_fail(ctx, ps, "escalation")
+        return
+    if verdict.verdict == "revise" and patch:
+        _adopt_patch(ctx, ps, k, patch, verdict)
+    elif verdict.verdict == "reject":
+        _rejected(ctx, ps, verdict)
+    else:
+        _record_attempt(ctx, ps, k, "", verdict)
+        failed_attempt(
+            ctx,
+            ps,
+            "no_change",
+            "the auditor proposed no fix",
+            "the auditor approved without a patch",
+            [],
+            fingerprint="auditor:no_fix",
+        )
+
+
+def _call(ctx: RunContext, ps: PhaseStrategy, purpose: Purpose, patch: Path | None) -> tuple[AuditorResult | None, str]:
+    """Run the auditor once; returns its validated result (None if it misbehaved) and its patch."""
+    assert ps.auditor is not None
+    check_agent_budget(ctx, ps)
+    rec = ctx.rec.phase(ps.phase_id)
+    n = auditor_attempts(rec) + 1
+    adir = ctx.store.audit_dir(ps.index, ps.phase_id, n)
+    adir.mkdir(parents=True, exist_ok=True)
+    write_spec(ctx, ps, rec.feedback, rec.current_attempt)
+    base = ctx.git.head(ctx.worktree)
+    ctx.git.reset_to(ctx.worktree, ctx.branch, base)
+    env = agent_env(ctx, ps, rec.current_attempt, adir / "result.json", rec.feedback)
+    profile = profile_path(ctx.workspace, ps.auditor_profile)
+    env |= {
+        "AUTOPACK_AUDIT_PURPOSE": purpose,
+        "AUTOPACK_AUDITOR_PROFILE": str(profile or ""),
+        "AUTOPACK_PATCH": str(patch) if patch and patch.exists() else "",
+    }
+    started = utc_now()
+    outcome = agents.run_agent(
+        spec=ps.auditor,
+        role="auditor",
+        worktree=ctx.worktree,
+        env_vars=env,
+        timeout_s=ps.auditor.timeout_s or ps.builder_timeout_s,
+        log_path=adir / "auditor.log",
+        result_path=adir / "result.json",
+    )
+    worktree_patch = ctx.git.collect_patch(ctx.worktree, base)
+    ctx.git.reset_to(ctx.worktree, ctx.branch, base)
+    result = outcome.result if isinstance(outcome.result, AuditorResult) else None
+    suggested = _suggested_patch(ctx, result, worktree_patch)
+    kind, reason = classify(outcome, "x", who="auditor")
+    audit = AuditRecord(
+        k=n,
+        purpose=purpose,
+        profile=ps.auditor_profile,
+        command=ps.auditor.command,
+        started_at=started,
+        finished_at=utc_now(),
+        exit_code=outcome.exit_code,
+        timed_out=outcome.timed_out,
+        usage=outcome.usage,
+        verdict=result.verdict if result else None,
+        patch_sha256=patch_sha(suggested),
+        notes=result.notes if result else "",
+        error=reason,
+    )
+    write_model(adir / "auditor.json", audit)
+    if suggested:
+        write_text_atomic(adir / "suggested.diff", suggested)
+    add_phase_spend(ctx, ps, Spend(tokens=outcome.usage.tokens, cost_usd=outcome.usage.cost_usd, auditor_attempts=1))
+    ctx.rec.note(ps.phase_id, "auditor", purpose=purpose, audit=n, verdict=audit.verdict, error=reason)
+    if kind is not None or result is None:
+        save_issues(
+            ctx,
+            ps,
+            [probe_issue(ctx, ps, kind or "bad_result", reason or "no verdict", adir / "auditor.log", who="auditor")],
+        )
+        return None, ""
+    save_issues(ctx, ps, suggested_issues(ctx, ps, result.issues, IssueSource.auditor, adir / "result.json"))
+    return result, suggested
+
+
+def _suggested_patch(ctx: RunContext, result: AuditorResult | None, worktree_patch: str) -> str:
+    if result is None or result.verdict != "revise":
+        return ""
+    if result.patch:
+        path = Path(result.patch)
+        path = path if path.is_absolute() else ctx.worktree / path
+        return path.read_text(errors="surrogateescape") if path.is_file() else ""
+    return worktree_patch
+
+
+def _adopt_patch(ctx: RunContext, ps: PhaseStrategy, k: int, patch: str, result: AuditorResult) -> None:
+    """The auditor's revision becomes attempt k, approved, and goes to the gate."""
+    _record_attempt(ctx, ps, k, patch, result)
+    ctx.rec.save_phase(
+        ctx.rec.phase(ps.phase_id).model_copy(update={"step": "built", "current_attempt": k, "approved_attempt": k})
+    )
+
+
+def _record_attempt(ctx: RunContext, ps: PhaseStrategy, k: int, patch: str, result: AuditorResult) -> None:
+    adir = attempt_dir(ctx, ps, k)
+    write_text_atomic(adir / "patch.diff", patch)
+    now = utc_now()
+    assert ps.auditor is not None
+    attempt = AttemptRecord(
+        k=k,
+        role="auditor",
+        agent=ps.auditor.preset or "command",
+        command=ps.auditor.command,
+        base_commit=ctx.git.head(ctx.worktree),
+        started_at=now,
+        finished_at=now,
+        usage=result.usage,
+        patch_sha256=patch_sha(patch),
+        patch_files=patch_files(patch),
+        result_notes=result.notes,
+    )
+    write_model(adir / "builder.json", attempt)
+    ctx.rec.save_phase(with_attempt(ctx.rec.phase(ps.phase_id), attempt))
+
+
+def _rejected(ctx: RunContext, ps: PhaseStrategy, result: AuditorResult) -> None:
+    reason = f"the auditor rejected phase {ps.phase_id}" + (f": {result.notes}" if result.notes else "")
+    fail_phase(ctx, ps, reason)
+    raise EndRun(RunState.DONE_FAILED_REQUIRES_HUMAN_REVIEW, reason)
+
+
+def _retry_or_fail(ctx: RunContext, ps: PhaseStrategy, purpose: Purpose) -> None:
+    """A crashed or invalid auditor counts as an attempt; when they are spent, a person must look."""
+    rec = ctx.rec.phase(ps.phase_id)
+    if auditor_attempts(rec) < ps.max_auditor_attempts:
+        return
+    reason = f"the auditor failed its {purpose} {auditor_attempts(rec)} time(s) for phase {ps.phase_id}"
+    fail_phase(ctx, ps, reason)
+    raise EndRun(RunState.DONE_FAILED_REQUIRES_HUMAN_REVIEW, reason)

@@ -1,0 +1,156 @@
+"""A builder attempt (or a submitted patch) becomes `attempts/<k>/patch.diff` (layer L5)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pipeline import agents, gate
+from pipeline.context import RunContext
+from pipeline.errors import AutopackError
+from pipeline.jsonio import read_model, write_model, write_text_atomic
+from pipeline.models.enums import IssueSource
+from pipeline.models.results import AttemptOutcome, AttemptRecord, BuilderResult, Usage
+from pipeline.models.run import Spend
+from pipeline.models.strategy import PhaseStrategy
+from pipeline.outcomes import (
+    add_phase_spend,
+    attempt_dir,
+    check_agent_budget,
+    failed_attempt,
+    probe_issue,
+    save_issues,
+    suggested_issues,
+    with_attempt,
+)
+from pipeline.spec import render_spec
+from pipeline.store import utc_now
+
+
+def agent_env(ctx: RunContext, ps: PhaseStrategy, k: int, result_path: Path, feedback: str | None) -> dict[str, str]:
+    phase_dir = ctx.rec.phase_dir(ps)
+    return {
+        "AUTOPACK_RUN_ID": ctx.rec.run.run_id,
+        "AUTOPACK_PHASE_ID": ps.phase_id,
+        "AUTOPACK_ATTEMPT": str(k),
+        "AUTOPACK_PHASE_SPEC": str(phase_dir / "spec.md"),
+        "AUTOPACK_PHASE_JSON": str(phase_dir / "phase.json"),
+        "AUTOPACK_FEEDBACK": feedback or "",
+        "AUTOPACK_RESULT": str(result_path),
+    }
+
+
+def patch_files(patch: str) -> list[str]:
+    try:
+        return sorted({f.path for f in gate.parse_patch(patch).files}) if patch.strip() else []
+    except AutopackError:
+        return []
+
+
+def patch_sha(patch: str) -> str | None:
+    return hashlib.sha256(patch.encode("utf-8", "surrogateescape")).hexdigest() if patch else None
+
+
+def write_spec(ctx: RunContext, ps: PhaseStrategy, feedback: str | None, k: int) -> None:
+    from pipeline.planfile import load_plan
+
+    plan, _ = load_plan(ctx.store.plan_path)
+    description = next((p.description for _t, p in plan.phases() if p.phase_id == ps.phase_id), "")
+    write_text_atomic(ctx.rec.phase_dir(ps) / "spec.md", render_spec(ctx.rec.strategy, ps, description, feedback, k))
+
+
+def build(ctx: RunContext, ps: PhaseStrategy) -> None:
+    rec = ctx.rec.phase(ps.phase_id)
+    k = rec.current_attempt or 1
+    assert ps.builder is not None
+    base = ctx.git.head(ctx.worktree)
+    ctx.git.reset_to(ctx.worktree, ctx.branch, base)
+    check_agent_budget(ctx, ps)
+    adir = attempt_dir(ctx, ps, k)
+    write_spec(ctx, ps, rec.feedback, k)
+    attempt = AttemptRecord(
+        k=k,
+        role="builder",
+        agent=ps.builder.preset or "command",
+        command=ps.builder.command,
+        base_commit=base,
+        started_at=utc_now(),
+    )
+    rec = ctx.rec.save_phase(with_attempt(rec, attempt).model_copy(update={"step": "building"}))
+    result_path = adir / "result.json"
+    outcome = agents.run_agent(
+        spec=ps.builder,
+        role="builder",
+        worktree=ctx.worktree,
+        env_vars=agent_env(ctx, ps, k, result_path, rec.feedback),
+        timeout_s=ps.builder.timeout_s or ps.builder_timeout_s,
+        log_path=adir / "builder.log",
+        result_path=result_path,
+    )
+    patch = ctx.git.collect_patch(ctx.worktree, base)
+    ctx.git.reset_to(ctx.worktree, ctx.branch, base)
+    write_text_atomic(adir / "patch.diff", patch)
+    kind, reason = classify(outcome, patch)
+    attempt = attempt.model_copy(
+        update={
+            "finished_at": utc_now(),
+            "exit_code": outcome.exit_code,
+            "timed_out": outcome.timed_out,
+            "usage": outcome.usage,
+            "patch_sha256": patch_sha(patch),
+            "patch_files": patch_files(patch),
+            "outcome": kind or "running",
+            "reason": reason,
+            "result_notes": outcome.result.notes if outcome.result else "",
+        }
+    )
+    write_model(adir / "builder.json", attempt)
+    ctx.rec.save_phase(with_attempt(ctx.rec.phase(ps.phase_id), attempt))
+    add_phase_spend(ctx, ps, Spend(tokens=outcome.usage.tokens, cost_usd=outcome.usage.cost_usd, builder_attempts=1))
+    suggested = outcome.result.suggested_issues if isinstance(outcome.result, BuilderResult) else []
+    save_issues(ctx, ps, suggested_issues(ctx, ps, suggested, IssueSource.builder_self_doubt, result_path))
+    if kind is not None:
+        issue = probe_issue(ctx, ps, kind, reason, adir / "builder.log")
+        failed_attempt(ctx, ps, kind, reason, f"builder attempt {k}: {reason}", [issue], fingerprint=kind)
+        return
+    ctx.rec.save_phase(ctx.rec.phase(ps.phase_id).model_copy(update={"step": "built"}))
+
+
+def classify(outcome: agents.AgentOutcome, patch: str, who: str = "builder") -> tuple[AttemptOutcome | None, str]:
+    if outcome.missing_command:
+        return "agent_failed", f"the {who} command was not found (exit {outcome.exit_code}); see its log"
+    if outcome.timed_out:
+        return "timed_out", f"the {who} timed out after {outcome.duration_s:.0f}s"
+    if outcome.exit_code not in (0, None):
+        return "agent_failed", f"the {who} exited with {outcome.exit_code}"
+    if outcome.result_error:
+        return "bad_result", f"the {who}'s result file is invalid: {outcome.result_error}"
+    if not patch.strip():
+        return "no_change", f"the {who} changed nothing"
+    return None, ""
+
+
+def record_submission(ctx: RunContext, ps: PhaseStrategy, patch: Path, result: Path | None) -> None:
+    """An external builder's patch becomes the next attempt, ready for the gate."""
+    rec = ctx.rec.phase(ps.phase_id)
+    k = rec.current_attempt if rec.step == "building" and rec.current_attempt else len(rec.attempts) + 1
+    usage = read_model(result, BuilderResult).usage if result else Usage()
+    adir = attempt_dir(ctx, ps, k)
+    text = patch.read_text(errors="surrogateescape")
+    write_text_atomic(adir / "patch.diff", text)
+    now = utc_now()
+    attempt = AttemptRecord(
+        k=k,
+        role="submit",
+        agent="submit",
+        command=None,
+        base_commit=ctx.git.head(ctx.worktree),
+        started_at=now,
+        finished_at=now,
+        usage=usage,
+        patch_sha256=patch_sha(text),
+        patch_files=patch_files(text),
+    )
+    write_model(adir / "builder.json", attempt)
+    ctx.rec.save_phase(with_attempt(rec, attempt).model_copy(update={"step": "built", "current_attempt": k}))
+    add_phase_spend(ctx, ps, Spend(tokens=usage.tokens, cost_usd=usage.cost_usd, builder_attempts=1))
