@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline import agents
-from pipeline.building import agent_env, classify, patch_files, patch_sha, write_spec
+from pipeline.building import agent_env, classify, outcome_notes, patch_files, patch_sha, write_spec
 from pipeline.config import builtin_path
 from pipeline.context import RunContext
 from pipeline.jsonio import write_model, write_text_atomic
@@ -21,17 +21,20 @@ from pipeline.models.run import Spend
 from pipeline.models.strategy import PhaseStrategy
 from pipeline.outcomes import (
     EndRun,
-    add_phase_spend,
     attempt_dir,
+    audit_records,
     auditor_attempts,
     check_agent_budget,
+    escalation_calls,
     fail_phase,
     failed_attempt,
     probe_issue,
+    record_agent_spend,
     save_issues,
     suggested_issues,
     with_attempt,
 )
+from pipeline.presets import load_agent_presets
 from pipeline.store import utc_now
 
 Purpose = Literal["review", "escalation"]
@@ -114,17 +117,25 @@ def _call(ctx: RunContext, ps: PhaseStrategy, purpose: Purpose, patch: Path | No
         timeout_s=ps.auditor.timeout_s or ps.builder_timeout_s,
         log_path=adir / "auditor.log",
         result_path=adir / "result.json",
+        presets=load_agent_presets(ctx.workspace),
     )
     worktree_patch = ctx.git.collect_patch(ctx.worktree, base)
-    ctx.git.reset_to(ctx.worktree, ctx.branch, base)
     result = outcome.result if isinstance(outcome.result, AuditorResult) else None
+    # Read the suggested patch before the reset: a `patch` the auditor wrote inside the
+    # worktree (a path relative to its cwd) is deleted by `git clean` in reset_to.
     suggested = _suggested_patch(ctx, result, worktree_patch)
+    ctx.git.reset_to(ctx.worktree, ctx.branch, base)
     kind, reason = classify(outcome, "x", who="auditor")
+    if kind is None and result is not None and result.verdict == "revise" and not suggested.strip():
+        # A revision with nothing in it is an invalid result (counted and retried like a
+        # crash), not a rejection: the auditor asked for a change it did not hand in.
+        missing = f"its patch {result.patch} is missing or empty" if result.patch else "it changed nothing"
+        kind, reason = "bad_result", f"the auditor's verdict is revise but it handed in no patch ({missing})"
     audit = AuditRecord(
         k=n,
         purpose=purpose,
         profile=ps.auditor_profile,
-        command=ps.auditor.command,
+        command=outcome.command or ps.auditor.command,
         started_at=started,
         finished_at=utc_now(),
         exit_code=outcome.exit_code,
@@ -132,13 +143,13 @@ def _call(ctx: RunContext, ps: PhaseStrategy, purpose: Purpose, patch: Path | No
         usage=outcome.usage,
         verdict=result.verdict if result else None,
         patch_sha256=patch_sha(suggested),
-        notes=result.notes if result else "",
+        notes=outcome_notes(outcome),
         error=reason,
     )
     write_model(adir / "auditor.json", audit)
     if suggested:
         write_text_atomic(adir / "suggested.diff", suggested)
-    add_phase_spend(ctx, ps, Spend(tokens=outcome.usage.tokens, cost_usd=outcome.usage.cost_usd, auditor_attempts=1))
+    record_agent_spend(ctx, ps, Spend(tokens=outcome.usage.tokens, cost_usd=outcome.usage.cost_usd, auditor_attempts=1))
     ctx.rec.note(ps.phase_id, "auditor", purpose=purpose, audit=n, verdict=audit.verdict, error=reason)
     if kind is not None or result is None:
         save_issues(
@@ -146,6 +157,9 @@ def _call(ctx: RunContext, ps: PhaseStrategy, purpose: Purpose, patch: Path | No
             ps,
             [probe_issue(ctx, ps, kind or "bad_result", reason or "no verdict", adir / "auditor.log", who="auditor")],
         )
+        if outcome.missing_command:  # a missing auditor program stays missing: no retry
+            fail_phase(ctx, ps, reason)
+            raise EndRun(RunState.DONE_FAILED_ENVIRONMENT, f"phase {ps.phase_id}: {reason}")
         return None, ""
     save_issues(ctx, ps, suggested_issues(ctx, ps, result.issues, IssueSource.auditor, adir / "result.json"))
     return result, suggested
@@ -198,10 +212,21 @@ def _rejected(ctx: RunContext, ps: PhaseStrategy, result: AuditorResult) -> None
 
 
 def _retry_or_fail(ctx: RunContext, ps: PhaseStrategy, purpose: Purpose) -> None:
-    """A crashed or invalid auditor counts as an attempt; when they are spent, a person must look."""
-    rec = ctx.rec.phase(ps.phase_id)
-    if auditor_attempts(rec) < ps.max_auditor_attempts:
+    """A crashed or invalid auditor counts as an attempt; when they are spent, a person must look.
+
+    A review is retried until `max_auditor_attempts` calls in a row have failed (earlier
+    successful reviews of other builder attempts do not count against it); an escalation
+    is bounded by its own calls (`escalation_calls`), failed or not.
+    """
+    records = audit_records(ctx, ps)
+    failures = 0
+    for record in reversed(records):
+        if record.verdict is not None and not record.error:
+            break
+        failures += 1
+    spent = escalation_calls(records) if purpose == "escalation" else failures
+    if spent < ps.max_auditor_attempts:
         return
-    reason = f"the auditor failed its {purpose} {auditor_attempts(rec)} time(s) for phase {ps.phase_id}"
+    reason = f"the auditor failed its {purpose} {failures} time(s) for phase {ps.phase_id}"
     fail_phase(ctx, ps, reason)
     raise EndRun(RunState.DONE_FAILED_REQUIRES_HUMAN_REVIEW, reason)

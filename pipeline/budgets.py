@@ -134,3 +134,39 @@ def after_issues(strategy: Strategy, run: RunRecord, spends: dict[str, Spend]) -
             "minor_issues", "run", run.run_id, minor, cap, dominant_slice(strategy, spends, "minor_issues")
         )
     return None
+
+
+def after_agent_call(
+    strategy: Strategy, run: RunRecord, spends: dict[str, Spend], ps: PhaseStrategy
+) -> Exhaustion | None:
+    """Did the call just made overspend a hard cap (run tokens, tier tokens, run cost)?
+
+    Admission control (`before_agent_call`) bounds what a call may take; an agent can
+    still report more than it was allowed, and a run that overspent must not end as a
+    clean success."""
+    tier = next(t for t in strategy.tiers if t.tier_id == ps.tier_id)
+    tier_tokens = sum(spends.get(pid, Spend()).tokens for pid in tier.phase_ids)
+    budget = run.budgets
+    if run.spend.tokens > budget.token_cap:
+        return Exhaustion(
+            "tokens", "run", run.run_id, run.spend.tokens, budget.token_cap, dominant_slice(strategy, spends, "tokens")
+        )
+    if tier_tokens > tier.token_cap:
+        return Exhaustion(
+            "tokens",
+            "tier",
+            tier.tier_id,
+            tier_tokens,
+            tier.token_cap,
+            dominant_slice(strategy, spends, "tokens", tier.phase_ids),
+        )
+    if budget.cost_cap_usd is not None and run.spend.cost_usd > budget.cost_cap_usd:
+        return Exhaustion(
+            "cost_usd",
+            "run",
+            run.run_id,
+            run.spend.cost_usd,
+            budget.cost_cap_usd,
+            dominant_slice(strategy, spends, "cost_usd"),
+        )
+    return None

@@ -9,20 +9,21 @@ from pipeline import agents, gate
 from pipeline.context import RunContext
 from pipeline.errors import AutopackError
 from pipeline.jsonio import read_model, write_model, write_text_atomic
-from pipeline.models.enums import IssueSource
+from pipeline.models.enums import IssueSource, RunState
 from pipeline.models.results import AttemptOutcome, AttemptRecord, BuilderResult, Usage
 from pipeline.models.run import Spend
 from pipeline.models.strategy import PhaseStrategy
 from pipeline.outcomes import (
-    add_phase_spend,
     attempt_dir,
     check_agent_budget,
     failed_attempt,
     probe_issue,
+    record_agent_spend,
     save_issues,
     suggested_issues,
     with_attempt,
 )
+from pipeline.presets import load_agent_presets
 from pipeline.spec import render_spec
 from pipeline.store import utc_now
 
@@ -52,10 +53,7 @@ def patch_sha(patch: str) -> str | None:
 
 
 def write_spec(ctx: RunContext, ps: PhaseStrategy, feedback: str | None, k: int) -> None:
-    from pipeline.planfile import load_plan
-
-    plan, _ = load_plan(ctx.store.plan_path)
-    description = next((p.description for _t, p in plan.phases() if p.phase_id == ps.phase_id), "")
+    description = ctx.phase_description(ps.phase_id)
     write_text_atomic(ctx.rec.phase_dir(ps) / "spec.md", render_spec(ctx.rec.strategy, ps, description, feedback, k))
 
 
@@ -86,6 +84,7 @@ def build(ctx: RunContext, ps: PhaseStrategy) -> None:
         timeout_s=ps.builder.timeout_s or ps.builder_timeout_s,
         log_path=adir / "builder.log",
         result_path=result_path,
+        presets=load_agent_presets(ctx.workspace),
     )
     patch = ctx.git.collect_patch(ctx.worktree, base)
     ctx.git.reset_to(ctx.worktree, ctx.branch, base)
@@ -101,24 +100,33 @@ def build(ctx: RunContext, ps: PhaseStrategy) -> None:
             "patch_files": patch_files(patch),
             "outcome": kind or "running",
             "reason": reason,
-            "result_notes": outcome.result.notes if outcome.result else "",
+            "result_notes": outcome_notes(outcome),
+            "command": outcome.command or attempt.command,
         }
     )
     write_model(adir / "builder.json", attempt)
     ctx.rec.save_phase(with_attempt(ctx.rec.phase(ps.phase_id), attempt))
-    add_phase_spend(ctx, ps, Spend(tokens=outcome.usage.tokens, cost_usd=outcome.usage.cost_usd, builder_attempts=1))
+    record_agent_spend(ctx, ps, Spend(tokens=outcome.usage.tokens, cost_usd=outcome.usage.cost_usd, builder_attempts=1))
     suggested = outcome.result.suggested_issues if isinstance(outcome.result, BuilderResult) else []
     save_issues(ctx, ps, suggested_issues(ctx, ps, suggested, IssueSource.builder_self_doubt, result_path))
     if kind is not None:
         issue = probe_issue(ctx, ps, kind, reason, adir / "builder.log")
-        failed_attempt(ctx, ps, kind, reason, f"builder attempt {k}: {reason}", [issue], fingerprint=kind)
+        # A missing agent program stays missing: retrying only burns attempts (like CI's).
+        end = RunState.DONE_FAILED_ENVIRONMENT if outcome.missing_command else None
+        failed_attempt(ctx, ps, kind, reason, f"builder attempt {k}: {reason}", [issue], end=end, fingerprint=kind)
         return
     ctx.rec.save_phase(ctx.rec.phase(ps.phase_id).model_copy(update={"step": "built"}))
 
 
+def outcome_notes(outcome: agents.AgentOutcome) -> str:
+    """The agent's own notes (result file) and the supervisor's (usage parsing, options)."""
+    own = outcome.result.notes if outcome.result else ""
+    return "\n".join([*([own] if own else []), *(f"[autopack] {n}" for n in outcome.notes)])
+
+
 def classify(outcome: agents.AgentOutcome, patch: str, who: str = "builder") -> tuple[AttemptOutcome | None, str]:
     if outcome.missing_command:
-        return "agent_failed", f"the {who} command was not found (exit {outcome.exit_code}); see its log"
+        return "agent_failed", outcome.problem or f"the {who} command was not found (exit {outcome.exit_code})"
     if outcome.timed_out:
         return "timed_out", f"the {who} timed out after {outcome.duration_s:.0f}s"
     if outcome.exit_code not in (0, None):
@@ -153,4 +161,4 @@ def record_submission(ctx: RunContext, ps: PhaseStrategy, patch: Path, result: P
     )
     write_model(adir / "builder.json", attempt)
     ctx.rec.save_phase(with_attempt(rec, attempt).model_copy(update={"step": "built", "current_attempt": k}))
-    add_phase_spend(ctx, ps, Spend(tokens=usage.tokens, cost_usd=usage.cost_usd, builder_attempts=1))
+    record_agent_spend(ctx, ps, Spend(tokens=usage.tokens, cost_usd=usage.cost_usd, builder_attempts=1))

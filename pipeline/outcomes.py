@@ -11,10 +11,10 @@ from pathlib import Path
 from pipeline import budgets
 from pipeline.context import RunContext
 from pipeline.issues import build_run_index, effective, record_issues
-from pipeline.jsonio import write_model
+from pipeline.jsonio import read_model, write_model
 from pipeline.models.enums import IssueSource, PhaseState, RunState, Severity
 from pipeline.models.issues import Issue
-from pipeline.models.results import AttemptOutcome, AttemptRecord, SuggestedIssue
+from pipeline.models.results import AttemptOutcome, AttemptRecord, AuditRecord, SuggestedIssue
 from pipeline.models.run import PhaseRecord, Spend
 from pipeline.models.strategy import PhaseStrategy
 
@@ -123,6 +123,14 @@ def save_issues(ctx: RunContext, ps: PhaseStrategy, issues: list[Issue]) -> None
     """Fold issues into the phase file, rebuild the run index, and enforce the run's minor cap."""
     if not issues:
         return
+    _store_issues(ctx, ps, issues)
+    exhausted = budgets.after_issues(ctx.rec.strategy, ctx.rec.run, spends(ctx))
+    if exhausted:
+        end_for_budget(ctx, ps, exhausted)
+
+
+def _store_issues(ctx: RunContext, ps: PhaseStrategy, issues: list[Issue]) -> None:
+    """Phase file, run index and the phase's issue counts, without any budget check."""
     file = record_issues(ctx.rec.issues(ps.phase_id), issues)
     ctx.rec.save_issues(file)
     index = build_run_index(
@@ -134,26 +142,23 @@ def save_issues(ctx: RunContext, ps: PhaseStrategy, issues: list[Issue]) -> None
         update={"minor_issues": file.minor_issue_count, "major_issues": file.major_issue_count}
     )
     ctx.rec.save_phase(rec.model_copy(update={"spend": spend}))
-    exhausted = budgets.after_issues(ctx.rec.strategy, ctx.rec.run, spends(ctx))
-    if exhausted:
-        end_for_budget(ctx, ps, exhausted, record=False)
 
 
-def end_for_budget(ctx: RunContext, ps: PhaseStrategy, exhausted: budgets.Exhaustion, record: bool = True) -> None:
+def end_for_budget(ctx: RunContext, ps: PhaseStrategy, exhausted: budgets.Exhaustion) -> None:
     """Record the budget issue, fail the phase and end the run BUDGET_EXHAUSTED."""
-    if record:
-        issue = make_issue(
-            ctx,
-            ps,
-            key=f"budget:{exhausted.level}:{exhausted.budget}",
-            source=IssueSource.budget,
-            category="budget_exhausted",
-            severity=Severity.major,
-            evidence=[exhausted.slice],
-            message=exhausted.reason(),
-        )
-        file = record_issues(ctx.rec.issues(ps.phase_id), [issue])
-        ctx.rec.save_issues(file)
+    issue = make_issue(
+        ctx,
+        ps,
+        key=f"budget:{exhausted.level}:{exhausted.budget}",
+        source=IssueSource.budget,
+        category="budget_exhausted",
+        severity=Severity.major,
+        evidence=[exhausted.slice],
+        message=exhausted.reason(),
+    )
+    # Through the run index and the phase's counts too (it used to reach the phase file
+    # only, leaving run_issue_index.json without it); no budget check: the run is ending.
+    _store_issues(ctx, ps, [issue])
     ctx.rec.note(
         ps.phase_id,
         "budget_exhausted",
@@ -169,6 +174,14 @@ def end_for_budget(ctx: RunContext, ps: PhaseStrategy, exhausted: budgets.Exhaus
 def check_agent_budget(ctx: RunContext, ps: PhaseStrategy) -> None:
     """A call that cannot fit in the remaining budgets is not made."""
     exhausted = budgets.before_agent_call(ctx.rec.strategy, ctx.rec.run, spends(ctx), ps)
+    if exhausted:
+        end_for_budget(ctx, ps, exhausted)
+
+
+def record_agent_spend(ctx: RunContext, ps: PhaseStrategy, spend: Spend) -> None:
+    """Add what an agent call spent, then end the run if it overspent a hard cap."""
+    add_phase_spend(ctx, ps, spend)
+    exhausted = budgets.after_agent_call(ctx.rec.strategy, ctx.rec.run, spends(ctx), ps)
     if exhausted:
         end_for_budget(ctx, ps, exhausted)
 
@@ -209,7 +222,25 @@ def builder_attempts(rec: PhaseRecord) -> int:
 
 
 def auditor_attempts(rec: PhaseRecord) -> int:
+    """Every auditor call of the phase (reviews and escalations): numbers audit/<n>/."""
     return rec.spend.auditor_attempts
+
+
+def audit_records(ctx: RunContext, ps: PhaseStrategy) -> list[AuditRecord]:
+    """The phase's auditor calls as recorded in audit/<n>/auditor.json, oldest first."""
+    records = []
+    for n in range(1, auditor_attempts(ctx.rec.phase(ps.phase_id)) + 1):
+        path = ctx.store.audit_dir(ps.index, ps.phase_id, n) / "auditor.json"
+        if path.exists():
+            records.append(read_model(path, AuditRecord))
+    return records
+
+
+def escalation_calls(records: list[AuditRecord]) -> int:
+    """Escalation calls made so far. `max_auditor_attempts` bounds these (and failed calls
+    in a row), not the pre-apply reviews, which come one per builder attempt of a
+    high-risk phase and are bounded by the builder attempts."""
+    return sum(1 for r in records if r.purpose == "escalation")
 
 
 def failed_attempt(
@@ -256,7 +287,7 @@ def failed_attempt(
 def _next_step(ctx: RunContext, ps: PhaseStrategy, rec: PhaseRecord, reason: str) -> str | None:
     """'building', 'escalating', or None when the phase failed (raises EndRun if the run must end)."""
     if rec.escalated:
-        if auditor_attempts(rec) < ps.max_auditor_attempts:
+        if escalation_calls(audit_records(ctx, ps)) < ps.max_auditor_attempts:
             return "escalating"
         fail_phase(ctx, ps, f"{reason}; {ps.max_auditor_attempts} auditor attempt(s) spent")
         return None
@@ -285,9 +316,7 @@ def commit_record(ctx: RunContext, what: str) -> None:
     if not ctx.record_in_branch or not ctx.worktree.exists():
         return
     ctx.copy_record_into_worktree()
-    if not ctx.git.is_dirty(ctx.worktree):
-        return
-    ctx.git.commit(
+    ctx.git.commit_changes(
         ctx.worktree,
         f"autopack: record {ctx.rec.run.run_id}: {what}",
         {"Autopack-Run": ctx.rec.run.run_id, "Autopack-Event": str(ctx.rec.run.events_count)},

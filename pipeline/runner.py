@@ -41,21 +41,41 @@ class StepOutcome:
 def run_phase(workspace: Path, run_id: str, phase_id: str | None = None) -> StepOutcome:
     store = RunStore(workspace, run_id)
     _require_started(store)
-    with store.lock():
-        ctx = open_context(workspace, run_id)
+    with store.lock(), open_context(workspace, run_id) as ctx:
         return _run_phase_locked(ctx, phase_id)
 
 
 def run_to_end(workspace: Path, run_id: str, max_steps: int = 1000) -> list[StepOutcome]:
+    """Drive the run, and the runs chained after it, to a terminal state (or to a phase
+    waiting for `doit submit`)."""
     outcomes: list[StepOutcome] = []
     for _ in range(max_steps):
         outcome = run_phase(workspace, run_id)
         outcomes.append(outcome)
-        if outcome.run_state.terminal or outcome.phase_state is None:
-            return outcomes
-        if outcome.phase_state not in (PhaseState.COMPLETE, PhaseState.FAILED, PhaseState.SKIPPED):
+        if outcome.run_state.terminal:
+            following = _start_chained(workspace, run_id) if outcome.run_state == RunState.DONE_SUCCESS else None
+            if following is None:
+                return outcomes
+            run_id = following
+            outcomes.append(StepOutcome(run_id, None, None, RunState.PHASE_QUEUEING, f"chained run {run_id} started"))
+            continue
+        if outcome.phase_state is None or not outcome.phase_state.terminal:
             return outcomes  # waiting for `doit submit`
     return outcomes
+
+
+def _start_chained(workspace: Path, run_id: str) -> str | None:
+    """The run chained after `run_id`, started now that `run_id` succeeded (None if none)."""
+    from pipeline.jsonio import read_model
+    from pipeline.models.run import RunRecord
+    from pipeline.starting import start_run
+
+    following = read_model(RunStore(workspace, run_id).run_json, RunRecord).chain_next
+    if following is None:
+        return None
+    if not RunStore(workspace, following).run_json.exists():
+        start_run(workspace, following)
+    return following
 
 
 def submit_patch(workspace: Path, run_id: str, phase_id: str, patch: Path, result: Path | None) -> StepOutcome:
@@ -64,8 +84,7 @@ def submit_patch(workspace: Path, run_id: str, phase_id: str, patch: Path, resul
     _require_started(store)
     if not patch.is_file():
         raise InvalidInput(f"patch file {patch} does not exist", "pass the path of a unified diff with --patch")
-    with store.lock():
-        ctx = open_context(workspace, run_id)
+    with store.lock(), open_context(workspace, run_id) as ctx:
         _check_frozen(ctx)
         if ctx.rec.run.state.terminal:
             raise InvalidInput(f"run {run_id} is finished ({ctx.rec.run.state.value})", "start a new run")
@@ -171,8 +190,23 @@ def _start_tier_if_pending(ctx: RunContext, tier_id: str) -> None:
 # -- driving a phase ---------------------------------------------------------------------
 
 
-def _drive_phase(ctx: RunContext, ps: PhaseStrategy) -> None:
+class _ActiveClock:
+    """Adds active time to the run record step by step, so the duration budget checked
+    before each agent call also sees the earlier attempts of this same invocation."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.last = time.monotonic()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        self.ctx.rec.add_active_seconds(now - self.last)
+        self.last = now
+
+
+def _drive_phase(ctx: RunContext, ps: PhaseStrategy, clock: _ActiveClock) -> None:
     while True:
+        clock.tick()
         rec = ctx.rec.phase(ps.phase_id)
         if rec.state.terminal:
             return
@@ -202,12 +236,12 @@ def _needs_review(ps: PhaseStrategy, rec: PhaseRecord) -> bool:
 
 
 def _drive_and_finish(ctx: RunContext, ps: PhaseStrategy) -> StepOutcome:
-    started = time.monotonic()
+    clock = _ActiveClock(ctx)
     try:
         try:
-            _drive_phase(ctx, ps)
+            _drive_phase(ctx, ps, clock)
         finally:
-            ctx.rec.add_active_seconds(time.monotonic() - started)
+            clock.tick()
         _after_phase(ctx, ps)
     except EndRun as end:
         return _finish(ctx, ps, end.state, end.reason)
@@ -279,6 +313,13 @@ def _phase_message(rec: PhaseRecord) -> str:
 
 def _finish(ctx: RunContext, ps: PhaseStrategy | None, state: RunState, reason: str) -> StepOutcome:
     finish_run(ctx, state, reason)
-    commit_record(ctx, state.value)
+    try:
+        commit_record(ctx, state.value)
+    except GitError:
+        # The run ended because git failed (e.g. git is gone): the terminal record is
+        # written in the workspace; the record-only commit cannot be made, and raising
+        # here would hide the outcome behind a second git error.
+        if state != RunState.DONE_FAILED_ENVIRONMENT:
+            raise
     phase_state = ctx.rec.phase(ps.phase_id).state if ps else None
     return StepOutcome(ctx.rec.run.run_id, ps.phase_id if ps else None, phase_state, ctx.rec.run.state, reason)

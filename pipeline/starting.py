@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import config, planfile
+from pipeline import backlog, config, planfile
+from pipeline.chaining import next_in_chain, split_plan
 from pipeline.context import branch_name, record_lives_in_branch, target_repo, worktree_path
+from pipeline.debt import DebtPlan, append_debt_tier, plan_debt_phases
 from pipeline.errors import InvalidInput
 from pipeline.git import LocalGitCli
 from pipeline.jsonio import write_model
-from pipeline.models.enums import RunState
-from pipeline.models.issues import PhaseIssueFile, RunIssueIndex
+from pipeline.models.enums import RunState, Severity
+from pipeline.models.issues import PhaseIssueFile, ProjectBacklog, RunIssueIndex
 from pipeline.models.plan import Plan
+from pipeline.models.ruleset import Ruleset
 from pipeline.models.run import PhaseRecord, RunRecord
 from pipeline.models.strategy import Strategy
 from pipeline.recorder import Recorder, initial_summaries
@@ -31,7 +36,9 @@ def load_valid_plan(workspace: Path, store: RunStore) -> Plan:
     return plan
 
 
-def compile_for(workspace: Path, store: RunStore, plan: Plan) -> Strategy:
+def compile_for(
+    workspace: Path, store: RunStore, plan: Plan, aged_issue_keys: Mapping[str, Severity] | None = None
+) -> Strategy:
     loaded = config.load_ruleset(workspace)
     return compile_strategy(
         plan,
@@ -40,6 +47,62 @@ def compile_for(workspace: Path, store: RunStore, plan: Plan) -> Strategy:
         ruleset_sha256=loaded.sha256,
         ci_profiles=config.load_ci_profiles(workspace, plan.ci),
         overridden=loaded.overridden,
+        aged_issue_keys=aged_issue_keys,
+    )
+
+
+@dataclass(frozen=True)
+class Aging:
+    """What the project backlog means for this run (DESIGN §7)."""
+
+    thresholds: tuple[int, int]
+    aged: dict[str, Severity] = field(default_factory=dict)
+    backlog: ProjectBacklog | None = None
+    debt: DebtPlan = field(default_factory=DebtPlan)
+
+
+def _aging(workspace: Path, run_id: str, plan: Plan, ruleset: Ruleset) -> Aging:
+    """Aged keys under this plan's safety profile; the backlog is derived only when another
+    run recorded an issue, so a project's first runs start without DuckDB."""
+    profile = ruleset.safety_profiles[plan.safety_profile]
+    thresholds = (profile.aging_runs, profile.aging_tiers)
+    if not backlog.other_runs_have_issues(workspace, run_id):
+        return Aging(thresholds)
+    derived = backlog.derive_backlog(workspace)
+    return Aging(thresholds, backlog.aged_keys(derived, *thresholds), derived)
+
+
+def _add_debt_phases(workspace: Path, store: RunStore, plan: Plan, ruleset: Ruleset, aging: Aging) -> Aging:
+    """With `debt_cleanup: auto`, the aged keys become the tier DEBT of the plan file
+    (before it is frozen)."""
+    if ruleset.debt_cleanup != "auto" or not aging.aged or aging.backlog is None:
+        return aging
+    max_phases = min(ruleset.run_budgets.max_phases, plan.budgets.max_phases or ruleset.run_budgets.max_phases)
+    debt = plan_debt_phases(
+        workspace,
+        target_repo(workspace, plan.target.repo),
+        plan,
+        aging.backlog,
+        aging.aged,
+        thresholds=aging.thresholds,
+        max_phases=max_phases,
+    )
+    append_debt_tier(store.plan_path, debt.phases)
+    return Aging(aging.thresholds, aging.aged, aging.backlog, debt)
+
+
+def _note_aging(rec: Recorder, run_id: str, aging: Aging) -> None:
+    if not aging.aged:
+        return
+    rec.note(
+        run_id,
+        "backlog_aging",
+        aged_issue_keys=sorted(aging.aged),
+        aging_runs=aging.thresholds[0],
+        aging_tiers=aging.thresholds[1],
+        debt_phases={p.phase_id: list(p.cleans) for p in aging.debt.phases},
+        debt_deferred=list(aging.debt.deferred),
+        debt_note=aging.debt.skipped_reason,
     )
 
 
@@ -52,7 +115,13 @@ def start_run(workspace: Path, run_id: str) -> RunRecord:
                 f"drive it with `doit run --run {run_id}`, or start a new run id",
             )
         plan = load_valid_plan(workspace, store)
-        strategy = compile_for(workspace, store, plan)
+        ruleset = config.load_ruleset(workspace).ruleset
+        aging = _add_debt_phases(workspace, store, plan, ruleset, _aging(workspace, run_id, plan, ruleset))
+        max_phases = min(ruleset.run_budgets.max_phases, plan.budgets.max_phases or ruleset.run_budgets.max_phases)
+        chained = split_plan(workspace, store, plan, max_phases)
+        if aging.debt.phases or chained:
+            plan = load_valid_plan(workspace, store)  # the plan as frozen: DEBT tier added, chain trimmed
+        strategy = compile_for(workspace, store, plan, aging.aged)
         target = target_repo(workspace, plan.target.repo)
         git = LocalGitCli(target)
         git.check_available()
@@ -63,7 +132,16 @@ def start_run(workspace: Path, run_id: str) -> RunRecord:
         git.ensure_worktree(branch, base, worktree)
         base_commit = git.resolve(base) or ""
         rec = _create_records(store, plan, strategy, target, base, base_commit, branch, worktree)
+        rec.run = rec.run.model_copy(
+            update={
+                "chained_from": plan.chained_from,
+                "chain_next": chained[0] if chained else next_in_chain(workspace, run_id),
+            }
+        )
         rec.run_to(RunState.RUN_CREATED, plan_sha256=strategy.plan_sha256, base=base, base_commit=base_commit)
+        _note_aging(rec, run_id, aging)
+        if chained:
+            rec.note(run_id, "chained", runs=chained, max_phases=max_phases)
         rec.run_to(RunState.PHASE_QUEUEING, phases=len(strategy.phases), tiers=len(strategy.tiers))
         if record_lives_in_branch(workspace, target):
             _commit_record(git, store, worktree, run_id, rec)

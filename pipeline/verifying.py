@@ -69,13 +69,14 @@ def _gate_failed(ctx: RunContext, ps: PhaseStrategy, report: GateReport, adir: P
     check = failed[0] if failed else None
     name = check.name if check else "gate"
     message = check.message if check else "the gate refused the patch"
+    external = gate.external_issue_category(ps.task_category, name, check.evidence if check else [])
     issue = make_issue(
         ctx,
         ps,
         key=f"gate:{name}",
         source=IssueSource.gate,
-        category=f"gate_{name}",
-        severity=Severity.major if report.policy_violation else None,
+        category=external or f"gate_{name}",
+        severity=Severity.major if report.policy_violation or external else None,
         evidence=[rel(ctx, adir / "gate.json"), *(check.evidence[:5] if check else [])],
         message=message,
     )
@@ -130,14 +131,16 @@ def _verify(ctx: RunContext, ps: PhaseStrategy, k: int) -> None:
         fail_phase(ctx, ps, f"CI environment: {report.environment_error}")
         raise EndRun(RunState.DONE_FAILED_ENVIRONMENT, f"CI environment: {report.environment_error}")
     if report.verdict != "pass":
+        feedback = ci.feedback_for(report, out_dir)
+        external = gate.external_issue_category(ps.task_category, "ci", [feedback])
         failing = [
             make_issue(
                 ctx,
                 ps,
                 key=f"test:{t}",
                 source=IssueSource.test,
-                category="test_failure",
-                severity=None,
+                category=external or "test_failure",
+                severity=Severity.major if external else None,
                 evidence=[evidence, t],
                 message=f"{t} failed",
             )
@@ -148,8 +151,8 @@ def _verify(ctx: RunContext, ps: PhaseStrategy, k: int) -> None:
                 ps,
                 key=f"ci:{ps.ci_profile.value}",
                 source=IssueSource.ci,
-                category="ci_failure",
-                severity=None,
+                category=external or "ci_failure",
+                severity=Severity.major if external else None,
                 evidence=[evidence],
                 message="a CI step failed",
             )
@@ -159,7 +162,7 @@ def _verify(ctx: RunContext, ps: PhaseStrategy, k: int) -> None:
             ps,
             "ci_failed",
             "CI failed",
-            ci.feedback_for(report, out_dir),
+            feedback,
             [*flaky, *failing],
             fingerprint=ci.fingerprint(report),
         )

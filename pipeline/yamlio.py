@@ -756,3 +756,15 @@ def _attach_trailing_comment(seq: Any, comment: str) -> None:
     block = _is_block_scalar(container[key])
     entry = container.ca.items.setdefault(key, [None, None, None, None])
     entry[index] = CommentToken(("" if block else "\n") + comment, CommentMark(0), None)
+
+
+def truncate_list(rt: RoundTrip, json_path: JsonPath, keep: int) -> None:
+    """Keep the first `keep` items of the list at `json_path` (their comments stay)."""
+    from ruamel.yaml.comments import CommentedSeq
+
+    seq = _parent(rt, json_path, "truncate a list")
+    if not isinstance(seq, CommentedSeq):
+        from pipeline.jsonio import json_path as render
+
+        raise InvalidInput(f"{rt.path}: {render(json_path)} is not a list", "check the path")
+    del seq[keep:]

@@ -100,6 +100,8 @@ class RunRecord(Frozen):
     last_snapshot: str | None = None
     events_count: int = 0
     events_head: str = ""
+    chained_from: str | None = Field(default=None, description="the run this one continues")
+    chain_next: str | None = Field(default=None, description="the run that continues this one")
     tiers: list[TierSummary] = Field(default_factory=list)
     phases: list[PhaseSummary] = Field(default_factory=list)
     promoted_commit: str | None = Field(default=None, description="the merge commit `promote` made on the base")
