@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from pipeline import agents, gate
 from pipeline.context import RunContext
 from pipeline.errors import AutopackError
 from pipeline.jsonio import read_model, write_model, write_text_atomic
-from pipeline.models.enums import IssueSource, RunState
+from pipeline.models.enums import IssueSource, RunState, Severity
+from pipeline.models.reports import GateCheck, GateReport
 from pipeline.models.results import AttemptOutcome, AttemptRecord, BuilderResult, Usage
 from pipeline.models.run import Spend
 from pipeline.models.strategy import PhaseStrategy
 from pipeline.outcomes import (
+    EndRun,
     attempt_dir,
     check_agent_budget,
+    fail_phase,
     failed_attempt,
+    make_issue,
     probe_issue,
     record_agent_spend,
     save_issues,
@@ -57,12 +62,57 @@ def write_spec(ctx: RunContext, ps: PhaseStrategy, feedback: str | None, k: int)
     write_text_atomic(ctx.rec.phase_dir(ps) / "spec.md", render_spec(ctx.rec.strategy, ps, description, feedback, k))
 
 
+def outward_symlinks(worktree: Path) -> list[str]:
+    """Symlinks in the (freshly reset, so tracked) worktree that lead outside it."""
+    root = worktree.resolve()
+    found = []
+    for folder, dirs, files in os.walk(worktree):
+        dirs[:] = [d for d in dirs if d != ".git"]
+        for name in [*dirs, *files]:
+            path = Path(folder) / name
+            if path.is_symlink() and not path.resolve().is_relative_to(root):
+                found.append(f"{path.relative_to(worktree)} -> {os.readlink(path)}")
+    return sorted(found)
+
+
+def refuse_outward_symlinks(ctx: RunContext, ps: PhaseStrategy, k: int) -> None:
+    """An agent could write through such a link and git would never show it, so no agent
+    runs in this worktree: the run ends as a policy violation before any call."""
+    escapes = outward_symlinks(ctx.worktree)
+    if not escapes:
+        return
+    message = "the repository has symlinks leading outside it; an agent could write through them unseen"
+    failed = GateCheck(name="paths_safe", verdict="fail", message=message, evidence=escapes, policy=True)
+    # Same shape as a gate report: every check named, the ones after the failure skipped.
+    checks = [
+        failed if name == "paths_safe" else GateCheck(name=name, verdict="skip", message="not run: paths_safe failed")
+        for name in gate.CHECK_ORDER
+    ]
+    report = GateReport(phase_id=ps.phase_id, attempt=k, verdict="fail", checks=checks)
+    write_model(attempt_dir(ctx, ps, k) / "gate.json", report)
+    write_model(ctx.rec.phase_dir(ps) / "gate.json", report)
+    issue = make_issue(
+        ctx,
+        ps,
+        key="gate:paths_safe",
+        source=IssueSource.gate,
+        category="gate_paths_safe",
+        severity=Severity.major,
+        evidence=escapes[:5],
+        message=message,
+    )
+    save_issues(ctx, ps, [issue])
+    fail_phase(ctx, ps, f"{message}: {', '.join(escapes[:3])}")
+    raise EndRun(RunState.DONE_FAILED_POLICY_VIOLATION, f"phase {ps.phase_id}: {message}")
+
+
 def build(ctx: RunContext, ps: PhaseStrategy) -> None:
     rec = ctx.rec.phase(ps.phase_id)
     k = rec.current_attempt or 1
     assert ps.builder is not None
     base = ctx.git.head(ctx.worktree)
     ctx.git.reset_to(ctx.worktree, ctx.branch, base)
+    refuse_outward_symlinks(ctx, ps, k)
     check_agent_budget(ctx, ps)
     adir = attempt_dir(ctx, ps, k)
     write_spec(ctx, ps, rec.feedback, k)

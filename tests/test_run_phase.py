@@ -452,8 +452,10 @@ def test_policy_violation_ends_the_run(tmp_path: Path, case: str, check: str) ->
         "symlink-agent": f'os.symlink({str(outside)!r}, "escape")\nwrite("mod.py", "X = 2\\n")',
     }
     setup = make_workspace(
-        tmp_path, files=FILES, links={"link": str(outside)}, agent_body=bodies.get(case),
-        ci_steps=IMPORT_CI, phases=[phase("P1"), phase("P2")],
+        tmp_path, files=FILES, agent_body=bodies.get(case), ci_steps=IMPORT_CI, phases=[phase("P1"), phase("P2")],
+        # A committed link leading outside: only the patch case uses it (an agent is never
+        # started in such a worktree, see the test below).
+        links={"link": str(outside)} if case == "symlink-patch" else None,
     )
     before = started(setup)
     if case in ("dotdot", "symlink-patch"):
@@ -482,11 +484,6 @@ def test_policy_violation_ends_the_run(tmp_path: Path, case: str, check: str) ->
     assert_user_untouched(setup, before)
 
 
-@pytest.mark.xfail(
-    reason="BUG: an agent writing through a committed symlink that leads outside the worktree is not "
-    "detected: git never lists link/x, the patch holds only the in-repo change and the run ends DONE_SUCCESS",
-    strict=True,
-)
 def test_agent_writing_through_a_committed_symlink_is_a_policy_violation(tmp_path: Path) -> None:
     outside = tmp_path / "somewhere"
     outside.mkdir()
