@@ -48,13 +48,18 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return merged
 
 
-def dotted_keys(data: Mapping[str, Any], prefix: str = "") -> set[str]:
+def changed_keys(base: Mapping[str, Any], override: Mapping[str, Any], prefix: str = "") -> set[str]:
+    """Dotted key paths whose value the override actually changes (a workspace file that
+    restates a built-in default does not make that default an "override")."""
     keys: set[str] = set()
-    for key, value in data.items():
+    for key, value in override.items():
         path = f"{prefix}{key}"
-        keys.add(path)
-        if isinstance(value, Mapping):
-            keys |= dotted_keys(value, path + ".")
+        old = base.get(key) if isinstance(base, Mapping) else None
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            inner = changed_keys(old, value, path + ".")
+            keys |= inner | ({path} if inner else set())
+        elif value != old:
+            keys.add(path)
     return keys
 
 
@@ -87,7 +92,7 @@ def load_ruleset(workspace: Path) -> LoadedRuleset:
     _check_aliases(ruleset, override_path)
     digest = hashlib.sha256(canonical_json(ruleset.model_dump(mode="json")).encode()).hexdigest()
     return LoadedRuleset(
-        ruleset, digest, frozenset(dotted_keys(override)), str(override_path) if override else "built-in"
+        ruleset, digest, frozenset(changed_keys(base, override)), str(override_path) if override else "built-in"
     )
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from pipeline import proc
+from pipeline import licences, proc
 from pipeline.errors import InvalidInput
 from pipeline.models.plan import CiStep
 from pipeline.models.reports import GateCheck, GateReport
@@ -45,6 +45,8 @@ CHECK_ORDER = (
     "size",
     "secrets",
     "test_tampering",
+    "licence",
+    "attribution",
     "apply",
     "static_checks",
 )
@@ -137,6 +139,7 @@ class _GitHeader:
     new_file: bool = False
     deleted: bool = False
     new_mode: str | None = None
+    mode_changed: bool = False
     binary: bool = False
     seen_plus: bool = False
 
@@ -172,6 +175,13 @@ def _git_section_changes(lines: list[str], first_line: int) -> list[FileChange]:
     if header.binary or (patched and patched[0].is_binary_file):
         header.binary = True
     change = _make_change(header, old_path, new_path, added, removed)
+    if change.status == "modified" and not (
+        change.changed_lines or change.is_binary or header.mode_changed
+    ):
+        raise PatchParseError(
+            f"line {first_line}: the section for {change.path!r} changes nothing",
+            fix="regenerate the patch with `git diff`",
+        )
     return [change, *(_traditional_change(p) for p in patched[1:])]
 
 
@@ -197,8 +207,8 @@ def _make_change(
     new_mode = None if status == "deleted" else header.new_mode
     target = added[0].text if new_mode == SYMLINK_MODE and added else None
     return FileChange(
-        path=path,
-        old_path=old,
+        path=_normalize(path),
+        old_path=_normalize(old) if old is not None else None,
         status=status,
         added_lines=added,
         removed_lines=removed,
@@ -240,7 +250,7 @@ def _read_header_line(header: _GitHeader, line: str, first_line: int) -> None:
     elif line.startswith("deleted file mode "):
         header.deleted = True
     elif line.startswith("new mode "):
-        header.new_mode = line.rsplit(" ", 1)[1]
+        header.new_mode, header.mode_changed = line.rsplit(" ", 1)[1], True
     elif key == "index" and " " in value and header.new_mode is None:
         header.new_mode = value.rsplit(" ", 1)[1]  # an unchanged mode is on the index line
 
@@ -407,7 +417,14 @@ def _traditional_change(patched: PatchedFile) -> FileChange:
 
 def _plain_name(name: str) -> str | None:
     name = _diff_name(name, 0)
-    return None if name in (_DEV_NULL, "") else _strip_component(name)
+    return None if name in (_DEV_NULL, "") else _normalize(_strip_component(name))
+
+
+def _normalize(path: str) -> str:
+    """`a//b` and `a/./b` as git writes them (`a/b`), so the globs see the real path;
+    `..` stays for the path check to refuse."""
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    return ("/" if path.startswith("/") else "") + "/".join(parts)
 
 
 # --------------------------------------------------------------------------- the gate
@@ -460,6 +477,8 @@ def run_gate(
         lambda: check_size(patch, phase.max_files, phase.max_changed_lines),
         lambda: check_secrets(patch),
         lambda: check_test_tampering(patch, phase.task_category),
+        lambda: check_licence(patch, phase),
+        lambda: check_attribution(patch, phase, worktree),
         lambda: _check_apply(git, worktree, patch_path, applied),
         lambda: check_static(static_checks, worktree, log_dir),
     ]
@@ -525,13 +544,11 @@ def check_paths_safe(patch: ParsedPatch, worktree: Path) -> GateCheck:
     root = worktree.resolve()
     problems: list[str] = []
     for fc in patch.files:
-        reasons = {path: _lexical_problem(path) for path in fc.paths}
-        for path in fc.paths:
-            reason = reasons[path] or _physical_problem(root, path)
-            if reason:
-                problems.append(f"{path}: {reason}")
-        if any(reasons.values()):
-            continue  # the names are refused already; never probe where they point
+        # Lexical first: resolving `../x` on disk would only probe foreign directories.
+        reasons = [(p, _lexical_problem(p) or _physical_problem(root, p)) for p in fc.paths]
+        problems.extend(f"{path}: {reason}" for path, reason in reasons if reason)
+        if any(reason for _, reason in reasons):
+            continue  # refused already; never read what a bad name points at
         target = _resulting_symlink(fc, root)
         reason = _symlink_problem(root, fc.path, target) if target is not None else None
         if reason:
@@ -570,7 +587,7 @@ def _lexical_problem(path: str) -> str | None:
         return "absolute path"
     if ".." in parts:
         return "`..` component"
-    if "\\" in path:  # a separator on Windows checkouts: `..\\x` would escape there
+    if "\\" in path:  # a separator on Windows checkouts, where `..\x` would escape
         return "backslash in path"
     if any(part.lower() == ".git" for part in parts):  # case-insensitive filesystems
         return "inside .git"
@@ -578,8 +595,7 @@ def _lexical_problem(path: str) -> str | None:
 
 
 def _physical_problem(root: Path, path: str) -> str | None:
-    """A parent directory in the worktree that is a symlink (call only for lexically safe
-    paths: resolving `../x` would only probe foreign directories).
+    """A parent directory in the worktree that is a symlink.
 
     One leading out of the worktree is the escape this check exists for; one staying inside
     is refused too, because the lexical path would then dodge the protected and scope globs
@@ -643,13 +659,27 @@ def _matching_glob(spec: GitIgnoreSpec, lines: list[str], path: str) -> str | No
     return lines[result.index] if result.index is not None else "?"
 
 
+def _folded_matcher(globs: Sequence[str]) -> Callable[[str], str | None]:
+    """The glob matching a path, also case-folded: on macOS and Windows checkouts `RUNS/x`
+    is written into `runs/`, so a deny-style list must not be dodged by spelling."""
+    spec, lines = _spec(globs)
+    folded, folded_lines = _spec(g.lower() for g in globs)
+
+    def match(path: str) -> str | None:
+        return _matching_glob(spec, lines, path) or _matching_glob(
+            folded, folded_lines, path.lower()
+        )
+
+    return match
+
+
 def check_protected(patch: ParsedPatch, protected_paths: Sequence[str]) -> GateCheck:
     """No touched path (old or new name) matches a protected glob."""
-    spec, lines = _spec(protected_paths)
+    match = _folded_matcher(protected_paths)
     hits = [
         f"{path} (matches {glob!r})"
         for path in patch.touched_paths
-        if (glob := _matching_glob(spec, lines, path)) is not None
+        if (glob := match(path)) is not None
     ]
     if hits:
         return _check("protected_paths", False, "the patch touches protected paths", hits)
@@ -658,13 +688,13 @@ def check_protected(patch: ParsedPatch, protected_paths: Sequence[str]) -> GateC
 
 def check_scope(patch: ParsedPatch, allow: Sequence[str], deny: Sequence[str]) -> GateCheck:
     """Every touched path is allowed by the phase's scope and not denied by it."""
-    allow_spec, allow_lines = _spec(allow)
-    deny_spec, deny_lines = _spec(deny)
+    allow_spec, allow_lines = _spec(allow)  # exact case: an allow list only errs on refusing
+    denied = _folded_matcher(deny)
     out: list[str] = []
     for path in patch.touched_paths:
         if _matching_glob(allow_spec, allow_lines, path) is None:
             out.append(f"{path} (not allowed)")
-        elif (glob := _matching_glob(deny_spec, deny_lines, path)) is not None:
+        elif (glob := denied(path)) is not None:
             out.append(f"{path} (denied by {glob!r})")
     if out:
         scope = f"allow {', '.join(allow) or '(nothing)'}"
@@ -853,6 +883,163 @@ def _tampering_in(fc: FileChange) -> list[str]:
     return found
 
 
+# --------------------------------------------------------------------------- licences
+
+# NOTICE, NOTICE.md, THIRD_PARTY_NOTICES.md, third-party-licenses.txt, LICENSES/<id>.txt
+_NOTICE_NAME = re.compile(r"^(?:notice|third[_-]?party|thirdparty)", re.IGNORECASE)
+_COMMIT_ID = re.compile(r"\b[0-9a-f]{7,40}\b")
+_SOURCE_URL = re.compile(r"(?:https?|file|ssh|git)://\S+|git@\S+")
+
+
+_DEPENDENCY_CONFLICT = re.compile(
+    r"ModuleNotFoundError|No module named|ImportError|VersionConflict|ResolutionImpossible"
+    r"|conflicting dependencies|Could not find a version that satisfies|DistributionNotFound"
+    r"|requires [^\n]{1,80} but you have|incompatible version",
+    re.IGNORECASE,
+)
+
+
+def external_issue_category(task_category: str, kind: str, evidence: Iterable[str] = ()) -> str | None:
+    """The category of an issue raised in an external code phase, or None for other phases
+    (and for gate checks that keep their own category: scope, secrets, ...).
+
+    `kind` is the gate check that failed, or "ci" for a red CI run; `evidence` the text to
+    look for dependency trouble in (DESIGN §11.12: external_license_mismatch,
+    external_dependency_version_conflict, external_code_incompatible).
+    """
+    if task_category not in licences.EXTERNAL_CODE_CATEGORIES:
+        return None
+    if kind in ("licence", "attribution"):
+        return "external_license_mismatch"
+    if kind in ("apply", "static_checks", "ci"):
+        if _DEPENDENCY_CONFLICT.search("\n".join(evidence)):
+            return "external_dependency_version_conflict"
+        return "external_code_incompatible"
+    return None
+
+
+def is_notice_file(path: str) -> bool:
+    """A file that records third-party attributions (NOTICE, THIRD_PARTY*, LICENSES/...)."""
+    parts = path.lower().split("/")
+    return bool(_NOTICE_NAME.match(parts[-1])) or any(p in ("licenses", "licences") for p in parts[:-1])
+
+
+def _external(phase: PhaseStrategy) -> bool:
+    return phase.task_category in licences.EXTERNAL_CODE_CATEGORIES
+
+
+def check_licence(patch: ParsedPatch, phase: PhaseStrategy) -> GateCheck:
+    """External code phases: the source's licence is whitelisted and no added line carries
+    the text or SPDX id of another licence (a file copied from a GPL project, say)."""
+    if not _external(phase):
+        return _check("licence", True, "not an external code phase")
+    allowed = phase.allowed_licences or list(licences.ALLOWED)
+    found: list[str] = []
+    source = phase.reuse.source if phase.reuse else None
+    if source is not None and not licences.expression_allowed(source.licence, allowed):
+        found.append(f"source {source.repo}: licence {source.licence} is not whitelisted")
+    for fc in patch.files:
+        if fc.is_binary or not fc.added_lines:
+            continue
+        for hit in licences.find_licences([line.text for line in fc.added_lines]):
+            if not licences.expression_allowed(hit.spdx, allowed):
+                number = fc.added_lines[hit.line].number
+                found.append(f"{fc.path}:{number}: {hit.spdx} ({hit.marker!r})")
+    if found:
+        message = f"the patch brings in code under a licence that is not whitelisted ({', '.join(allowed)})"
+        return _check("licence", False, message, found)
+    what = f"source licence {source.licence}" if source is not None else "no refused licence text"
+    return _check("licence", True, f"{what}; nothing under another licence added")
+
+
+def check_attribution(patch: ParsedPatch, phase: PhaseStrategy, worktree: Path | None = None) -> GateCheck:
+    """External code phases: copied files keep their licence header, or a NOTICE/THIRD_PARTY
+    entry (added by the patch, or already in the worktree) names the source URL, commit and
+    licence; no licence header is dropped."""
+    if not _external(phase):
+        return _check("attribution", True, "not an external code phase")
+    problems = _dropped_headers(patch)
+    notice = [
+        line.text
+        for fc in patch.files
+        if is_notice_file(fc.path) and not fc.is_binary
+        for line in fc.added_lines
+    ]
+    existing = _existing_notices(worktree) if worktree is not None else []
+    if existing and (notice or not _notice_gaps(existing, phase)):
+        notice += existing
+    added = [
+        fc
+        for fc in patch.files
+        if fc.status == "added" and not fc.is_binary and fc.added_lines and not is_notice_file(fc.path)
+    ]
+    if notice:
+        gaps = _notice_gaps(notice, phase)
+        if gaps:
+            problems.append(f"the NOTICE/THIRD_PARTY entry lacks {', '.join(gaps)}")
+    else:
+        bare = [fc.path for fc in added if not licences.has_header([line.text for line in fc.added_lines])]
+        problems += [
+            f"{path}: added without a licence header, and no NOTICE/THIRD_PARTY entry names the source"
+            for path in bare
+        ]
+        if not added:
+            problems.append("nothing attributes the source: add a NOTICE/THIRD_PARTY entry (URL, commit, licence)")
+    if problems:
+        return _check("attribution", False, "external code is not attributed as its licence requires", problems)
+    how = "a NOTICE/THIRD_PARTY entry names the source" if notice else "every added file keeps a licence header"
+    return _check("attribution", True, how)
+
+
+def _existing_notices(worktree: Path) -> list[str]:
+    """The lines of the attribution files the worktree already has (top level, LICENSES/)."""
+    lines: list[str] = []
+    root = worktree.resolve()
+    for path in sorted([*root.glob("*"), *root.glob("LICENSES/*"), *root.glob("LICENCES/*")]):
+        rel = path.relative_to(root).as_posix()
+        if path.is_file() and not path.is_symlink() and is_notice_file(rel) and path.stat().st_size < 1 << 20:
+            lines += path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return lines
+
+
+def _dropped_headers(patch: ParsedPatch) -> list[str]:
+    """Licence header lines a patch removes from a file and does not put back."""
+    out: list[str] = []
+    for fc in patch.files:
+        if fc.status not in ("modified", "renamed") or fc.is_binary or not fc.removed_lines:
+            continue
+        removed = [line.text for line in fc.removed_lines]
+        kept = {licences.normalised_line(line.text) for line in fc.added_lines}
+        for index in licences.header_lines(removed):
+            if licences.normalised_line(removed[index]) not in kept:
+                number = fc.removed_lines[index].number
+                out.append(f"{fc.path}:{number}: drops licence header line {removed[index].strip()!r}")
+    return out
+
+
+def _notice_gaps(lines: Sequence[str], phase: PhaseStrategy) -> list[str]:
+    """What a NOTICE entry must name and does not: source URL, commit, licence."""
+    text = "\n".join(lines)
+    source = phase.reuse.source if phase.reuse else None
+    gaps = []
+    if source is not None:
+        if source.repo.rstrip("/") not in text:
+            gaps.append(f"the source URL {source.repo}")
+    elif not _SOURCE_URL.search(text):
+        gaps.append("a source URL")
+    if source is not None and source.commit:
+        if source.commit not in text:
+            gaps.append(f"the commit {source.commit}")
+    elif not _COMMIT_ID.search(text):
+        gaps.append("a commit id")
+    wanted = licences.expression_ids(source.licence) if source is not None else list(licences.ALLOWED)
+    named = {hit.spdx for hit in licences.find_licences(list(lines))}
+    named |= {i for i in wanted if re.search(rf"(?<![\w.+-]){re.escape(i)}(?![\w.+-])", text)}
+    if not named & set(wanted):
+        gaps.append(f"the licence ({source.licence if source is not None else 'its SPDX id'})")
+    return gaps
+
+
 # --------------------------------------------------------------------------- apply
 
 
@@ -940,6 +1127,10 @@ _HINTS = {
     "size": "Make a smaller change: fewer files and lines, only what the phase asks for.",
     "secrets": "Never commit credentials; read them from the environment or a config file.",
     "test_tampering": "Make the code pass the tests; do not delete, skip or weaken them.",
+    "licence": "Only take code under the whitelisted licences (MIT, BSD-2-Clause, BSD-3-Clause, "
+    "Apache-2.0, ISC); leave out anything under another licence.",
+    "attribution": "Keep the licence header of every copied file, or add a NOTICE / THIRD_PARTY_NOTICES "
+    "entry naming the source URL, the commit and the licence.",
     "apply": "Base the patch on the current state of the branch; it must apply cleanly.",
     "static_checks": "Fix the problems the static checks report.",
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from pipeline import licences
 from pipeline.errors import InvalidInput
 from pipeline.models.enums import CiProfileName, SafetyProfile, Severity
 from pipeline.models.plan import AgentRef, AgentSpec, CiProfile, Plan, PlanPhase, PlanTier
@@ -30,12 +31,20 @@ def _scope_is_protected_adjacent(allow: list[str], protected: list[str]) -> bool
     """A scope that reaches into a protected path's top-level directory (e.g. `.github/**`
     next to `.github/workflows/`) deserves strict CI even though the gate blocks the path
     itself."""
+    import fnmatch
+
     import pathspec
 
     spec = pathspec.PathSpec.from_lines("gitignore", allow)
+    # The first directory of each anchored pattern: a scope deeper inside a protected
+    # path's top directory (`.github/actions/**`, `schemas/extra/**`) is just as adjacent,
+    # though it does not match the `<top>/x` probe below.
+    heads = [a.strip("/").split("/")[0] for a in allow if "/" in a.strip("/")]
     for pattern in protected:
         top = pattern.strip("/").split("/")[0]
-        if top and top not in ("**", "*") and spec.match_file(f"{top}/x") and allow != ["**"]:
+        if not top or top in ("**", "*") or allow == ["**"]:
+            continue
+        if spec.match_file(f"{top}/x") or any(h != "**" and fnmatch.fnmatchcase(top, h) for h in heads):
             return True
     return False
 
@@ -81,6 +90,10 @@ def compile_phase(
     why["incident_token_cap"] = (
         "plan" if phase.incident_token_cap else _origin(overridden, f"{key}.incident_token_cap", "category")
     )
+    problems = reuse_problems(phase)
+    if problems:
+        raise InvalidInput(problems[0], "pick a whitelisted source for the phase, or make it greenfield")
+    cap, modifier = _budget_modified(plan, phase, cap, why)
     why["max_auditor_attempts"] = _origin(overridden, f"{key}.max_auditor_attempts", "category")
     why["auditor_profile"] = _origin(overridden, f"{key}.auditor_profile", "category")
     return PhaseStrategy(
@@ -109,7 +122,50 @@ def compile_phase(
         auditor=agent_spec(phase.auditor or plan.agents.auditor),
         why=why,
         cleans=list(phase.cleans),
+        reuse=phase.reuse,
+        budget_modifier=modifier,
+        allowed_licences=list(licences.ALLOWED) if category in licences.EXTERNAL_CODE_CATEGORIES else [],
     )
+
+
+def reuse_problems(phase: PlanPhase) -> list[str]:
+    """What makes a phase's `reuse:` block unusable in a zero-intervention run."""
+    reuse = phase.reuse
+    if reuse is None:
+        return []
+    out = []
+    if reuse.decision != "greenfield" and reuse.source is None:
+        out.append(f"phase {phase.phase_id}: reuse decision {reuse.decision} names no source (repo, path, licence)")
+    if reuse.source is not None and not licences.expression_allowed(reuse.source.licence):
+        out.append(
+            f"phase {phase.phase_id}: source {reuse.source.repo} is licensed {reuse.source.licence}, "
+            f"refused in zero-intervention runs (allowed: {', '.join(licences.ALLOWED)})"
+        )
+    return out
+
+
+def _budget_modified(plan: Plan, phase: PlanPhase, cap: int, why: dict[str, str]) -> tuple[int, float]:
+    """The incident cap after the reuse decision's and the stack profile's budget modifiers
+    (DESIGN §11.12); a cap the plan sets itself is kept as written."""
+    parts: list[tuple[str, str, float]] = []
+    if phase.reuse is not None and phase.reuse.budget_modifier:
+        r = phase.reuse
+        parts.append(("reuse", f"{r.decision} (match {r.match:.0%})", r.budget_modifier))
+    if plan.stack is not None and plan.stack.budget_modifier:
+        parts.append(("stack", f"stack {plan.stack.profile}", plan.stack.budget_modifier))
+    if not parts:
+        return cap, 0.0
+    shown = "; ".join(f"{label} {value:+.0%}" for _, label, value in parts)
+    if phase.incident_token_cap:
+        why["budget_modifier"] = f"{shown}: not applied, the plan sets incident_token_cap"
+        return cap, 0.0
+    factor = 1.0
+    for _, _, value in parts:
+        factor *= 1.0 + value
+    modified = max(1, round(cap * factor))
+    why["incident_token_cap"] = "+".join(origin for origin, _, _ in parts)
+    why["budget_modifier"] = f"{shown}: {cap} -> {modified}"
+    return modified, round(factor - 1.0, 4)
 
 
 def _ci_profile(
@@ -136,9 +192,12 @@ def _ci_profile(
 def compile_budgets(plan: Plan, ruleset: Ruleset, phases: list[PhaseStrategy]) -> tuple[RunBudget, list[TierBudget]]:
     rb = ruleset.run_budgets
     n = len(phases)
+    # The plan may only tighten the ruleset's cost cap, as with every other run budget
+    # (it used to replace it, so a plan could raise a project-wide cap).
+    cost_caps = [c for c in (plan.budgets.cost_cap_usd, rb.cost_cap_usd) if c is not None]
     run_budget = RunBudget(
         token_cap=min(rb.token_cap, plan.budgets.token_cap or rb.token_cap),
-        cost_cap_usd=plan.budgets.cost_cap_usd or rb.cost_cap_usd,
+        cost_cap_usd=min(cost_caps) if cost_caps else None,
         max_phases=min(rb.max_phases, plan.budgets.max_phases or rb.max_phases),
         max_minor_issues_total=rb.minor_issues_per_phase * n,
         max_duration_minutes=min(rb.max_duration_minutes, plan.budgets.max_duration_minutes or rb.max_duration_minutes),
@@ -179,8 +238,7 @@ def compile_strategy(
     if len(phases) > run_budget.max_phases:
         raise InvalidInput(
             f"plan {plan.run_id} has {len(phases)} phases; max_phases is {run_budget.max_phases}",
-            "split the plan into runs of at most max_phases phases (by tier); "
-            "automatic chaining of runs is not built yet",
+            "start_run splits such a plan into chained runs by tier; compile the strategy after the split",
         )
     profile = ruleset.safety_profiles[plan.safety_profile]
     return Strategy(

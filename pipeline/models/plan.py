@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from pipeline.models.base import Frozen, Ident
@@ -11,9 +13,16 @@ from pipeline.models.enums import BuilderMode, CiProfileName, Complexity, RunSco
 class AgentSpec(Frozen):
     """An agent given inline: a shell command run in the worktree, or a preset with options."""
 
-    command: str | None = Field(default=None, description="shell command run in the worktree")
+    command: str | None = Field(
+        default=None, description="shell command run in the worktree (with a preset: replaces its command template)"
+    )
     preset: str | None = Field(default=None, description="a preset name from profiles/agents.yaml")
     timeout_s: int | None = Field(default=None, ge=1)
+    # Preset options (pipeline/data/agents.yaml): used where the preset's CLI can take them.
+    model: str | None = Field(default=None, min_length=1, description="model for the preset's CLI ({model})")
+    max_turns: int | None = Field(default=None, ge=1, description="turn bound for the preset's CLI ({max_turns})")
+    max_cost_usd: float | None = Field(default=None, gt=0, description="spend bound for the preset's CLI")
+    args: list[str] = Field(default_factory=list, description="extra arguments appended to the command")
 
 
 # A preset name ("claude", "codex") or an inline spec.
@@ -60,6 +69,41 @@ class PlanBudgets(Frozen):
     max_duration_minutes: int | None = Field(default=None, ge=1)
 
 
+class ReuseSource(Frozen):
+    """Where a reuse phase takes its code from (a curated catalog source)."""
+
+    id: str | None = None
+    repo: str = Field(min_length=1, description="repository URL or local path")
+    path: str = Field(default="", description="directory or file inside the repository")
+    licence: str = Field(min_length=1, description="SPDX licence id; must be whitelisted")
+    quality_score: float | None = Field(default=None, ge=0, le=1)
+    commit: str | None = Field(default=None, description="reviewed commit to take the code from")
+
+
+class PlanReuse(Frozen):
+    """The reuse decision for one catalog feature (DESIGN §11.12), made by `new_run`."""
+
+    feature: str = Field(min_length=1)
+    decision: Literal["fork_and_adapt", "extract_components", "greenfield"]
+    match: float = Field(ge=0, le=1, description="share of the feature the source provides")
+    budget_modifier: float = Field(
+        default=0.0, ge=-0.9, le=1.0, description="fraction added to the incident_token_cap (-0.5 halves it)"
+    )
+    source: ReuseSource | None = None
+    adapt: str = Field(default="", description="what to adapt")
+
+
+class PlanStack(Frozen):
+    """The stack profile `new_run` picked for the project type (profiles/stacks.yaml)."""
+
+    profile: str = Field(min_length=1)
+    project_type: str = Field(min_length=1)
+    budget_modifier: float = Field(
+        default=0.0, ge=-0.9, le=1.0, description="fraction added to every phase's incident_token_cap"
+    )
+    components: dict[str, str] = Field(default_factory=dict)
+
+
 class PlanPhase(Frozen):
     phase_id: Ident
     name: str = Field(min_length=1)
@@ -77,6 +121,7 @@ class PlanPhase(Frozen):
     cleans: list[str] = Field(
         default_factory=list, description="backlog issue keys a debt_cleanup phase cleans (added by start_run)"
     )
+    reuse: PlanReuse | None = Field(default=None, description="external feature reuse decision")
 
 
 class PlanTier(Frozen):
@@ -96,6 +141,10 @@ class Plan(Frozen):
     agents: PlanAgents = Field(default_factory=PlanAgents)
     ci: dict[CiProfileName, CiProfile] | None = None
     budgets: PlanBudgets = Field(default_factory=PlanBudgets)
+    stack: PlanStack | None = None
+    chained_from: Ident | None = Field(
+        default=None, description="the run this one continues (a plan split by max_phases)"
+    )
     tiers: list[PlanTier] = Field(min_length=1)
 
     def phases(self) -> list[tuple[PlanTier, PlanPhase]]:

@@ -13,7 +13,7 @@ from pipeline.models.enums import (
     SafetyProfile,
     Severity,
 )
-from pipeline.models.plan import AgentSpec, CiProfile
+from pipeline.models.plan import AgentSpec, CiProfile, PlanReuse
 
 
 class PhaseStrategy(Frozen):
@@ -42,6 +42,11 @@ class PhaseStrategy(Frozen):
     auditor: AgentSpec | None
     why: dict[str, str] = Field(default_factory=dict, description="field -> where its value came from")
     cleans: list[str] = Field(default_factory=list, description="backlog issue keys this debt_cleanup phase cleans")
+    reuse: PlanReuse | None = Field(default=None, description="the plan's reuse decision (external_feature_reuse)")
+    budget_modifier: float = Field(default=0.0, description="reuse and stack modifiers applied to incident_token_cap")
+    allowed_licences: list[str] = Field(
+        default_factory=list, description="SPDX ids the gate accepts in external code phases"
+    )
 
 
 class TierBudget(Frozen):
