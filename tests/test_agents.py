@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.agents import AGENT_ENV_ALLOW, AgentOutcome, Role, run_agent
-from pipeline.errors import EnvironmentProblem, InvalidInput, NotImplementedYet
+from pipeline.errors import EnvironmentProblem, InvalidInput
 from pipeline.models.plan import AgentSpec
 from pipeline.models.results import AuditorResult, BuilderResult
 from testing.gitrepo import write_script
@@ -258,12 +258,16 @@ def test_builder_result_given_to_auditor_is_invalid(dirs: dict[str, Path]) -> No
 
 # --- definition errors (raised: the plan is wrong, not the agent) -----------------------
 
-@pytest.mark.parametrize("preset", ["claude", "command"])
-def test_preset_is_not_built_yet(dirs: dict[str, Path], preset: str) -> None:
-    with pytest.raises(NotImplementedYet, match="agent presets arrive with issue 7") as info:
-        _run(dirs, AgentSpec(preset=preset))
-    assert "command:" in info.value.message
+def test_unknown_preset_is_invalid(dirs: dict[str, Path]) -> None:
+    with pytest.raises(InvalidInput, match="agent preset 'no-such-cli' is not defined") as info:
+        _run(dirs, AgentSpec(preset="no-such-cli"))
+    assert "claude" in info.value.fix and "profiles/agents.yaml" in info.value.fix
     assert not (dirs["attempt"] / "builder.log").exists()
+
+
+def test_generic_preset_needs_a_command(dirs: dict[str, Path]) -> None:
+    with pytest.raises(InvalidInput, match="runs the plan's `command:` and none is given"):
+        _run(dirs, AgentSpec(preset="command"))
 
 
 @pytest.mark.parametrize("command", [None, "", "   "])
