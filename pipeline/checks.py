@@ -11,9 +11,10 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from pipeline import config
-from pipeline.errors import AutopackError, ValidationErrors
+from pipeline.errors import AutopackError, InvalidInput, ValidationErrors
 from pipeline.jsonio import read_model
 from pipeline.models.issues import PhaseIssueFile, RunIssueIndex
+from pipeline.models.plan import Plan
 from pipeline.models.reports import CiReport, GateReport
 from pipeline.models.results import AttemptRecord
 from pipeline.models.run import PhaseRecord, RunRecord
@@ -47,6 +48,7 @@ def validate_workspace(workspace: Path, run_id: str | None = None) -> list[str]:
     problems: list[str] = []
     problems += _problems_of(lambda: config.load_ruleset(workspace))
     problems += _problems_of(lambda: config.load_ci_profiles(workspace))
+    problems += _catalog_problems(workspace)
     run_ids = [run_id] if run_id else RunStore.list_runs(workspace)
     for rid in run_ids:
         problems += validate_run(workspace, rid)
@@ -54,12 +56,14 @@ def validate_workspace(workspace: Path, run_id: str | None = None) -> list[str]:
 
 
 def validate_run(workspace: Path, run_id: str) -> list[str]:
-    from pipeline.starting import load_valid_plan
+    from pipeline.starting import check_agents, load_valid_plan
 
     store = RunStore(workspace, run_id)
     if not store.plan_path.exists() and not store.run_json.exists():
         return [f"{store.run_dir}: no plan.yaml and no run.json (create it with `doit new_run --run {run_id}`)"]
-    problems = _problems_of(lambda: load_valid_plan(workspace, store))
+    problems = _problems_of(lambda: _reuse_problems(load_valid_plan(workspace, store), store))
+    if not store.run_json.exists():
+        problems += _problems_of(lambda: check_agents(workspace, load_valid_plan(workspace, store)))
     if not store.run_json.exists():
         return problems
     for path in sorted(store.run_dir.rglob("*.json")):
@@ -67,9 +71,74 @@ def validate_run(workspace: Path, run_id: str) -> list[str]:
         if model is not None and "incident" not in path.parts:
             problems += _problems_of(lambda p=path, m=model: read_model(p, m))  # type: ignore[misc]
     problems += _problems_of(lambda: _check_events(store))
+    problems += _problems_of(lambda: _check_frozen_plan(store))
     return problems
+
+
+def _check_frozen_plan(store: RunStore) -> None:
+    """A started run's plan.yaml is frozen: its sha256 is the one start_run recorded."""
+    from pipeline.planfile import plan_sha256
+
+    frozen = read_model(store.run_json, RunRecord).plan_sha256
+    sha = plan_sha256(store.plan_path)
+    if sha != frozen:
+        raise InvalidInput(
+            f"{store.plan_path}: changed after start_run (sha256 {sha[:12]} != frozen "
+            f"{frozen[:12]}); a started run's plan is frozen: restore it (`git checkout -- "
+            f"{store.plan_path}`) or start a new run",
+            "restore the plan as it was frozen, or start a new run",
+        )
 
 
 def _check_events(store: RunStore) -> None:
     run = read_model(store.run_json, RunRecord)
     store.events.verify(expected_count=run.events_count, expected_head=run.events_head or None)
+
+
+def _reuse_problems(plan: Plan, store: RunStore) -> None:
+    """A reuse phase the strategy would refuse at start_run (refused licence, no source)."""
+    from pipeline.strategy import reuse_problems
+
+    problems = [f"{store.plan_path}: {p}" for _, phase in plan.phases() for p in reuse_problems(phase)]
+    if problems:
+        raise ValidationErrors(problems, "pick a whitelisted catalog source for the phase, or make it greenfield")
+
+
+def _catalog_problems(workspace: Path) -> list[str]:
+    """Stack profiles and feature catalog (their own rules), plan templates and candidates."""
+    from pipeline import catalog, validate, yamlio
+    from pipeline.models.catalog import CandidateReport
+    from pipeline.planfile import plan_problems
+
+    problems = catalog.workspace_problems(workspace)
+    try:
+        ruleset = config.load_ruleset(workspace).ruleset
+        categories: set[str] | None = {*ruleset.categories, *ruleset.aliases}
+    except AutopackError:
+        categories = None  # reported above
+    templates = workspace / catalog.TEMPLATES_DIR
+    for path in sorted(templates.rglob("*.yaml")) if templates.is_dir() else []:
+        try:
+            rt = yamlio.load_roundtrip(path)
+        except ValidationErrors as exc:
+            problems += exc.problems
+            continue
+        except AutopackError as exc:
+            problems.append(exc.message)
+            continue
+        data = yamlio.to_plain(rt.data)
+        if not isinstance(data, dict):
+            problems.append(f"{path}:1:1: a template must be a plan mapping")
+            continue
+        problems += plan_problems(path, rt, data, categories)
+    schema = validate.schema_for(CandidateReport)
+    for path in catalog.candidate_files(workspace):
+        try:
+            rt = yamlio.load_roundtrip(path)
+        except AutopackError as exc:
+            problems.append(exc.message)
+            continue
+        problems += validate.validate_instance(
+            yamlio.to_plain(rt.data), schema, source=str(path), positions=rt.position, scalar_text=rt.scalar_text
+        )
+    return problems

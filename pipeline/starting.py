@@ -10,7 +10,7 @@ from pipeline import backlog, config, planfile
 from pipeline.chaining import next_in_chain, split_plan
 from pipeline.context import branch_name, record_lives_in_branch, target_repo, worktree_path
 from pipeline.debt import DebtPlan, append_debt_tier, plan_debt_phases
-from pipeline.errors import InvalidInput
+from pipeline.errors import InvalidInput, ValidationErrors
 from pipeline.git import LocalGitCli
 from pipeline.jsonio import write_model
 from pipeline.models.enums import RunState, Severity
@@ -21,7 +21,7 @@ from pipeline.models.run import PhaseRecord, RunRecord
 from pipeline.models.strategy import Strategy
 from pipeline.recorder import Recorder, initial_summaries
 from pipeline.store import RunStore, utc_now
-from pipeline.strategy import compile_strategy
+from pipeline.strategy import agent_spec, compile_strategy
 
 
 def load_valid_plan(workspace: Path, store: RunStore) -> Plan:
@@ -49,6 +49,30 @@ def compile_for(
         overridden=loaded.overridden,
         aged_issue_keys=aged_issue_keys,
     )
+
+
+def check_agents(workspace: Path, plan: Plan) -> None:
+    """Every phase's builder and auditor resolve (known preset, a command where needed),
+    so a typo fails at start, not in the middle of an unattended run."""
+    from pipeline.agents import resolve_agent
+    from pipeline.presets import load_agent_presets
+
+    presets = load_agent_presets(workspace)
+    problems = []
+    for _tier, phase in plan.phases():
+        for role, ref in (
+            ("builder", phase.builder or plan.agents.builder),
+            ("auditor", phase.auditor or plan.agents.auditor),
+        ):
+            spec = agent_spec(ref)
+            if spec is None:
+                continue
+            try:
+                resolve_agent(spec, presets)
+            except InvalidInput as exc:
+                problems.append(f"phase {phase.phase_id} {role}: {exc.message} ({exc.fix})")
+    if problems:
+        raise ValidationErrors(problems, "fix the agents in the plan (or profiles/agents.yaml)")
 
 
 @dataclass(frozen=True)
@@ -115,6 +139,7 @@ def start_run(workspace: Path, run_id: str) -> RunRecord:
                 f"drive it with `doit run --run {run_id}`, or start a new run id",
             )
         plan = load_valid_plan(workspace, store)
+        check_agents(workspace, plan)
         ruleset = config.load_ruleset(workspace).ruleset
         aging = _add_debt_phases(workspace, store, plan, ruleset, _aging(workspace, run_id, plan, ruleset))
         max_phases = min(ruleset.run_budgets.max_phases, plan.budgets.max_phases or ruleset.run_budgets.max_phases)
