@@ -11,19 +11,22 @@ the same canonical JSON with plain writes (no fsync, two processes), or generati
 10,000 runs would take minutes. Every 50th run.json is written "by an older schema
 version": without the optional fields added later (`promoted_commit`, `promoted_at`).
 
-Then it times, each in a fresh `python -m pipeline` process with cwd = the workspace:
+Then it times:
 
-- `report` cold (no rollup, no doit state), warm (nothing changed: doit skips it), and
-  incremental (one run.json touched: one run re-read);
-- a backlog query, "top 20 issue keys by distinct runs", three ways in this process:
-  DuckDB over the rollup (what `doit sql` runs, including its check for changed runs),
-  DuckDB over the run issue index files directly (the live view), and plain Python
-  (`json.load` of the same files in a loop); the answers are compared, the ratios printed.
+- `python -m pipeline report` (a fresh process, cwd = the workspace): cold (no rollup, no
+  doit state), warm (nothing changed: doit skips it), incremental (one run.json touched:
+  one run re-read) and forced (doit state deleted, the rollup current);
+- a backlog query, "top 20 issue keys by distinct runs", in this process: DuckDB on an
+  open connection over the rollup; the same with what `doit sql` does first (check for
+  changed runs, define the views); DuckDB over the run_issue_index.json files directly
+  (the live views); and plain Python (`json.load` of the same files in a loop). The
+  answers are compared; the ratios are printed.
 
 Targets (reported, never failed on): cold report over 10,000 runs under 5 s; DuckDB at
-least 3x faster than plain Python for the query. Workspaces are kept under --root
-(default: a `autopack-bench-reports` directory in the temp dir) and reused unless
---regenerate.
+least 3x faster than plain Python for the query. Workspaces are kept under --root and
+reused unless --regenerate. The default root is /dev/shm when it exists: creating the
+470,000 files of 10,000 runs on this VM's disk took 1-6 minutes depending on load.
+Reading is served from the page cache either way once the files are warm.
 """
 
 from __future__ import annotations
@@ -235,8 +238,13 @@ class RunBuilder:
         attempts: list[AttemptRecord] = []
         spend = Spend()
         if outcome == "skip":
-            return PhaseRecord(run_id=self.run_id, phase_id=p.phase_id, tier_id=p.tier_id, index=p.index,
-                               name=f"{p.category} {p.index}"), issues
+            return PhaseRecord(
+                run_id=self.run_id,
+                phase_id=p.phase_id,
+                tier_id=p.tier_id,
+                index=p.index,
+                name=f"{p.category} {p.index}",
+            ), issues
         self.event("phase", p.phase_id, "QUEUED", "EXECUTING", attempt=1)
         skill = self.skill - {Complexity.low: -0.1, Complexity.medium: 0.0, Complexity.high: 0.2}[p.complexity]
         max_k = 3 + (1 if p.complexity == Complexity.high else 0)
@@ -248,12 +256,13 @@ class RunBuilder:
             if passes:
                 kind: AttemptOutcome = "passed"
             elif outcome == "fail" and k == max_k:
-                kind = {
+                final: dict[RunState, AttemptOutcome] = {
                     RunState.DONE_FAILED_POLICY_VIOLATION: "policy_violation",
                     RunState.DONE_FAILED_BUDGET_EXHAUSTED: "budget_refused",
                     RunState.DONE_FAILED_REQUIRES_HUMAN_REVIEW: "auditor_rejected",
                     RunState.DONE_FAILED_ENVIRONMENT: "ci_failed",
-                }[self.fate]
+                }
+                kind = final[self.fate]
             else:
                 kind = pick(self.rng, FAILED_OUTCOMES)
             attempt = AttemptRecord(
@@ -288,8 +297,15 @@ class RunBuilder:
             elif kind == "budget_refused":
                 new.append(self.issue(p, "budget:tokens", IssueSource.budget, "budget", Severity.major))
             if self.rng.random() < 0.15:
-                new.append(self.issue(p, zipf_key(self.rng, DOUBT_KEYS), IssueSource.builder_self_doubt,
-                                      "builder_self_doubt", Severity.minor))
+                new.append(
+                    self.issue(
+                        p,
+                        zipf_key(self.rng, DOUBT_KEYS),
+                        IssueSource.builder_self_doubt,
+                        "builder_self_doubt",
+                        Severity.minor,
+                    )
+                )
             issues = record_issues(issues, new)
             spend = Spend(
                 tokens=spend.tokens + use.tokens,
@@ -305,8 +321,9 @@ class RunBuilder:
         done = outcome == "pass"
         state = PhaseState.COMPLETE if done else PhaseState.FAILED
         self.event("phase", p.phase_id, "CI_RUNNING" if done else "GATE", state.value)
-        spend = spend.model_copy(update={"minor_issues": issues.minor_issue_count,
-                                         "major_issues": issues.major_issue_count})
+        spend = spend.model_copy(
+            update={"minor_issues": issues.minor_issue_count, "major_issues": issues.major_issue_count}
+        )
         record = PhaseRecord(
             run_id=self.run_id,
             phase_id=p.phase_id,
@@ -331,8 +348,11 @@ class RunBuilder:
         records: list[PhaseRecord] = []
         phase_files: list[tuple[int, PhaseIssueFile]] = []
         for p in plans:
-            outcome = "pass" if not self.failing_index or p.index < self.failing_index else (
-                "fail" if p.index == self.failing_index else "skip")
+            outcome = (
+                "pass"
+                if not self.failing_index or p.index < self.failing_index
+                else ("fail" if p.index == self.failing_index else "skip")
+            )
             record, issues = self.phase(p, outcome)
             pdir = f"phases/{p.index:02d}-{p.phase_id}"
             self.files[f"{pdir}/phase.json"] = record
@@ -375,8 +395,14 @@ class RunBuilder:
         cap = (2 if self.safety == SafetyProfile.normal else 1) * len(records)
         if spend.minor_issues > cap:
             reasons.append(f"{spend.minor_issues} minor issue(s) > {cap} tolerated")
-        return TierSummary(tier_id=tier_id, name=name, state=state,
-                           cleanliness="not_clean" if reasons else "clean", cleanliness_reasons=reasons, spend=spend)
+        return TierSummary(
+            tier_id=tier_id,
+            name=name,
+            state=state,
+            cleanliness="not_clean" if reasons else "clean",
+            cleanliness_reasons=reasons,
+            spend=spend,
+        )
 
     def run_record(self, plans: list[PhasePlan], records: list[PhaseRecord], tiers: list[TierSummary]) -> RunRecord:
         total = Spend()
@@ -399,10 +425,18 @@ class RunBuilder:
         debt = "has_major_debt" if total.major_issues else "has_minor_debt" if total.minor_issues else "clean"
         summaries = [
             PhaseSummary(
-                phase_id=r.phase_id, tier_id=r.tier_id, index=r.index, name=r.name,
-                task_category=p.category, complexity=p.complexity.value, state=r.state,
-                attempts=len(r.attempts), tokens=r.spend.tokens, cost_usd=r.spend.cost_usd,
-                commit=r.commit, tag=r.tag,
+                phase_id=r.phase_id,
+                tier_id=r.tier_id,
+                index=r.index,
+                name=r.name,
+                task_category=p.category,
+                complexity=p.complexity.value,
+                state=r.state,
+                attempts=len(r.attempts),
+                tokens=r.spend.tokens,
+                cost_usd=r.spend.cost_usd,
+                commit=r.commit,
+                tag=r.tag,
             )
             for p, r in zip(plans, records, strict=True)
         ]
@@ -418,8 +452,13 @@ class RunBuilder:
             branch=f"autonomous/{self.run_id}",
             worktree=f".autopack/worktrees/{self.run_id}",
             plan_sha256=hashlib.sha256(self.run_id.encode()).hexdigest(),
-            budgets=RunBudget(token_cap=5_000_000, cost_cap_usd=None, max_phases=25,
-                              max_minor_issues_total=3 * PHASES, max_duration_minutes=120),
+            budgets=RunBudget(
+                token_cap=5_000_000,
+                cost_cap_usd=None,
+                max_phases=25,
+                max_minor_issues_total=3 * PHASES,
+                max_duration_minutes=120,
+            ),
             spend=total,
             failure_reason=f"phase {failed.phase_id}: {failed.failure_reason}" if failed else None,
             debt_status=debt,
@@ -482,8 +521,12 @@ def validate_sample(ws: Path, n: int) -> int:
     from pipeline.models.issues import RunIssueIndex
 
     kinds: dict[str, type[BaseModel]] = {
-        "run.json": RunRecord, "run_issue_index.json": RunIssueIndex, "phase.json": PhaseRecord,
-        "issues.json": PhaseIssueFile, "builder.json": AttemptRecord, "ci.json": CiReport,
+        "run.json": RunRecord,
+        "run_issue_index.json": RunIssueIndex,
+        "phase.json": PhaseRecord,
+        "issues.json": PhaseIssueFile,
+        "builder.json": AttemptRecord,
+        "ci.json": CiReport,
     }
     checked = 0
     for i in sorted({0, 7, n // 2, n - 1}):
@@ -518,10 +561,16 @@ def report_times(ws: Path) -> dict[str, float]:
     assert index.stat().st_mtime_ns == mtime, "an up-to-date report was rebuilt"
     run_json = ws / "runs" / "r00003" / "run.json"
     os.utime(run_json, ns=(time.time_ns(), time.time_ns()))
-    incremental, _ = timed_cli(ws, "report")
-    assert index.stat().st_mtime_ns != mtime or True  # same data: the file may stay byte-identical
+    incremental, out = timed_cli(ws, "report")
+    assert "1 re-read" in out, out
+    # `python -m pipeline forget` forgets, then pipeline.cli crashes on doit's None exit code:
+    # forget through doit's own state file instead (the same effect).
+    for db in ws.glob(".doit.db*"):
+        db.unlink()
+    forced, out = timed_cli(ws, "report")
+    assert "0 re-read" in out, out
     startup, _ = timed_cli(ws, "list")
-    return {"cold": cold, "warm": warm, "incremental": incremental, "startup": startup}
+    return {"cold": cold, "warm": warm, "incremental": incremental, "forced": forced, "startup": startup}
 
 
 BACKLOG_SQL = """
@@ -557,26 +606,33 @@ def best_of(n: int, fn: Any) -> tuple[float, Any]:
 
 
 def query_times(ws: Path) -> dict[str, float]:
-    from pipeline import reports
+    from pipeline import rollup as duck
 
-    def rollup() -> list[tuple[Any, ...]]:
-        with reports.connect(ws) as con:  # refreshes the rollup (nothing changed), then queries it
+    def setup_and_query() -> list[tuple[Any, ...]]:
+        # what `doit sql` does: check for changed runs (none), define the views, query
+        with duck.connect(ws, query=BACKLOG_SQL) as con:
             return [tuple(r) for r in con.sql(BACKLOG_SQL).fetchall()]
 
     def live() -> list[tuple[Any, ...]]:
-        with reports.connect(ws, rollup=False) as con:
+        with duck.connect(ws, rollup=False, query=BACKLOG_SQL) as con:
             return [tuple(r) for r in con.sql(BACKLOG_SQL).fetchall()]
 
     cwd = Path.cwd()
     os.chdir(ws)
     try:
-        t_rollup, a = best_of(3, rollup)
+        t_setup, a = best_of(3, setup_and_query)
         t_live, b = best_of(3, live)
+        with duck.connect(ws, query=BACKLOG_SQL) as con:
+            t_query, d = best_of(3, lambda: [tuple(r) for r in con.sql(BACKLOG_SQL).fetchall()])
     finally:
         os.chdir(cwd)
     t_py, c = best_of(3, lambda: python_backlog(ws))
-    assert a == b == c, f"the three answers differ:\n{a[:3]}\n{b[:3]}\n{c[:3]}"
-    return {"rollup": t_rollup, "live": t_live, "python": t_py}
+    assert a == b == c == d, f"the answers differ:\n{a[:3]}\n{b[:3]}\n{c[:3]}\n{d[:3]}"
+    return {"query": t_query, "setup": t_setup, "live": t_live, "python": t_py}
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
 
 
 def met(ok: bool) -> str:
@@ -599,7 +655,9 @@ def workspaces(root: Path, sizes: list[int], regenerate: bool, procs: int) -> It
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, nargs="+", default=[1000, 10000])
-    parser.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "autopack-bench-reports")
+    shm = Path("/dev/shm")
+    default_root = (shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())) / "autopack-bench"
+    parser.add_argument("--root", type=Path, default=default_root)
     parser.add_argument("--regenerate", action="store_true")
     parser.add_argument("--procs", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
@@ -609,21 +667,34 @@ def main() -> int:
         queries = query_times(ws)
         results.append((n, times, queries))
         print(f"\n{n} runs x {PHASES} phases ({ws})")
-        print(f"  doit report: cold {times['cold']:.2f} s, warm (up to date) {times['warm']:.2f} s, "
-              f"one run changed {times['incremental']:.2f} s  [python -m pipeline start-up: {times['startup']:.2f} s]")
-        print(f"  backlog query (top 20 keys by distinct runs): duckdb rollup {queries['rollup'] * 1000:.0f} ms, "
-              f"duckdb over the files {queries['live'] * 1000:.0f} ms, plain python {queries['python'] * 1000:.0f} ms")
-        print(f"  ratio python/duckdb: rollup {queries['python'] / queries['rollup']:.1f}x, "
-              f"files {queries['python'] / queries['live']:.1f}x")
+        print(
+            f"  doit report: cold {times['cold']:.2f} s (rollup built), warm (up to date) {times['warm']:.2f} s, "
+            f"one run changed {times['incremental']:.2f} s, forced rebuild with a current rollup "
+            f"{times['forced']:.2f} s  [python -m pipeline start-up: {times['startup']:.2f} s]"
+        )
+        print("  backlog query (top 20 issue keys by distinct runs):")
+        print(f"    duckdb, the query on an open connection over the rollup: {ms(queries['query'])}")
+        print(f"    duckdb, with doit sql's setup (check for changed runs, define views): {ms(queries['setup'])}")
+        print(f"    duckdb over the run_issue_index.json files directly: {ms(queries['live'])}")
+        print(f"    plain python, json.load of the same files in a loop: {ms(queries['python'])}")
     print("\ntargets")
     for n, times, queries in results:
         if n == 10000:
-            print(f"  full report over 10,000 runs under {TARGET_REPORT_S:.0f} s (cold): {times['cold']:.2f} s "
-                  f"{met(times['cold'] < TARGET_REPORT_S)}")
-        ratio = queries["python"] / queries["rollup"]
-        print(f"  {n} runs: duckdb query >= {TARGET_RATIO:.0f}x faster than plain python: {ratio:.1f}x "
-              f"{met(ratio >= TARGET_RATIO)} (over the files directly: "
-              f"{queries['python'] / queries['live']:.1f}x {met(queries['python'] / queries['live'] >= TARGET_RATIO)})")
+            print(
+                f"  full report over 10,000 runs under {TARGET_REPORT_S:.0f} s: cold {times['cold']:.2f} s "
+                f"{met(times['cold'] < TARGET_REPORT_S)}; from a current rollup {times['forced']:.2f} s "
+                f"{met(times['forced'] < TARGET_REPORT_S)}"
+            )
+        for key, what in (
+            ("query", "the query over the rollup"),
+            ("setup", "with doit sql's setup"),
+            ("live", "over the files directly"),
+        ):
+            ratio = queries["python"] / queries[key]
+            print(
+                f"  {n} runs: duckdb >= {TARGET_RATIO:.0f}x faster than plain python, {what}: {ratio:.1f}x "
+                f"{met(ratio >= TARGET_RATIO)}"
+            )
     return 0
 
 

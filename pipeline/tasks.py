@@ -50,13 +50,21 @@ def _task(doc: str, action: Any, *params: dict[str, Any]) -> dict[str, Any]:
 # -- actions ---------------------------------------------------------------------------
 
 
-def _new_run(run: str, template: str, project_type: str, features: str, from_md: str) -> None:
-    from pipeline.planning import new_run
+def _new_run(run: str, template: str, project_type: str, features: str, from_md: str, description: str) -> None:
+    from pipeline.planning import new_run, reuse_summary
 
     path = new_run(
-        _workspace(), _need(run, "run", "doit new_run --run add-jitter"), template, project_type, features, from_md
+        _workspace(),
+        _need(run, "run", "doit new_run --run add-jitter"),
+        template,
+        project_type,
+        features,
+        from_md,
+        description,
     )
     print(f"wrote {path.relative_to(_workspace()) if path.is_relative_to(_workspace()) else path}")
+    for line in reuse_summary(path):
+        print(f"  {line}")
     print(f"next: edit it, then `doit validate --run {run}` and `doit start_run --run {run}`")
 
 
@@ -156,6 +164,35 @@ def _demo(keep: bool) -> None:
     run_demo(keep=keep)
 
 
+def _init() -> None:
+    from pipeline.scaffold import init_workspace
+
+    print(init_workspace(_workspace()).render())
+
+
+def _promote(run: str, into: str, check: bool) -> None:
+    from pipeline.promote import check_promotion, promote
+
+    run_id = _need(run, "run", "doit promote --run add-jitter")
+    act = check_promotion if check else promote
+    print(act(_workspace(), run_id, into or None).message)
+
+
+def _backlog(limit: int) -> None:
+    from pipeline.backlog import derive_backlog, render_top, write_backlog
+
+    backlog = derive_backlog(_workspace())
+    path = write_backlog(_workspace(), backlog)
+    statuses = [e.status for e in backlog.issues.values()]
+    counts = {s: statuses.count(s) for s in ("needs_cleanup", "open", "resolved")}
+    print(
+        f"wrote {path.relative_to(_workspace())}: {len(backlog.issues)} issue key(s) from {backlog.runs_read} run(s); "
+        + ", ".join(f"{n} {s}" for s, n in counts.items())
+    )
+    if backlog.issues:
+        print(render_top(backlog, limit))
+
+
 def _not_yet(what: str, issue: str) -> Any:
     def action(**_: Any) -> None:
         from pipeline.errors import NotImplementedYet
@@ -177,7 +214,8 @@ def task_new_run() -> dict[str, Any]:
         {"name": "template", "long": "template", "type": str, "default": "", "help": "plan template name or path"},
         {"name": "project_type", "long": "project-type", "type": str, "default": ""},
         {"name": "features", "long": "features", "type": str, "default": ""},
-        {"name": "from_md", "long": "from-md", "type": str, "default": ""},
+        {"name": "from_md", "long": "from-md", "type": str, "default": "", "help": "a markdown plan to normalise"},
+        {"name": "description", "long": "description", "type": str, "default": "", "help": "text, or a file"},
     )
 
 
@@ -230,23 +268,152 @@ def task_demo() -> dict[str, Any]:
     )
 
 
+def task_init() -> dict[str, Any]:
+    return _task(
+        "adopt Autopack here: profiles/, catalog/, runs/, dodo.py, doit.cfg, .gitignore (never overwrites)", _init
+    )
+
+
+def _report() -> None:
+    from pipeline.reports import build_report
+
+    built = build_report(_workspace())
+    paths = " and ".join(str(p.relative_to(_workspace())) for p in built.paths)
+    print(f"wrote {paths}: {built.runs} run(s), {built.reread} re-read into the rollup")
+
+
+def _report_uptodate(task: Any, values: dict[str, Any]) -> bool:
+    # A stat-based fingerprint of every run.json and run_issue_index.json (no file is
+    # opened, no duckdb import): fast at 10,000 runs, and it is computed only when the
+    # report task is selected, unlike a file_dep list built at every task load.
+    from pipeline.reports import INDEX_HTML, INDEX_MD, fingerprint
+
+    digest = fingerprint(_workspace())
+    task.value_savers.append(lambda: {"fingerprint": digest})
+    current = values.get("fingerprint") == digest and all((_workspace() / p).is_file() for p in (INDEX_MD, INDEX_HTML))
+    if current:
+        print(f"{INDEX_MD} and {INDEX_HTML} are up to date (no run changed); `doit forget report` forces a rebuild")
+    return current
+
+
+def _sql(query: str, fmt: str) -> None:
+    from pipeline.reports import run_sql
+
+    print(run_sql(_workspace(), _need(query, "query", 'doit sql --query="FROM runs LIMIT 5"'), fmt), end="")
+
+
+def _metrics_diff(a: str, b: str, fmt: str) -> None:
+    from pipeline.reports import metrics_diff
+
+    example = "doit metrics_diff --a run-1 --b run-2"
+    print(metrics_diff(_workspace(), _need(a, "a", example), _need(b, "b", example), fmt), end="")
+
+
+_FORMAT = {
+    "name": "fmt",
+    "long": "format",
+    "type": str,
+    "default": "table",
+    "help": "table | csv | json | markdown",
+}
+
+
 def task_report() -> dict[str, Any]:
-    return _task("DuckDB reports over runs/", _not_yet("report", "the metrics issue (#5)"))
+    return {
+        "doc": "DuckDB reports over runs/: reports/index.md and index.html (skipped when no run changed)",
+        "actions": [handled(_report)],
+        "targets": ["reports/index.md", "reports/index.html"],  # reports.INDEX_MD, INDEX_HTML
+        "uptodate": [_report_uptodate],
+        "verbosity": 2,
+    }
 
 
 def task_sql() -> dict[str, Any]:
     return _task(
-        "ad-hoc SQL over runs/",
-        _not_yet("sql", "the metrics issue (#5)"),
-        {"name": "query", "long": "query", "type": str, "default": ""},
+        "ad-hoc SQL over runs/ with the views of reports/views.sql (docs/metrics.md)",
+        _sql,
+        {"name": "query", "long": "query", "type": str, "default": "", "help": "SQL, e.g. FROM runs LIMIT 5"},
+        _FORMAT,
+    )
+
+
+def task_metrics_diff() -> dict[str, Any]:
+    return _task(
+        "two runs side by side: tokens, cost, attempts, CI runs, issues by severity, duration",
+        _metrics_diff,
+        {"name": "a", "long": "a", "type": str, "default": "", "help": "the first run id"},
+        {"name": "b", "long": "b", "type": str, "default": "", "help": "the second run id"},
+        _FORMAT,
     )
 
 
 def task_promote() -> dict[str, Any]:
     return _task(
-        "merge an eligible run's branch into its base",
-        _not_yet("promote", "the governance issue (#4)"),
+        "merge an eligible run's branch into its base (--check: only print the verdict, exit 1 if not eligible)",
+        _promote,
         _RUN,
-        {"name": "into", "long": "into", "type": str, "default": ""},
-        {"name": "check", "long": "check", "type": bool, "default": False},
+        {"name": "into", "long": "into", "type": str, "default": "", "help": "target branch (default: run's base)"},
+        {"name": "check", "long": "check", "type": bool, "default": False, "help": "only print the verdict"},
+    )
+
+
+def task_backlog() -> dict[str, Any]:
+    return _task(
+        "derive the project issue backlog (DuckDB over runs/) into reports/project_issue_backlog.json",
+        _backlog,
+        {"name": "limit", "long": "limit", "type": int, "default": 10, "help": "how many top keys to print"},
+    )
+
+
+def _save_template(run: str, name: str, project_type: str) -> None:
+    from pipeline.planning import save_template
+
+    example = "doit save_template --run R --name base"
+    path = save_template(_workspace(), _need(run, "run", example), _need(name, "name", example), project_type)
+    print(f"wrote {path.relative_to(_workspace()) if path.is_relative_to(_workspace()) else path}")
+    print(f"start from it: `doit new_run --run NEW --template {path.parent.name}/{path.stem}`")
+
+
+def _catalog_scan(repo: str, feature: str, run_tests: bool, metadata: str, name: str, timeout: int) -> None:
+    from pipeline.catalog_scan import scan_to_file
+
+    example = "doit catalog_scan --repo ../clone --feature auth_basic"
+    report, path = scan_to_file(
+        _workspace(),
+        _need(repo, "repo", example),
+        _need(feature, "feature", example),
+        run_tests=run_tests,
+        metadata=metadata or None,
+        name=name or None,
+        timeout_s=timeout,
+    )
+    print(f"wrote {path.relative_to(_workspace()) if path.is_relative_to(_workspace()) else path}")
+    print(
+        f"verdict {report.verdict}: quality {report.scores.quality:.2f}, match {report.match.score:.2f}, "
+        f"licence {report.licence_detected or 'none found'}"
+    )
+    for reason in report.reasons:
+        print(f"  - {reason}")
+
+
+def task_save_template() -> dict[str, Any]:
+    return _task(
+        "save a run's plan as catalog/templates/<project_type>/<name>.yaml",
+        _save_template,
+        _RUN,
+        {"name": "name", "long": "name", "type": str, "default": "", "help": "template name"},
+        {"name": "project_type", "long": "project-type", "type": str, "default": "", "help": "default: the plan's"},
+    )
+
+
+def task_catalog_scan() -> dict[str, Any]:
+    return _task(
+        "evaluate a local clone as a catalog source; writes catalog/candidates/<feature>-<name>.yaml",
+        _catalog_scan,
+        {"name": "repo", "long": "repo", "type": str, "default": "", "help": "local path or file:// URL"},
+        {"name": "feature", "long": "feature", "type": str, "default": "", "help": "catalog feature"},
+        {"name": "run_tests", "long": "run-tests", "type": bool, "default": False, "help": "run its pytest suite"},
+        {"name": "metadata", "long": "metadata", "type": str, "default": "", "help": "JSON file: stars, forks, url"},
+        {"name": "name", "long": "name", "type": str, "default": "", "help": "candidate name (default: dir name)"},
+        {"name": "timeout", "long": "timeout", "type": int, "default": 300, "help": "test timeout in seconds"},
     )
