@@ -4,7 +4,15 @@
 tree, index, current branch or stash: everything a run changes happens in linked worktrees
 that this module creates, and every mutating operation first checks that the path it is
 given really is such a worktree (a deleted `.git` file would otherwise make git walk up to
-the user's checkout and `reset_to` would wipe it).
+the user's checkout and `reset_to` would wipe it). git verifies a worktree once per
+`LocalGitCli`; every later use re-checks, without a process, that its `.git` file still
+holds the same pointer (anything else means git verifies it again).
+
+A phase makes many git calls, so each costs as few processes as it can: ref names are
+checked in Python (`valid_ref_name`, git's rules), HEAD is read from git's own files when
+it is a plain loose ref, `reset_to` asks `git status` whether there is anything to reset,
+`apply` needs no `--check` run (git apply is all or nothing), and errors are worked out
+after a failure rather than checked for before every call.
 
 git runs through `pipeline.proc.run` with a list argv, a scrubbed environment and a fixed
 identity, and with the user's settings that would change our output or commits overridden.
@@ -96,10 +104,16 @@ class WorktreeEntry:
 
 @dataclass(frozen=True)
 class _Checked:
-    """A worktree verified by LocalGitCli._worktree, with its own git directory."""
+    """A worktree verified by LocalGitCli._worktree, with its own git directory.
+
+    `dotgit` is the content of a linked worktree's `.git` file when it was verified
+    (None where `.git` is a directory: the user's checkout, never cached).
+    """
 
     path: Path
     git_dir: Path
+    main: bool
+    dotgit: bytes | None = None
 
 
 @runtime_checkable
@@ -137,6 +151,8 @@ class GitAdapter(Protocol):
         trailers: dict[str, str],
         allow_empty: bool = False,
     ) -> str: ...
+
+    def commit_changes(self, worktree: Path, message: str, trailers: dict[str, str]) -> bool: ...
 
     def tag(self, worktree: Path, name: str, commit: str, message: str) -> None: ...
 
@@ -194,6 +210,13 @@ class LocalGitCli:
         self.repo = Path(repo)
         self._top: Path | None = None
         self._common: Path | None = None
+        # Linked worktrees verified by `_worktree`, by the path they were given as; an
+        # entry is reused only while the worktree's `.git` file is unchanged.
+        self._checked: dict[Path, _Checked] = {}
+        # Worktrees this instance knows to hold changes (a collected or applied patch):
+        # `reset_to` resets them without asking `git status` first. The hint only ever
+        # makes a reset do more work, never less.
+        self._dirty: set[Path] = set()
 
     # -- running git -------------------------------------------------------------------
 
@@ -309,8 +332,7 @@ class LocalGitCli:
 
     def _check_ref_name(self, name: str, kind: str) -> None:
         prefix = "refs/heads/" if kind == "branch" else "refs/tags/"
-        valid = _safe_ref_arg(name) and self._run("check-ref-format", prefix + name).ok
-        if not valid:
+        if not (_safe_ref_arg(name) and valid_ref_name(prefix + name)):
             raise GitError(
                 f"'{name}' is not a valid git {kind} name (in {self.repo})",
                 fix="use letters, digits, '.', '_', '-' and '/' (see `git help check-ref-format`)",
@@ -325,6 +347,11 @@ class LocalGitCli:
                 "removed, or is this a different clone?)",
             )
         return sha
+
+    def _sha_or_resolve(self, ref: str, what: str) -> str:
+        """A full sha as it is (the git command it goes to fails if it does not exist; the
+        caller then names it with `_require_commit`), anything else resolved now."""
+        return ref if _is_full_sha(ref) else self._require_commit(ref, what)
 
     # -- worktrees ---------------------------------------------------------------------
 
@@ -375,6 +402,7 @@ class LocalGitCli:
             self._free_branch(branch, entries, target)
             self._add_worktree(target, branch)
         elif entry.branch != branch:
+            self._forget_checked(target)
             self._ok("checkout", "--force", "--quiet", branch, "--", cwd=target)
         return self.head(target)
 
@@ -402,6 +430,13 @@ class LocalGitCli:
             f"branch, or `git worktree remove {holder.path}`)",
         )
 
+    def _forget_checked(self, path: Path) -> None:
+        """Drop what is cached about the worktree at `path` (it is re-created or removed)."""
+        target = Path(path).resolve()
+        for key in [k for k, c in self._checked.items() if c.path == target or k == Path(path)]:
+            del self._checked[key]
+        self._dirty.discard(target)
+
     def _add_worktree(self, target: Path, branch: str) -> None:
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise GitError(
@@ -410,9 +445,11 @@ class LocalGitCli:
                 fix="remove that path or choose another worktree location",
             )
         target.parent.mkdir(parents=True, exist_ok=True)
+        self._forget_checked(target)
         self._ok("worktree", "add", "--quiet", str(target), branch)
 
     def _forget_worktree(self, path: Path) -> None:
+        self._forget_checked(path)
         # Twice --force: also drops a locked registration whose directory is gone.
         self._ok("worktree", "remove", "--force", "--force", str(path))
 
@@ -437,13 +474,39 @@ class LocalGitCli:
         """`worktree` verified as the top of a worktree of this repository.
 
         With `ours`, it must also be a linked worktree, never the user's checkout.
+
+        A linked worktree is verified with git once per instance; later calls only check
+        that its `.git` file still holds the same pointer and that the git directory it
+        points at still exists. A deleted or rewritten `.git` file means a full check
+        again, which refuses whatever git would otherwise walk up to.
         """
         wt = Path(worktree)
+        cached = self._checked.get(wt)
+        if cached is not None:
+            if cached.dotgit == _read_dotgit(wt) and cached.git_dir.is_dir():
+                return self._allowed(cached, wt, ours)
+            del self._checked[wt]
+        checked = self._verify_worktree(wt)
+        if checked.dotgit is not None and not checked.main:
+            self._checked[wt] = checked
+        return self._allowed(checked, wt, ours)
+
+    def _allowed(self, checked: _Checked, wt: Path, ours: bool) -> _Checked:
+        if ours and checked.main:
+            raise GitError(
+                f"{wt} is the user's checkout of {self.repo}; the supervisor only changes its "
+                "own linked worktrees",
+                fix="pass the run's worktree (default .autopack/worktrees/<run_id>)",
+            )
+        return checked
+
+    def _verify_worktree(self, wt: Path) -> _Checked:
         if not wt.is_dir():
             raise GitError(
                 f"worktree {wt} does not exist",
                 fix="re-create it (doit start_run / run_phase call ensure_worktree)",
             )
+        dotgit = _read_dotgit(wt)  # read before git: a change after it makes the cache miss
         res = self._run(
             "rev-parse", "--show-toplevel", "--absolute-git-dir", "--git-common-dir", cwd=wt
         )
@@ -454,8 +517,8 @@ class LocalGitCli:
                 f"(`git -C {self.repo} worktree prune` drops its registration)",
             )
         top, git_dir, common = res.stdout.splitlines()[:3]
-        checked = _Checked(wt.resolve(), Path(git_dir).resolve())
-        if Path(top).resolve() != checked.path:
+        path, git_path = wt.resolve(), Path(git_dir).resolve()
+        if Path(top).resolve() != path:
             raise GitError(
                 f"{wt} is not the top of a git worktree: it lies inside {top}",
                 fix="its .git file is missing; remove the directory and let ensure_worktree "
@@ -466,18 +529,19 @@ class LocalGitCli:
                 f"worktree {wt} belongs to another repository, not to {self.repo}",
                 fix="pass a worktree created for this repository by ensure_worktree",
             )
-        is_main = checked.git_dir == self._common_dir() or checked.path == self.toplevel()
-        if ours and is_main:
-            raise GitError(
-                f"{wt} is the user's checkout of {self.repo}; the supervisor only changes its "
-                "own linked worktrees",
-                fix="pass the run's worktree (default .autopack/worktrees/<run_id>)",
-            )
-        return checked
+        main = git_path == self._common_dir() or path == self.toplevel()
+        return _Checked(path, git_path, main, dotgit)
 
     def head(self, worktree: Path) -> str:
-        wt = self._worktree(worktree, ours=False).path
-        return self._ok("rev-parse", "--verify", "HEAD^{commit}", cwd=wt).strip()
+        return self._head(self._worktree(worktree, ours=False))
+
+    def _head(self, checked: _Checked) -> str:
+        """The commit HEAD is at: read from git's files when HEAD is a branch whose ref is
+        a plain loose ref (what every commit, checkout and reset here leaves), else asked."""
+        sha = _loose_head(checked.git_dir, self._common_dir())
+        if sha is not None:
+            return sha
+        return self._ok("rev-parse", "--verify", "HEAD^{commit}", cwd=checked.path).strip()
 
     def _status(self, wt: Path, untracked: bool = True) -> list[str]:
         mode = "--untracked-files=normal" if untracked else "--untracked-files=no"
@@ -514,13 +578,18 @@ class LocalGitCli:
         escapes (`encode_patch` turns them back).
         """
         wt = self._worktree(worktree, ours=True).path
-        base = self._require_commit(base_commit, "base commit")
+        base = self._sha_or_resolve(base_commit, "base commit")
+        self._dirty.add(wt)
         self._ok("add", "--all", cwd=wt)
-        raw = self._diff_bytes(wt, base)
+        try:
+            raw = self._diff_bytes(wt, f"{base}^{{commit}}")
+        except GitError:
+            self._require_commit(base, "base commit")
+            raise
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
-            raw = self._with_binary_sections(wt, base, raw)
+            raw = self._with_binary_sections(wt, f"{base}^{{commit}}", raw)
         return raw.decode("utf-8", errors="surrogateescape")
 
     def _diff_bytes(
@@ -564,20 +633,55 @@ class LocalGitCli:
         return b"".join(out)
 
     def reset_to(self, worktree: Path, branch: str, commit: str) -> None:
-        """Put the worktree exactly at `commit` on `branch`, whatever the agent did there."""
+        """Put the worktree exactly at `commit` on `branch`, whatever the agent did there.
+
+        One `git status` when the worktree may already be there (then nothing else is
+        done); otherwise a forced checkout, `git clean -ffdx` and a check that HEAD took.
+        """
         checked = self._worktree(worktree, ours=True)
         self._check_ref_name(branch, "branch")
-        sha = self._require_commit(commit, "commit")
+        wt = checked.path
+        sha = self._sha_or_resolve(commit, "commit")
         # An agent killed mid-command leaves this lock behind; the worktree is ours alone.
         (checked.git_dir / "index.lock").unlink(missing_ok=True)
-        self._ok("checkout", "--force", "--quiet", "-B", branch, sha, "--", cwd=checked.path)
-        self._ok("clean", "-ffdxq", cwd=checked.path)
-        if self.head(checked.path) != sha:
+        if wt not in self._dirty and self._is_clean_at(wt, branch, sha):
+            return
+        res = self._run("checkout", "--force", "--quiet", "-B", branch, sha, "--", cwd=wt)
+        if not res.ok:
+            self._require_commit(sha, "commit")  # the clearer error if it does not exist
             raise GitError(
-                f"resetting {checked.path} to {sha[:12]} on '{branch}' did not take",
-                fix=f"remove the worktree (`git worktree remove --force {checked.path}`) and "
+                f"git checkout failed in {wt}: {_failure(res)}",
+                fix="fix what git reports in the repository, then retry",
+            )
+        self._ok("clean", "-ffdxq", cwd=wt)
+        self._dirty.discard(wt)
+        if _loose_head(checked.git_dir, self._common_dir(), branch) != sha and (
+            self._ok("rev-parse", "--verify", "HEAD^{commit}", cwd=wt).strip() != sha
+        ):
+            raise GitError(
+                f"resetting {wt} to {sha[:12]} on '{branch}' did not take",
+                fix=f"remove the worktree (`git worktree remove --force {wt}`) and "
                 "let ensure_worktree re-create it",
             )
+
+    def _is_clean_at(self, wt: Path, branch: str, sha: str) -> bool:
+        """HEAD is `branch` at `sha` and nothing is modified, staged, untracked or ignored."""
+        res = self._run(
+            "status", "--porcelain=v2", "--branch", "--untracked-files=normal",
+            "--ignored=traditional", "--ignore-submodules=dirty", "-z",
+            cwd=wt,
+        )
+        if not res.ok:
+            return False
+        oid = head = None
+        for record in res.stdout.split("\0"):
+            if record.startswith("# branch.oid "):
+                oid = record.removeprefix("# branch.oid ")
+            elif record.startswith("# branch.head "):
+                head = record.removeprefix("# branch.head ")
+            elif record and not record.startswith("# "):
+                return False
+        return oid == sha and head == branch
 
     def apply(self, worktree: Path, patch_path: Path) -> ApplyResult:
         """Apply a patch to the working tree and index; 3-way merge if it does not apply.
@@ -594,18 +698,17 @@ class LocalGitCli:
         if not patch.read_bytes().strip():
             return ApplyResult(ok=False, three_way=False, message="empty patch")
         common = ("apply", "--whitespace=nowarn")
-        check = self._run(*common, "--check", "--index", str(patch), cwd=wt)
-        if check.ok:
-            done = self._run(*common, "--index", str(patch), cwd=wt)
-            if done.ok:
-                return ApplyResult(ok=True, three_way=False, message="applied")
-            self._discard_changes(wt)
-            return ApplyResult(ok=False, three_way=False, message=_failure(done))
+        # Without --reject, git apply changes nothing unless every hunk applies, so no
+        # separate --check run is needed before it.
+        self._dirty.add(wt)
+        done = self._run(*common, "--index", str(patch), cwd=wt)
+        if done.ok:
+            return ApplyResult(ok=True, three_way=False, message="applied")
         merged = self._run(*common, "--3way", str(patch), cwd=wt)
         if merged.ok:
             return ApplyResult(ok=True, three_way=True, message="applied with a 3-way merge")
         self._discard_changes(wt)
-        message = f"{_failure(check)}; 3-way merge: {_failure(merged)}"
+        message = f"{_failure(done)}; 3-way merge: {_failure(merged)}"
         return ApplyResult(ok=False, three_way=True, message=message)
 
     def _discard_changes(self, wt: Path) -> None:
@@ -622,26 +725,65 @@ class LocalGitCli:
         allow_empty: bool = False,
     ) -> str:
         """Commit everything in the worktree with `trailers` as the message's trailer block."""
-        wt = self._worktree(worktree, ours=True).path
+        checked = self._worktree(worktree, ours=True)
+        wt = checked.path
         text = _message_with_trailers(message, trailers, where=str(wt))
         self._ok("add", "--all", cwd=wt)
-        staged = self._run("diff", "--cached", "--quiet", "HEAD", "--", cwd=wt)
-        if staged.ok and not allow_empty:
-            raise GitError(
-                f"nothing to commit in worktree {wt}",
-                fix="the applied patch changed nothing; pass allow_empty for a record-only "
-                "commit",
-            )
         args = ["commit", "--quiet", "--no-verify", "--cleanup=whitespace", "-F", "-"]
         if allow_empty:
             args.append("--allow-empty")
-        self._ok(*args, cwd=wt, input_text=text)
-        return self.head(wt)
+        res = self._run(*args, cwd=wt, input_text=text)
+        if not res.ok:
+            # Without --allow-empty git refuses a commit that changes nothing: say so.
+            unchanged = self._run("diff", "--cached", "--quiet", "HEAD", "--", cwd=wt).ok
+            if unchanged and not allow_empty:
+                raise GitError(
+                    f"nothing to commit in worktree {wt}",
+                    fix="the applied patch changed nothing; pass allow_empty for a record-only "
+                    "commit",
+                )
+            raise GitError(
+                f"git commit failed in {wt}: {_failure(res)}",
+                fix="fix what git reports in the repository, then retry",
+            )
+        self._dirty.discard(wt)
+        return self._head(checked)
+
+    def commit_changes(self, worktree: Path, message: str, trailers: dict[str, str]) -> bool:
+        """Commit everything in the worktree if anything changed; False if nothing had.
+
+        Two git calls (`add`, `commit`) where `is_dirty` + `commit` take four.
+        """
+        wt = self._worktree(worktree, ours=True).path
+        text = _message_with_trailers(message, trailers, where=str(wt))
+        self._ok("add", "--all", cwd=wt)
+        res = self._run(
+            "commit", "--quiet", "--no-verify", "--cleanup=whitespace", "-F", "-", cwd=wt, input_text=text
+        )
+        if res.ok:
+            self._dirty.discard(wt)
+            return True
+        if self._run("diff", "--cached", "--quiet", "HEAD", "--", cwd=wt).ok:
+            return False
+        raise GitError(
+            f"git commit failed in {wt}: {_failure(res)}",
+            fix="fix what git reports in the repository, then retry",
+        )
 
     def tag(self, worktree: Path, name: str, commit: str, message: str) -> None:
         """An annotated tag `name` on `commit`; a no-op if it already points there."""
         wt = self._worktree(worktree, ours=False).path
         self._check_ref_name(name, "tag")
+        text = message.strip() + "\n" if message.strip() else f"{name}\n"
+        if _is_full_sha(commit):
+            # The common case in one call: a new tag on a known commit. Anything else
+            # (the tag exists, the commit does not) is sorted out below.
+            created = self._run(
+                "tag", "--annotate", "--cleanup=whitespace", "-F", "-", name,
+                f"{commit}^{{commit}}", cwd=wt, input_text=text,
+            )
+            if created.ok:
+                return
         sha = self._require_commit(commit, "commit")
         existing = self.tag_target(name)
         if existing == sha:
@@ -653,7 +795,6 @@ class LocalGitCli:
                 fix=f"tags of accepted phases are never moved; if '{name}' is stale, delete it "
                 f"(`git tag -d {name}`) and retry",
             )
-        text = message.strip() + "\n" if message.strip() else f"{name}\n"
         self._ok(
             "tag", "--annotate", "--cleanup=whitespace", "-F", "-", name, sha,
             cwd=wt, input_text=text,
@@ -690,11 +831,20 @@ class LocalGitCli:
         self, branch: str, key: str, value: str, since: str | None = None
     ) -> str | None:
         """The newest commit on `branch` (after `since`) whose trailer `key` is `value`."""
+        wanted = value.strip()
+        if _plain_ref(branch) and (since is None or _plain_ref(since)):
+            # One `git log` when both exist; if it fails, the checks below name the culprit.
+            rev_range = branch if since is None else f"{since}..{branch}"
+            try:
+                found = list(self._trailer_log(rev_range, key, grep=wanted))
+            except GitError:
+                pass
+            else:
+                return next((sha for sha, values in found if wanted in values), None)
         tip = self._require_commit(branch, "branch")
         rev_range = tip
         if since is not None:
             rev_range = f"{self._require_commit(since, 'commit')}..{tip}"
-        wanted = value.strip()
         for sha, values in self._trailer_log(rev_range, key, grep=wanted):
             if wanted in values:
                 return sha
@@ -769,6 +919,16 @@ class LocalGitCli:
         """The worktree (the user's checkout or a linked one) that has `branch` checked out."""
         return next((e.path for e in self.worktrees() if e.branch == branch), None)
 
+    def last_commit(self) -> tuple[str, str] | None:
+        """(sha, committer date in ISO 8601) of HEAD, or None in a repository without
+        commits. Read-only: `catalog_scan` uses it to judge a candidate's activity."""
+        self.toplevel()
+        res = self._run("log", "-1", "--format=%H%x00%cI", "HEAD")
+        if not res.ok or "\x00" not in res.stdout:
+            return None
+        sha, _, when = res.stdout.strip().partition("\x00")
+        return sha, when
+
 
 def _is_utf8(data: bytes) -> bool:
     try:
@@ -819,6 +979,64 @@ def _porcelain_fields(block: str) -> dict[str, str]:
         if key:
             fields[key] = value
     return fields
+
+
+def _loose_head(git_dir: Path, common_dir: Path, branch: str | None = None) -> str | None:
+    """The sha HEAD names when HEAD is `ref: refs/heads/<b>` (b == `branch` if given) and
+    that branch is a loose ref holding a full sha; None for anything else (a detached or
+    unborn HEAD, a packed ref, the reftable backend), which the caller asks git about."""
+    try:
+        head = (git_dir / "HEAD").read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not head.startswith("ref: refs/heads/") or not head.endswith("\n"):
+        return None
+    ref = head[len("ref: ") : -1]
+    if not valid_ref_name(ref) or (branch is not None and ref != f"refs/heads/{branch}"):
+        return None
+    try:
+        sha = (common_dir / ref).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return sha[:-1] if sha.endswith("\n") and _is_full_sha(sha[:-1]) else None
+
+
+def _read_dotgit(wt: Path) -> bytes | None:
+    """What `wt/.git` holds when it is a file (a linked worktree's pointer), else None."""
+    try:
+        with open(wt / ".git", "rb") as f:
+            return f.read(4096)
+    except OSError:
+        return None
+
+
+_FULL_SHA = re.compile(r"(?:[0-9a-f]{40}|[0-9a-f]{64})")
+
+
+def _is_full_sha(ref: str) -> bool:
+    return _FULL_SHA.fullmatch(ref) is not None
+
+
+def _plain_ref(ref: str) -> bool:
+    """A full sha, or a name git takes as it is (no `..`, `^`, `~`, `:`, `@{`, no option)."""
+    return _is_full_sha(ref) or (_safe_ref_arg(ref) and valid_ref_name("refs/heads/" + ref))
+
+
+_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+
+
+def valid_ref_name(name: str) -> bool:
+    """git's rules for a full ref name (`git check-ref-format <name>`, no options).
+
+    At least two `/`-separated components, none empty, none starting with `.` or ending
+    with `.lock`; no `..`, `@{`, control character, space, `~ ^ : ? * [ \\`; not ending
+    with `.`; not `@`.
+    """
+    if "/" not in name or name.endswith(".") or ".." in name or "@{" in name:
+        return False
+    if _REF_FORBIDDEN.search(name):
+        return False
+    return all(c and not c.startswith(".") and not c.endswith(".lock") for c in name.split("/"))
 
 
 def _safe_ref_arg(ref: str) -> bool:

@@ -8,6 +8,12 @@ mtime), so re-running a step leaves no git diff.
 
 pydantic is imported lazily: a writer that only needs `write_text_atomic` stays cheap to
 start.
+
+A writer may hold a write back for a moment (the Recorder does, for phase files saved
+several times in one step) if it registers a barrier (`add_barrier`): barriers run before
+every atomic write here and before every child process starts (`pipeline.proc.run`), so
+what reaches the disk keeps the order in which it was written, and a process killed at
+any instant leaves a state that writing everything at once could have left too.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -25,6 +31,26 @@ if TYPE_CHECKING:
     from pydantic import BaseModel, ValidationError
 
 M = TypeVar("M", bound="BaseModel")
+
+
+_BARRIERS: list[Callable[[], None]] = []
+
+
+def add_barrier(flush: Callable[[], None]) -> None:
+    """Run `flush` before the next atomic write or child process (until removed)."""
+    if flush not in _BARRIERS:
+        _BARRIERS.append(flush)
+
+
+def remove_barrier(flush: Callable[[], None]) -> None:
+    if flush in _BARRIERS:
+        _BARRIERS.remove(flush)
+
+
+def barrier() -> None:
+    """Write whatever registered writers hold back (before any other durable effect)."""
+    for flush in list(_BARRIERS):
+        flush()
 
 
 def canonical_json(obj: object) -> str:
@@ -61,6 +87,7 @@ def write_text_atomic(path: Path, text: str) -> bool:
     target with it and fsyncs the directory. Parent directories are created. An unchanged
     file is not rewritten (its mtime stays).
     """
+    barrier()
     path = Path(path)
     data = text.encode("utf-8")
     try:
@@ -122,6 +149,11 @@ def write_model(path: Path, model: BaseModel) -> bool:
 
     Returns True when the file was (re)written, False when it already held this data.
     """
+    return write_text_atomic(path, model_text(path, model))
+
+
+def model_text(path: Path, model: BaseModel) -> str:
+    """What `write_model(path, model)` writes: validated by a round trip through its class."""
     from pydantic import ValidationError
 
     data = model.model_dump(mode="json")
@@ -133,7 +165,7 @@ def write_model(path: Path, model: BaseModel) -> bool:
             f"{type(model).__name__} does not survive a JSON round trip; "
             "this is a bug in the code that built it",
         ) from exc
-    return write_text_atomic(path, canonical_json(data))
+    return canonical_json(data)
 
 
 def read_json(path: Path) -> Any:

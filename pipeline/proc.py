@@ -1,7 +1,9 @@
 """The only place that starts subprocesses: timeouts, environment scrubbing, captured output.
 
 A timed-out command has its whole process group killed, so an agent that forks children
-cannot outlive its budget.
+cannot outlive its budget. Before a command starts, whatever a writer holds back is
+written (`jsonio.barrier`): a child sees the record as it stands, and a crash while it
+runs leaves the record's writes in the order they were made.
 """
 
 from __future__ import annotations
@@ -9,10 +11,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline import jsonio
 
 # Variables any child may inherit; everything else must be asked for explicitly.
 BASE_ENV_ALLOW = (
@@ -84,6 +89,7 @@ def run(
     A missing executable is reported as returncode 127, like a shell would.
     """
     args: Sequence[str] = ["/bin/sh", "-c", argv] if isinstance(argv, str) else list(argv)
+    jsonio.barrier()  # what a writer holds back reaches the disk before the command runs
     started = time.monotonic()
     log_file = open(log_path, "wb") if log_path else None  # noqa: SIM115 - closed below
     try:
@@ -99,15 +105,11 @@ def run(
             )
         except FileNotFoundError as exc:
             return ProcResult(tuple(args), 127, "", str(exc), time.monotonic() - started)
-        timed_out = False
+        deadline = _WATCHDOG.watch(proc, timeout_s) if timeout_s is not None else None
         try:
-            out, err = proc.communicate(
-                input=input_text.encode() if input_text is not None else None, timeout=timeout_s
-            )
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_group(proc)
-            out, err = proc.communicate()
+            out, err = proc.communicate(input=input_text.encode() if input_text is not None else None)
+        finally:
+            timed_out = _WATCHDOG.done(deadline) if deadline is not None else False
         duration = time.monotonic() - started
     finally:
         if log_file:
@@ -119,6 +121,69 @@ def run(
         stdout_text = (out or b"").decode(errors="replace")
         stderr_text = (err or b"").decode(errors="replace")
     return ProcResult(tuple(args), proc.returncode, stdout_text, stderr_text, duration, timed_out)
+
+
+class _Deadline:
+    """One command's timeout, watched by the process-wide `_Watchdog`."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], at: float) -> None:
+        self.proc = proc
+        self.at = at
+        self.fired = False
+        self.killer: threading.Thread | None = None
+
+
+class _Watchdog:
+    """Kills the process group of a command whose timeout has passed.
+
+    One daemon thread for the whole process sleeps until the nearest deadline, so a
+    command costs no thread start, and the caller waits with `communicate()` without a
+    timeout, which blocks in the kernel: with a timeout, CPython 3.11 sleeps in steps of
+    up to 50 ms while it waits for the exit, and a quick command returns late.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._deadlines: set[_Deadline] = set()
+        self._wake_at: float | None = None  # the deadline the thread sleeps towards
+        self._thread: threading.Thread | None = None
+
+    def watch(self, proc: subprocess.Popen[bytes], timeout_s: float) -> _Deadline:
+        deadline = _Deadline(proc, time.monotonic() + max(timeout_s, 0.0))
+        with self._cond:
+            self._deadlines.add(deadline)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="autopack-timeouts", daemon=True)
+                self._thread.start()
+            elif self._wake_at is None or deadline.at < self._wake_at:
+                self._cond.notify()
+        return deadline
+
+    def done(self, deadline: _Deadline) -> bool:
+        """Stop watching; True if the command timed out (its kill sequence has finished)."""
+        with self._cond:
+            self._deadlines.discard(deadline)
+        if deadline.killer is not None:
+            deadline.killer.join()
+        return deadline.fired
+
+    def _loop(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for deadline in [d for d in self._deadlines if d.at <= now]:
+                    self._deadlines.discard(deadline)
+                    if deadline.proc.returncode is None:  # not reaped: its pid is still its own
+                        deadline.fired = True
+                        deadline.killer = threading.Thread(
+                            target=_kill_group, args=(deadline.proc,), daemon=True
+                        )
+                        deadline.killer.start()
+                self._wake_at = min((d.at for d in self._deadlines), default=None)
+                self._cond.wait(None if self._wake_at is None else self._wake_at - now)
+
+
+_WATCHDOG = _Watchdog()
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

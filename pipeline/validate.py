@@ -12,13 +12,16 @@ model changed without regenerating. `validate_instance` turns jsonschema's error
   as the number 1.1, the YAML 1.1 boolean `yes` read as a string.
 
 jsonschema is imported inside the functions: starting a task that validates nothing stays
-fast.
+fast. When it is imported, the optional format-checker libraries that take long to load
+are kept out (`_jsonschema`): no schema here uses `format`, and rfc3987-syntax alone
+compiles ~40 Lark grammars at import (1-2 s in every validating task).
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,7 @@ from pydantic import BaseModel
 
 from pipeline.jsonio import canonical_json, json_path
 from pipeline.models.base import ID_PATTERN
+from pipeline.models.catalog import CandidateReport, Catalog, StackProfiles
 from pipeline.models.events import Event
 from pipeline.models.issues import PhaseIssueFile, ProjectBacklog, RunIssueIndex
 from pipeline.models.plan import Plan
@@ -61,6 +65,9 @@ SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "gate": GateReport,
     "ci": CiReport,
     "event": Event,
+    "stacks": StackProfiles,
+    "catalog": Catalog,
+    "catalog_candidate": CandidateReport,
 }
 
 # Patterns whose regex means nothing to the person who broke it.
@@ -68,6 +75,11 @@ _PATTERN_HINTS = {
     ID_PATTERN: "is not a valid id: use letters, digits, '.', '_', '-' (max 64), "
     "starting with a letter or digit",
 }
+
+# Optional libraries jsonschema's format checkers import when installed (e.g. by the
+# `format-nongpl` extra), skipped for their import time: rfc3987_syntax (~40 Lark
+# grammars compiled at import: 1-2 s), isoduration (imports arrow: ~0.1 s).
+_SLOW_FORMAT_MODULES = ("rfc3987_syntax", "isoduration")
 
 # YAML 1.1 booleans: strings under YAML 1.2 (kept here, not imported: validate is YAML-free)
 _YAML11_BOOLEANS = frozenset({"y", "n", "yes", "no", "on", "off"})
@@ -131,9 +143,10 @@ def schema_problems(
     instance: Any, schema: dict[str, Any], *, scalar_text: ScalarText | None = None
 ) -> list[Problem]:
     """The schema problems of `instance`, one per distinct (path, message)."""
-    from jsonschema import Draft202012Validator, FormatChecker
-
-    validator = Draft202012Validator(schema, format_checker=FormatChecker())
+    jsonschema = _jsonschema()
+    # The checkers of the formats whose libraries are available (none of ours uses one).
+    checker = jsonschema.FormatChecker()
+    validator = jsonschema.Draft202012Validator(schema, format_checker=checker)
     seen: set[tuple[JsonPath, str]] = set()
     out: list[Problem] = []
     for error in validator.iter_errors(instance):
@@ -142,6 +155,26 @@ def schema_problems(
                 seen.add((problem.path, problem.message))
                 out.append(problem)
     return out
+
+
+def _jsonschema() -> Any:
+    """The jsonschema package, imported without the format libraries that are slow to load.
+
+    They are hidden from this one import (`sys.modules[name] = None` makes `import name`
+    fail, which jsonschema takes as "not installed") and visible again afterwards.
+    """
+    if "jsonschema" in sys.modules:
+        return sys.modules["jsonschema"]
+    hidden = [name for name in _SLOW_FORMAT_MODULES if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        import jsonschema
+    finally:
+        for name in hidden:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+    return jsonschema
 
 
 def _path(error: Any) -> JsonPath:

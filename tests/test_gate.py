@@ -229,8 +229,9 @@ def test_three_way_fallback_is_recorded(env: Env) -> None:
             "@@ -1 +1 @@\n-sample\n+changed\n",
             "disagrees",
         ),
+        ("diff --git a/README.md b/README.md\nindex 1111111..2222222 100644\n", "nothing"),
     ],
-    ids=["empty", "blank", "prose", "truncated-hunk", "inconsistent-names"],
+    ids=["empty", "blank", "prose", "truncated-hunk", "inconsistent-names", "no-op"],
 )
 def test_an_unparseable_patch_fails_parse(env: Env, text: str, expected: str) -> None:
     with pytest.raises(PatchParseError) as err:
@@ -445,6 +446,22 @@ def test_writes_to_protected_paths_are_refused(env: Env, path: str, glob: str) -
     assert report.policy_violation
     assert failed.evidence == [f"{path} (matches {glob!r})"]
     assert not (env.wt / path).exists()
+
+
+@pytest.mark.parametrize(
+    ("path", "shown", "glob"),
+    [
+        ("runs//R/./run.json", "runs/R/run.json", "runs/"),
+        ("Dodo.PY", "Dodo.PY", "dodo.py"),
+    ],
+)
+def test_protected_paths_cannot_be_dodged_by_spelling(
+    env: Env, path: str, shown: str, glob: str
+) -> None:
+    (change,) = parse_patch(_new_file(path, "x")).files
+    assert change.path == shown
+    failed = assert_failed_at(gate(env, _new_file(path, "x")), "protected_paths")
+    assert failed.evidence == [f"{shown} (matches {glob!r})"]
 
 
 def test_renaming_a_protected_file_away_is_refused(env: Env) -> None:

@@ -15,6 +15,7 @@ from pipeline.git import (
     LocalGitCli,
     encode_patch,
     git_env,
+    valid_ref_name,
 )
 from testing.gitrepo import git, make_repo, tree_snapshot, write_script
 
@@ -525,3 +526,153 @@ def test_merge_no_ff(cli: LocalGitCli, wt: Path, tmp_path: Path) -> None:
         cli.merge_no_ff("main", BRANCH, "x", release)
     with pytest.raises(GitError, match="branch 'nope' does not exist"):
         cli.merge_no_ff("release", "nope", "x", release)
+
+
+# -- fewer git processes, same guarantees ---------------------------------------------------
+
+REF_NAMES = [
+    "a", "a/b", "autonomous/r1", "autonomous/r1/F1.2", "a-b_c.d", "ünï/cöde", "a]b", "a@b", "a@", "{a}",
+    "-a", "a/-b", "x.lock.y", "a/b.locked",
+    "a//b", "/a", "a/", ".a", "a/.b", "a.lock", "a.lock/b", "a..b", "a/../b", "a/./b", "...",
+    "a@{b", "@{", "@", "a b", "a~b", "a^b", "a:b", "a?b", "a*b", "a[b", "a\\b", "a.", "a/b.",
+    "a\tb", "a\x7fb", "a\x01b",
+]
+
+
+@pytest.mark.parametrize("prefix", ["refs/heads/", "refs/tags/", ""])
+def test_ref_names_are_judged_like_git_check_ref_format(prefix: str, tmp_path: Path) -> None:
+    for name in REF_NAMES:
+        full = prefix + name
+        by_git = _git_ok(tmp_path, "check-ref-format", full)
+        assert valid_ref_name(full) == by_git, f"{full!r}: git says {by_git}"
+
+
+def _git_ok(cwd: Path, *args: str) -> bool:
+    import subprocess
+
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=False).returncode == 0
+
+
+def _count_git(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The git subcommands the product runs from now on (the real calls, only counted)."""
+    import pipeline.proc
+
+    calls: list[str] = []
+    real = pipeline.proc.run
+
+    def counting(argv: object, *args: object, **kwargs: object) -> pipeline.proc.ProcResult:
+        if isinstance(argv, list) and argv[:1] == ["git"]:
+            calls.append(next(a for a in argv[1:] if not a.startswith("-") and "=" not in a))
+        return real(argv, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline.proc, "run", counting)
+    return calls
+
+
+def test_a_verified_worktree_is_checked_again_when_its_git_file_changes(
+    cli: LocalGitCli, repo: Path
+) -> None:
+    # Inside the user's checkout: without its .git file, git would walk up to the checkout.
+    inside = repo / ".autopack" / "worktrees" / "r2"
+    base = cli.ensure_worktree("autonomous/r2", "main", inside)
+    cli.reset_to(inside, "autonomous/r2", base)  # verified and cached
+    _write(repo, "README.md", "user edit\n")
+
+    def user_state() -> dict[str, object]:
+        state = _user_state(repo)
+        files = state["files"]
+        assert isinstance(files, dict)
+        return {**state, "files": {k: v for k, v in files.items() if not k.startswith(".autopack")}}
+
+    before = user_state()
+    pointer = (inside / ".git").read_bytes()
+
+    (inside / ".git").unlink()
+    with pytest.raises(GitError, match="not the top of a git worktree"):
+        cli.reset_to(inside, "autonomous/r2", base)
+    (inside / ".git").write_bytes(b"gitdir: " + str(repo / ".git").encode() + b"\n")
+    with pytest.raises(GitError, match="user's checkout"):
+        cli.reset_to(inside, "autonomous/r2", base)
+    with pytest.raises(GitError, match="user's checkout"):
+        cli.collect_patch(inside, base)
+    assert user_state() == before
+
+    (inside / ".git").write_bytes(pointer)
+    cli.reset_to(inside, "autonomous/r2", base)
+    assert cli.head(inside) == base
+
+
+def test_reset_to_a_clean_worktree_asks_git_once(
+    cli: LocalGitCli, wt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = cli.head(wt)
+    cli.reset_to(wt, BRANCH, base)
+    calls = _count_git(monkeypatch)
+    cli.reset_to(wt, BRANCH, base)
+    assert calls == ["status"]
+
+    # Anything there (here an ignored file) means a real reset.
+    _write(wt, "build.log", "ignored, still removed\n")
+    calls.clear()
+    cli.reset_to(wt, BRANCH, base)
+    assert calls == ["status", "checkout", "clean"]
+    assert not (wt / "build.log").exists()
+
+    # After an applied patch no status is needed first: it is known to be dirty.
+    _write(wt, "README.md", "changed\n")
+    patch = _patch_file(tmp_path, cli.collect_patch(wt, base))
+    cli.reset_to(wt, BRANCH, base)
+    assert cli.apply(wt, patch).ok
+    calls.clear()
+    cli.reset_to(wt, BRANCH, base)
+    assert calls == ["checkout", "clean"]
+    assert (wt / "README.md").read_text() == "sample\n" and not cli.is_dirty(wt)
+
+
+def test_a_phase_commit_and_tag_cost_three_git_calls(
+    cli: LocalGitCli, wt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli.head(wt)
+    calls = _count_git(monkeypatch)
+    _write(wt, "a.txt", "a\n")
+    sha = cli.commit(wt, "phase", {"Autopack-Phase": "F1"})
+    cli.tag(wt, "autonomous/r1/F1", sha, "F1")
+    assert calls == ["add", "commit", "tag"]
+    assert sha == git(wt, "rev-parse", "HEAD") == cli.head(wt)
+    assert cli.tag_target("autonomous/r1/F1") == sha
+
+
+def test_commit_changes_only_when_something_changed(cli: LocalGitCli, wt: Path) -> None:
+    base = cli.head(wt)
+    assert cli.commit_changes(wt, "record", {"Autopack-Run": "r1"}) is False
+    assert cli.head(wt) == base
+    _write(wt, "runs/r1/run.json", "{}\n")
+    assert cli.commit_changes(wt, "record", {"Autopack-Run": "r1"}) is True
+    assert git(wt, "log", "-1", "--format=%B") == "record\n\nAutopack-Run: r1"
+    assert git(wt, "show", "--format=", "--name-only", "HEAD") == "runs/r1/run.json"
+
+
+def test_missing_commits_are_named_after_the_failing_call(cli: LocalGitCli, wt: Path) -> None:
+    gone = "0123456789abcdef0123456789abcdef01234567"
+    with pytest.raises(GitError, match=f"commit '{gone}' does not exist"):
+        cli.reset_to(wt, BRANCH, gone)
+    with pytest.raises(GitError, match=f"base commit '{gone}' does not exist"):
+        cli.collect_patch(wt, gone)
+    with pytest.raises(GitError, match=f"commit '{gone}' does not exist"):
+        cli.tag(wt, "autonomous/r1/F9", gone, "F9")
+    with pytest.raises(GitError, match=f"commit '{gone}' does not exist"):
+        cli.find_commit_with_trailer(BRANCH, "Autopack-Phase", "F1", since=gone)
+    tree = git(wt, "rev-parse", "HEAD^{tree}")
+    with pytest.raises(GitError, match=f"commit '{tree}' does not exist"):
+        cli.reset_to(wt, BRANCH, tree)
+
+
+def test_head_follows_what_git_says(cli: LocalGitCli, wt: Path) -> None:
+    """HEAD read from git's files agrees with git, also when git has packed the ref."""
+    first = cli.head(wt)
+    assert first == git(wt, "rev-parse", "HEAD")
+    second = cli.commit(wt, "next", {}, allow_empty=True)
+    git(wt, "pack-refs", "--all")
+    assert cli.head(wt) == second == git(wt, "rev-parse", "HEAD")
+    git(wt, "checkout", "-q", "--detach", first)
+    assert cli.head(wt) == first

@@ -192,3 +192,37 @@ def test_write_text_atomic_refuses_directory_target(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     with pytest.raises(InvalidInput, match="is a directory"):
         write_text_atomic(tmp_path / "d", "x")
+
+
+def test_a_barrier_runs_before_every_atomic_write_and_child_process(tmp_path: Path) -> None:
+    """A writer holding a write back (the Recorder) gets it out before anything else lands."""
+    from pipeline import proc
+    from pipeline.jsonio import add_barrier, remove_barrier
+
+    held = tmp_path / "held.txt"
+    order: list[str] = []
+
+    def flush() -> None:
+        remove_barrier(flush)  # what a writer does: its own write passes the barrier
+        order.append("flush")
+        write_text_atomic(held, "held back\n")
+
+    add_barrier(flush)
+    add_barrier(flush)  # registered once
+    write_text_atomic(tmp_path / "other.txt", "x\n")
+    assert order == ["flush"] and held.read_text() == "held back\n"
+
+    held.unlink()
+    add_barrier(flush)
+    seen = proc.run(["cat", str(held)])
+    assert seen.stdout == "held back\n" and order == ["flush", "flush"]
+    write_text_atomic(tmp_path / "other.txt", "y\n")
+    assert order == ["flush", "flush"]  # removed: not run again
+
+
+def test_model_text_is_what_write_model_writes(tmp_path: Path) -> None:
+    from pipeline.jsonio import model_text
+
+    doc = Doc(title="t", items=[Item(name="a", size=1)])
+    write_model(tmp_path / "doc.json", doc)
+    assert (tmp_path / "doc.json").read_text() == model_text(tmp_path / "doc.json", doc)

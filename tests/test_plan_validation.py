@@ -117,15 +117,13 @@ def test_plan_sha256_is_of_the_bytes(workdir: Path) -> None:
 
 def test_typo_in_enum_value(workdir: Path) -> None:
     assert problem_of(edited("complexity: low", "complexity: hgh")) == (
-        "runs/R/plan.yaml:19:9: $.tiers[0].phases[1].complexity: "
-        "'hgh' is not one of ['low', 'medium', 'high']"
+        "runs/R/plan.yaml:19:9: $.tiers[0].phases[1].complexity: 'hgh' is not one of ['low', 'medium', 'high']"
     )
 
 
 def test_unknown_key_suggests_the_known_one(workdir: Path) -> None:
     assert problem_of(edited("complexity: medium", "complexty: medium")) == (
-        "runs/R/plan.yaml:15:9: $.tiers[0].phases[0].complexty: "
-        "unknown key 'complexty' (did you mean 'complexity'?)"
+        "runs/R/plan.yaml:15:9: $.tiers[0].phases[0].complexty: unknown key 'complexty' (did you mean 'complexity'?)"
     )
 
 
@@ -133,8 +131,7 @@ def test_unknown_key_inside_a_union_is_found(workdir: Path) -> None:
     # builder is `str | AgentSpec | None`: the mapping was meant as an AgentSpec
     text = edited("complexity: low\n", "complexity: low\n        builder: {comand: x}\n")
     assert problem_of(text) == (
-        "runs/R/plan.yaml:20:19: $.tiers[0].phases[1].builder.comand: "
-        "unknown key 'comand' (did you mean 'command'?)"
+        "runs/R/plan.yaml:20:19: $.tiers[0].phases[1].builder.comand: unknown key 'comand' (did you mean 'command'?)"
     )
 
 
@@ -154,8 +151,7 @@ def test_bad_id_is_explained(workdir: Path) -> None:
 def test_unknown_ci_profile_name(workdir: Path) -> None:
     text = edited("safety_profile: normal\n", "safety_profile: normal\nci:\n  nrmal: {}\n")
     assert problem_of(text) == (
-        "runs/R/plan.yaml:9:3: $.ci.nrmal: "
-        "key 'nrmal' is not one of ['normal', 'strict'] (did you mean 'normal'?)"
+        "runs/R/plan.yaml:9:3: $.ci.nrmal: key 'nrmal' is not one of ['normal', 'strict'] (did you mean 'normal'?)"
     )
 
 
@@ -176,8 +172,7 @@ def test_no_tiers(workdir: Path) -> None:
 def test_not_a_mapping(workdir: Path) -> None:
     err = error_of("")
     assert err.message == (
-        "runs/R/plan.yaml:1:1: expected a mapping (run_id, project_id, tiers, ...), "
-        "found an empty file"
+        "runs/R/plan.yaml:1:1: expected a mapping (run_id, project_id, tiers, ...), found an empty file"
     )
 
 
@@ -186,8 +181,7 @@ def test_not_a_mapping(workdir: Path) -> None:
 
 def test_duplicate_phase_id_names_the_first(workdir: Path) -> None:
     assert problem_of(edited("phase_id: F2.1", "phase_id: F1.1")) == (
-        "runs/R/plan.yaml:24:9: $.tiers[1].phases[0].phase_id: "
-        "duplicate phase id 'F1.1' (first at line 12)"
+        "runs/R/plan.yaml:24:9: $.tiers[1].phases[0].phase_id: duplicate phase id 'F1.1' (first at line 12)"
     )
 
 
@@ -237,8 +231,7 @@ def test_run_id_must_match_its_directory(workdir: Path) -> None:
 
 def test_unquoted_date(workdir: Path) -> None:
     assert problem_of(edited("name: Write docs", "name: 2024-01-01")) == (
-        "runs/R/plan.yaml:25:9: $.tiers[1].phases[0].name: "
-        "2024-01-01 was read as a date; quote it: '2024-01-01'"
+        "runs/R/plan.yaml:25:9: $.tiers[1].phases[0].name: 2024-01-01 was read as a date; quote it: '2024-01-01'"
     )
 
 
@@ -249,22 +242,18 @@ def test_quoted_date_is_a_string(workdir: Path) -> None:
 
 def test_unquoted_number_where_a_string_is_expected(workdir: Path) -> None:
     assert problem_of(edited("phase_id: F1.2", "phase_id: 1.10")) == (
-        "runs/R/plan.yaml:16:9: $.tiers[0].phases[1].phase_id: "
-        "1.10 was read as the number 1.1; quote it: '1.10'"
+        "runs/R/plan.yaml:16:9: $.tiers[0].phases[1].phase_id: 1.10 was read as the number 1.1; quote it: '1.10'"
     )
 
 
 def test_unquoted_boolean_where_a_string_is_expected(workdir: Path) -> None:
     assert problem_of(edited("name: Core", "name: true")) == (
-        "runs/R/plan.yaml:10:5: $.tiers[0].name: true was read as the boolean true; "
-        "quote it: 'true'"
+        "runs/R/plan.yaml:10:5: $.tiers[0].name: true was read as the boolean true; quote it: 'true'"
     )
 
 
 def test_unquoted_number_inside_a_flow_mapping(workdir: Path) -> None:
-    text = edited(
-        "complexity: low\n", "complexity: low\n        builder: {command: 1.10, timeout_s: 5}\n"
-    )
+    text = edited("complexity: low\n", "complexity: low\n        builder: {command: 1.10, timeout_s: 5}\n")
     assert problem_of(text) == (
         "runs/R/plan.yaml:20:19: $.tiers[0].phases[1].builder.command: "
         "1.10 was read as the number 1.1; quote it: '1.10'"
@@ -274,8 +263,7 @@ def test_unquoted_number_inside_a_flow_mapping(workdir: Path) -> None:
 def test_date_under_an_unknown_key_reports_both(workdir: Path) -> None:
     text = edited("complexity: low\n", "complexity: low\n        due: 2024-01-01\n")
     assert problems_of(text) == [
-        "runs/R/plan.yaml:20:9: $.tiers[0].phases[1].due: "
-        "2024-01-01 was read as a date; quote it: '2024-01-01'",
+        "runs/R/plan.yaml:20:9: $.tiers[0].phases[1].due: 2024-01-01 was read as a date; quote it: '2024-01-01'",
         "runs/R/plan.yaml:20:9: $.tiers[0].phases[1].due: unknown key 'due'",
     ]
 
@@ -300,8 +288,7 @@ def test_yes_is_a_string_for_a_string_field(workdir: Path) -> None:
 def test_merge_conflict_markers(workdir: Path) -> None:
     text = edited(
         "        complexity: low\n",
-        "<<<<<<< HEAD\n        complexity: low\n=======\n        complexity: high\n"
-        ">>>>>>> feature\n",
+        "<<<<<<< HEAD\n        complexity: low\n=======\n        complexity: high\n>>>>>>> feature\n",
     )
     err = error_of(text)
     assert isinstance(err, ValidationErrors)
@@ -316,8 +303,7 @@ def test_merge_conflict_markers(workdir: Path) -> None:
 def test_yaml_syntax_error(workdir: Path) -> None:
     err = error_of(edited("name: Core", "name: [Core"))
     assert err.message == (
-        "runs/R/plan.yaml:11:11: expected ',' or ']', but got ':' "
-        "(while parsing a flow sequence at line 10)"
+        "runs/R/plan.yaml:11:11: expected ',' or ']', but got ':' (while parsing a flow sequence at line 10)"
     )
     assert err.fix == "fix the YAML syntax at line 11, column 11 of runs/R/plan.yaml"
 
@@ -346,14 +332,10 @@ def test_several_problems_are_reported_together_in_file_order(workdir: Path) -> 
         load_plan(path, CATEGORIES)
     err = info.value
     assert err.problems == [
-        "runs/R/plan.yaml:15:9: $.tiers[0].phases[0].complexty: "
-        "unknown key 'complexty' (did you mean 'complexity'?)",
-        "runs/R/plan.yaml:19:9: $.tiers[0].phases[1].complexity: "
-        "'hgh' is not one of ['low', 'medium', 'high']",
-        "runs/R/plan.yaml:24:9: $.tiers[1].phases[0].phase_id: "
-        "duplicate phase id 'F1.1' (first at line 12)",
-        "runs/R/plan.yaml:25:9: $.tiers[1].phases[0].name: "
-        "2024-01-01 was read as a date; quote it: '2024-01-01'",
+        "runs/R/plan.yaml:15:9: $.tiers[0].phases[0].complexty: unknown key 'complexty' (did you mean 'complexity'?)",
+        "runs/R/plan.yaml:19:9: $.tiers[0].phases[1].complexity: 'hgh' is not one of ['low', 'medium', 'high']",
+        "runs/R/plan.yaml:24:9: $.tiers[1].phases[0].phase_id: duplicate phase id 'F1.1' (first at line 12)",
+        "runs/R/plan.yaml:25:9: $.tiers[1].phases[0].name: 2024-01-01 was read as a date; quote it: '2024-01-01'",
     ]
     assert err.message.startswith("4 problems:\n  runs/R/plan.yaml:15:9: ")
     assert err.fix == "edit runs/R/plan.yaml at the lines above; `doit validate --run R` rechecks"
@@ -516,3 +498,33 @@ def test_missing_file(workdir: Path) -> None:
         load_plan(Path("runs/nope/plan.yaml"))
     with pytest.raises(InvalidInput, match="file not found"):
         yamlio.load_fast(Path("nope.yaml"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a\nb\n",
+        "a\nb\n\n",
+        " lead\nx",
+        "x\n",
+        "\n",
+        "1.10",
+        "yes",
+        "2024-01-01",
+        "",
+        "x\r\ny",
+        "x\x85y",
+        "x\x00y\nz",
+        "- x\ny",
+        "#x\ny",
+    ],
+)
+def test_dump_new_reads_back_exactly(text: str, workdir: Path) -> None:
+    path = Path("doc.yaml")
+    path.write_text(yamlio.dump_new({"k": text, "l": [text], "m": {"n": text}}), encoding="utf-8")
+    assert yamlio.to_plain(yamlio.load_roundtrip(path).data) == {
+        "k": text,
+        "l": [text],
+        "m": {"n": text},
+    }
+    assert yamlio.find_surprises(yamlio.load_roundtrip(path)) == []
