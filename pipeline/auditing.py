@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline import agents
-from pipeline.building import agent_env, classify, outcome_notes, patch_files, patch_sha, write_spec
+from pipeline.building import agent_env, classify, outcome_notes, patch_files, patch_sha, undo_ref_changes, write_spec
 from pipeline.config import builtin_path
 from pipeline.context import RunContext
 from pipeline.jsonio import write_model, write_text_atomic
@@ -109,6 +109,7 @@ def _call(ctx: RunContext, ps: PhaseStrategy, purpose: Purpose, patch: Path | No
         "AUTOPACK_PATCH": str(patch) if patch and patch.exists() else "",
     }
     started = utc_now()
+    refs_before = ctx.git.refs_state()
     outcome = agents.run_agent(
         spec=ps.auditor,
         role="auditor",
@@ -125,6 +126,7 @@ def _call(ctx: RunContext, ps: PhaseStrategy, purpose: Purpose, patch: Path | No
     # worktree (a path relative to its cwd) is deleted by `git clean` in reset_to.
     suggested = _suggested_patch(ctx, result, worktree_patch)
     ctx.git.reset_to(ctx.worktree, ctx.branch, base)
+    undo_ref_changes(ctx, ps, rec.current_attempt, refs_before, adir / "auditor.log")
     kind, reason = classify(outcome, "x", who="auditor")
     if kind is None and result is not None and result.verdict == "revise" and not suggested.strip():
         # A revision with nothing in it is an invalid result (counted and retried like a

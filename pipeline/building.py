@@ -9,6 +9,7 @@ from pathlib import Path
 from pipeline import agents, gate
 from pipeline.context import RunContext
 from pipeline.errors import AutopackError
+from pipeline.git import RefsState
 from pipeline.jsonio import read_model, write_model, write_text_atomic
 from pipeline.models.enums import IssueSource, RunState, Severity
 from pipeline.models.reports import GateCheck, GateReport
@@ -24,6 +25,7 @@ from pipeline.outcomes import (
     make_issue,
     probe_issue,
     record_agent_spend,
+    rel,
     save_issues,
     suggested_issues,
     with_attempt,
@@ -106,6 +108,28 @@ def refuse_outward_symlinks(ctx: RunContext, ps: PhaseStrategy, k: int) -> None:
     raise EndRun(RunState.DONE_FAILED_POLICY_VIOLATION, f"phase {ps.phase_id}: {message}")
 
 
+def undo_ref_changes(ctx: RunContext, ps: PhaseStrategy, k: int, before: RefsState, log: Path) -> None:
+    """Branches, tags and stash entries an agent made in its worktree live in the user's
+    repository too; they are put back (the agent's refs kept under refs/autopack/) and
+    the change is recorded as an issue."""
+    quarantine = f"refs/autopack/quarantine/{ctx.rec.run.run_id}/{ps.phase_id}/{k}"
+    changes = ctx.git.restore_refs(before, keep={f"refs/heads/{ctx.branch}"}, quarantine=quarantine)
+    if not changes:
+        return
+    ctx.rec.note(ps.phase_id, "agent_refs_restored", attempt=k, changes=changes)
+    issue = make_issue(
+        ctx,
+        ps,
+        key="builder:git_refs",
+        source=IssueSource.probe,
+        category="builder_git_refs",
+        severity=Severity.minor,
+        evidence=[rel(ctx, log), *changes[:5]],
+        message="the agent changed branches, tags or the stash of the shared repository; restored",
+    )
+    save_issues(ctx, ps, [issue])
+
+
 def build(ctx: RunContext, ps: PhaseStrategy) -> None:
     rec = ctx.rec.phase(ps.phase_id)
     k = rec.current_attempt or 1
@@ -126,6 +150,7 @@ def build(ctx: RunContext, ps: PhaseStrategy) -> None:
     )
     rec = ctx.rec.save_phase(with_attempt(rec, attempt).model_copy(update={"step": "building"}))
     result_path = adir / "result.json"
+    refs_before = ctx.git.refs_state()
     outcome = agents.run_agent(
         spec=ps.builder,
         role="builder",
@@ -138,6 +163,7 @@ def build(ctx: RunContext, ps: PhaseStrategy) -> None:
     )
     patch = ctx.git.collect_patch(ctx.worktree, base)
     ctx.git.reset_to(ctx.worktree, ctx.branch, base)
+    undo_ref_changes(ctx, ps, k, refs_before, adir / "builder.log")
     write_text_atomic(adir / "patch.diff", patch)
     kind, reason = classify(outcome, patch)
     attempt = attempt.model_copy(

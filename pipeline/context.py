@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from pipeline.git import LocalGitCli
+from pipeline.git import GitAdapter
+from pipeline.gitremote import make_adapter, outbox_from_env, timeout_from_env
 from pipeline.recorder import Recorder
 from pipeline.store import RunStore
 
@@ -20,9 +21,10 @@ WORKTREES_DIR = Path(".autopack") / "worktrees"
 _RACY_NS = 100_000_000
 _RACY_WHOLE_SECONDS_NS = 2_000_000_000
 
-# One LocalGitCli per target repository in this process: what it has verified about a
-# run's worktree (re-checked cheaply on every use) serves every step `run` drives.
-_GIT_CLIS: dict[Path, LocalGitCli] = {}
+# One git adapter per target repository (and AUTOPACK_GIT_OUTBOX setting) in this process:
+# what LocalGitCli has verified about a run's worktree (re-checked cheaply on every use)
+# serves every step `run` drives.
+_GIT_CLIS: dict[tuple[Path, Path | None, float | None], GitAdapter] = {}
 # Phase descriptions by (plan file, sha256 of its bytes): a frozen plan is parsed once per
 # process, not once per phase (the round-trip YAML load and its checks take ~0.1 s).
 _DESCRIPTIONS: dict[tuple[Path, str], dict[str, str]] = {}
@@ -42,6 +44,13 @@ def target_repo(workspace: Path, repo: str) -> Path:
 
 
 def worktree_path(workspace: Path, run_id: str) -> Path:
+    """Where the run's linked worktree goes; the folder ignores itself, so the user's
+    `git status` and `git add -A` never see a worktree (an embedded repository)."""
+    ignore = workspace / WORKTREES_DIR.parts[0] / ".gitignore"
+    if not ignore.exists():
+        from pipeline.jsonio import write_text_atomic
+
+        write_text_atomic(ignore, "# Autopack's worktrees and scratch space: never committed.\n*\n")
     return (workspace / WORKTREES_DIR / run_id).resolve()
 
 
@@ -51,11 +60,13 @@ def record_lives_in_branch(workspace: Path, target: Path) -> bool:
     return git_dir.exists() and workspace.resolve() == target.resolve()
 
 
-def git_for(target: Path) -> LocalGitCli:
-    """The process's LocalGitCli for the repository at `target`."""
-    key = Path(target)
+def git_for(target: Path) -> GitAdapter:
+    """The process's git adapter for the repository at `target`: LocalGitCli, or the remote
+    git worker's RemoteGitAdapter when AUTOPACK_GIT_OUTBOX is set (pipeline.gitremote)."""
+    outbox = outbox_from_env()
+    key = (Path(target), outbox, timeout_from_env() if outbox else None)
     if key not in _GIT_CLIS:
-        _GIT_CLIS[key] = LocalGitCli(key)
+        _GIT_CLIS[key] = make_adapter(key[0])
     return _GIT_CLIS[key]
 
 
@@ -67,7 +78,7 @@ class RunContext:
     workspace: Path
     store: RunStore
     rec: Recorder
-    git: LocalGitCli
+    git: GitAdapter
     worktree: Path
     record_in_branch: bool
 
@@ -85,6 +96,11 @@ class RunContext:
     @property
     def branch(self) -> str:
         return self.rec.run.branch
+
+    @property
+    def in_place(self) -> bool:
+        """The run works in the workspace's own checkout (of its integration branch)."""
+        return self.worktree == self.workspace.resolve()
 
     def phase_description(self, phase_id: str) -> str:
         """The plan's description of `phase_id` ("" if it has none)."""
@@ -108,6 +124,8 @@ class RunContext:
             return
         self.rec.flush()
         dest = self.worktree / "runs" / self.store.run_id
+        if self.in_place:
+            return  # the record is already where the commit takes it from
         for level in (dest.parent, dest):
             if level.is_symlink() or (level.exists() and not level.is_dir()):
                 level.unlink()
@@ -185,12 +203,65 @@ def _remove(entry: os.DirEntry[str]) -> None:
 def open_context(workspace: Path, run_id: str) -> RunContext:
     store = RunStore(workspace, run_id)
     rec = Recorder.open(store)
-    target = Path(rec.run.target_repo)
+    target = current_target(workspace, store, Path(rec.run.target_repo))
+    git = git_for(target)
+    in_branch = record_lives_in_branch(workspace, target)
     return RunContext(
         workspace=workspace,
         store=store,
         rec=rec,
-        git=git_for(target),
-        worktree=Path(rec.run.worktree),
-        record_in_branch=record_lives_in_branch(workspace, target),
+        git=git,
+        worktree=run_worktree(workspace, rec, git, target, in_branch),
+        record_in_branch=in_branch,
     )
+
+
+def current_target(workspace: Path, store: RunStore, recorded: Path) -> Path:
+    """The run's target repository, seen from this workspace.
+
+    run.json holds the absolute path start_run resolved on its machine; a CI job's fresh
+    clone (or a moved checkout) is somewhere else, so the frozen plan's `target.repo` is
+    resolved again against this workspace ("." by default: the workspace itself).
+    """
+    from pipeline.errors import AutopackError
+    from pipeline.yamlio import load_fast
+
+    try:
+        plan = load_fast(store.plan_path)
+    except (AutopackError, OSError):
+        return recorded  # the frozen-plan check names the problem
+    target = plan.get("target") if isinstance(plan, dict) else None
+    repo = target.get("repo") if isinstance(target, dict) else None
+    return target_repo(workspace, repo if isinstance(repo, str) and repo else ".")
+
+
+def run_worktree(workspace: Path, rec: Recorder, git: GitAdapter, target: Path, record_in_branch: bool) -> Path:
+    """Where the run's steps change files.
+
+    - In place: the workspace's own checkout, when the record lives in the branch and that
+      checkout has the run's integration branch checked out (a CI job that checked out
+      `autonomous/<run_id>`, DESIGN §4). The git adapter allows it only while that branch
+      is checked out there, and never touches the live record or ignored files.
+    - Otherwise the run's linked worktree under this workspace, re-created on the run's
+      existing branch when it is missing (a developer's fresh clone, a deleted directory),
+      never from the base: the branch holds the run's history.
+    """
+    from pipeline.errors import GitError
+    from pipeline.git import LocalGitCli
+
+    run = rec.run
+    here = workspace.resolve()
+    if record_in_branch and isinstance(git, LocalGitCli) and git.adopt_checkout(here, run.branch, f"runs/{run.run_id}"):
+        return here
+    path = worktree_path(workspace, run.run_id)
+    if path.is_dir() or run.state.terminal:
+        return path
+    if not git.branch_exists(run.branch):
+        raise GitError(
+            f"the run's branch '{run.branch}' does not exist in {target}, so the run's worktree "
+            f"{path} cannot be re-created",
+            fix=f"fetch it (`git fetch origin {run.branch}:{run.branch}`), or check it out here to work in place "
+            f"(`git checkout {run.branch}`)",
+        )
+    git.ensure_worktree(run.branch, run.base_commit or run.branch, path)
+    return path

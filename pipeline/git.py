@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -69,6 +69,10 @@ _CONFIG_OVERRIDES = (
 
 _TRAILER_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 _STATUS_LINES_SHOWN = 5
+# The only branches a run works on in place (`LocalGitCli.adopt_checkout`): its own
+# integration branch, never a base branch (pipeline.context.branch_name makes them).
+IN_PLACE_BRANCH_PREFIX = "autonomous/"
+_PATHSPEC_MAGIC = re.compile(r"[*?\[\]\\\0\n\r]")
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,14 @@ class IntegrationStatus:
     head: str
     last_snapshot: str | None
     dirty: bool
+
+
+@dataclass(frozen=True)
+class RefsState:
+    """Branch/tag/stash ref values and the stash reflog at one moment."""
+
+    refs: dict[str, str]
+    stash_log: bytes | None
 
 
 @dataclass(frozen=True)
@@ -114,6 +126,20 @@ class _Checked:
     git_dir: Path
     main: bool
     dotgit: bytes | None = None
+
+
+@dataclass(frozen=True)
+class _InPlace:
+    """A checkout the run works in directly (`LocalGitCli.adopt_checkout`): only while it
+    has `branch` checked out, and never touching `keep` (the live run record)."""
+
+    branch: str
+    keep: str
+
+    @property
+    def outside(self) -> tuple[str, ...]:
+        """The pathspec of everything but `keep`."""
+        return (f":(exclude){self.keep}",)
 
 
 @runtime_checkable
@@ -154,13 +180,15 @@ class GitAdapter(Protocol):
 
     def commit_changes(self, worktree: Path, message: str, trailers: dict[str, str]) -> bool: ...
 
+    def refs_state(self) -> RefsState: ...
+
+    def restore_refs(self, before: RefsState, keep: Collection[str], quarantine: str) -> list[str]: ...
+
     def tag(self, worktree: Path, name: str, commit: str, message: str) -> None: ...
 
     def tag_target(self, name: str) -> str | None: ...
 
-    def find_commit_with_trailer(
-        self, branch: str, key: str, value: str, since: str | None = None
-    ) -> str | None: ...
+    def find_commit_with_trailer(self, branch: str, key: str, value: str, since: str | None = None) -> str | None: ...
 
     def integration_status(self, worktree: Path, base: str, branch: str) -> IntegrationStatus: ...
 
@@ -217,12 +245,12 @@ class LocalGitCli:
         # `reset_to` resets them without asking `git status` first. The hint only ever
         # makes a reset do more work, never less.
         self._dirty: set[Path] = set()
+        # Checkouts adopted for working in place, by resolved path (`adopt_checkout`).
+        self._in_place: dict[Path, _InPlace] = {}
 
     # -- running git -------------------------------------------------------------------
 
-    def _run(
-        self, *args: str, cwd: Path | None = None, input_text: str | None = None
-    ) -> proc.ProcResult:
+    def _run(self, *args: str, cwd: Path | None = None, input_text: str | None = None) -> proc.ProcResult:
         where = cwd if cwd is not None else self.repo
         if not where.is_dir():
             raise GitError(
@@ -292,10 +320,7 @@ class LocalGitCli:
         res = self._run("rev-parse", "--show-toplevel", "--git-common-dir")
         if not res.ok:
             err = _failure(res)
-            fix = (
-                f"run `git init` in {self.repo}, or point target.repo in the plan at a git "
-                "checkout"
-            )
+            fix = f"run `git init` in {self.repo}, or point target.repo in the plan at a git checkout"
             if "dubious ownership" in err:
                 fix = f"trust it: `git config --global --add safe.directory {self.repo}`"
             raise GitError(f"{self.repo} is not a git repository ({err})", fix=fix)
@@ -310,8 +335,7 @@ class LocalGitCli:
             at = self.resolve("HEAD") or "no commit"
             raise GitError(
                 f"{self.repo} is on a detached HEAD (at {at[:12]}), so there is no base branch",
-                fix="check out a branch there (`git switch <branch>`) or set target.base in "
-                "the plan",
+                fix="check out a branch there (`git switch <branch>`) or set target.base in the plan",
             )
         return res.stdout.strip()
 
@@ -440,8 +464,7 @@ class LocalGitCli:
     def _add_worktree(self, target: Path, branch: str) -> None:
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise GitError(
-                f"cannot create the worktree {target}: it already exists and is not a worktree "
-                f"of {self.repo}",
+                f"cannot create the worktree {target}: it already exists and is not a worktree of {self.repo}",
                 fix="remove that path or choose another worktree location",
             )
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -470,6 +493,112 @@ class LocalGitCli:
                 fix="delete it by hand if nothing in it is needed",
             )
 
+    # -- working in place --------------------------------------------------------------
+
+    def adopt_checkout(self, checkout: Path, branch: str, keep: str) -> bool:
+        """Work in place in `checkout` when it has `branch` (a run's integration branch)
+        checked out: a CI job that checked out the branch finds the run's live record there
+        and needs no second worktree (DESIGN §4). True when adopted; False when anything
+        else is checked out there (a base branch, another branch, a detached HEAD): the run
+        then uses its linked worktree and `checkout` stays out of bounds.
+
+        In an adopted checkout the run's operations never touch `keep` (the live record,
+        `runs/<run_id>`, relative to the checkout) nor git-ignored files (a virtualenv,
+        caches, the run lock): resets restore and clean everything else (`clean -ffd`,
+        no `-x`), patches leave `keep` out, and commits happen only while `branch` is
+        still checked out. Refuses (GitError) a checkout with changes outside `keep` (they
+        might be someone's work) and one whose `<keep>/.lock` git would commit.
+        """
+        self._check_ref_name(branch, "branch")
+        if not branch.startswith(IN_PLACE_BRANCH_PREFIX):
+            raise GitError(
+                f"refusing to work in place on '{branch}': only a run's integration branch "
+                f"({IN_PLACE_BRANCH_PREFIX}<run_id>) is worked on in place",
+                fix="pass the run's branch",
+            )
+        parts = keep.split("/")
+        if keep.startswith(("-", ":")) or any(p in ("", ".", "..") for p in parts) or _PATHSPEC_MAGIC.search(keep):
+            raise GitError(f"'{keep}' is not a plain relative path in the checkout", fix="pass runs/<run_id>")
+        wt = Path(checkout)
+        quick = _head_file_branch(wt / ".git")
+        if quick is not None and quick != branch:
+            self._in_place.pop(wt.resolve(), None)
+            return False  # the common case (a developer's checkout on main) costs no git call
+        checked = self._verify_worktree(wt)
+        if self._on_branch(checked) != branch:
+            self._in_place.pop(checked.path, None)
+            return False
+        spot = _InPlace(branch, keep)
+        status = self._ok("status", "--porcelain", "--untracked-files=normal", "--", *spot.outside, cwd=wt)
+        changed = [line for line in status.splitlines() if line.strip()]
+        if changed:
+            shown = ", ".join(line[3:] for line in changed[:_STATUS_LINES_SHOWN])
+            more = f" (and {len(changed) - _STATUS_LINES_SHOWN} more)" if len(changed) > _STATUS_LINES_SHOWN else ""
+            raise GitError(
+                f"{checked.path} has the run's branch '{branch}' checked out, so the run would work in "
+                f"place there, but it also has changes outside {keep}/: {shown}{more}",
+                fix="working in place resets that checkout: commit or stash them, or check out another "
+                "branch there (the run then uses its own linked worktree); if an interrupted phase left "
+                f"them, discard them: `git checkout -- . ':!{keep}' && git clean -fd -- . ':!{keep}'`",
+            )
+        if not self._run("check-ignore", "--quiet", f"{keep}/.lock", cwd=wt).ok:
+            raise GitError(
+                f"{checked.path} does not ignore {keep}/.lock, so working in place would commit the run lock",
+                fix="add `runs/*/.lock` and `runs/*/**/*.tmp.*` to .gitignore (`python -m pipeline init` does) "
+                "and commit it",
+            )
+        self._in_place[checked.path] = spot
+        self._checked[wt] = checked
+        return True
+
+    def _on_branch(self, checked: _Checked) -> str | None:
+        """The branch checked out in a verified worktree (None: a detached HEAD)."""
+        quick = _head_file_branch(checked.git_dir)
+        if quick is not None:
+            return quick
+        res = self._run("symbolic-ref", "--quiet", "HEAD", cwd=checked.path)
+        name = res.stdout.strip()
+        return name.removeprefix("refs/heads/") if res.ok and name.startswith("refs/heads/") else None
+
+    def _require_in_place_branch(self, checked: _Checked) -> None:
+        """In an adopted checkout, commit only while the run's branch is checked out."""
+        spot = self._in_place.get(checked.path)
+        if spot is None:
+            return
+        on = self._on_branch(checked)
+        if on != spot.branch:
+            raise GitError(
+                f"{checked.path} has '{on or 'a detached HEAD'}' checked out, not the run's branch "
+                f"'{spot.branch}'; refusing to commit there",
+                fix=f"check out '{spot.branch}' there again (`git checkout {spot.branch}`) and rerun",
+            )
+
+    def _outside(self, wt: Path) -> tuple[str, ...]:
+        """Pathspecs limiting a command to what the run may change in `wt` (all of a linked
+        worktree; everything but the live record in an adopted checkout)."""
+        spot = self._in_place.get(wt)
+        return spot.outside if spot is not None else ()
+
+    def _reset_in_place(self, checked: _Checked, branch: str, sha: str) -> None:
+        """`reset_to` in an adopted checkout: HEAD back on `branch` at `sha`, everything but
+        the live record restored and cleaned; ignored files are kept."""
+        wt = checked.path
+        if self._on_branch(checked) != branch:
+            self._ok("symbolic-ref", "HEAD", f"refs/heads/{branch}", cwd=wt)
+        res = self._run("reset", "--quiet", "--mixed", sha, cwd=wt)
+        if not res.ok:
+            self._require_commit(sha, "commit")  # the clearer error if it does not exist
+            raise GitError(
+                f"git reset failed in {wt}: {_failure(res)}",
+                fix="fix what git reports in the repository, then retry",
+            )
+        self._restore_outside(wt, sha)
+
+    def _restore_outside(self, wt: Path, sha: str) -> None:
+        outside = self._outside(wt)
+        self._ok("restore", f"--source={sha}", "--worktree", "--", *outside, cwd=wt)
+        self._ok("clean", "-ffdq", "--", *outside, cwd=wt)
+
     def _worktree(self, worktree: Path, *, ours: bool) -> _Checked:
         """`worktree` verified as the top of a worktree of this repository.
 
@@ -492,10 +621,9 @@ class LocalGitCli:
         return self._allowed(checked, wt, ours)
 
     def _allowed(self, checked: _Checked, wt: Path, ours: bool) -> _Checked:
-        if ours and checked.main:
+        if ours and checked.main and checked.path not in self._in_place:
             raise GitError(
-                f"{wt} is the user's checkout of {self.repo}; the supervisor only changes its "
-                "own linked worktrees",
+                f"{wt} is the user's checkout of {self.repo}; the supervisor only changes its own linked worktrees",
                 fix="pass the run's worktree (default .autopack/worktrees/<run_id>)",
             )
         return checked
@@ -507,9 +635,7 @@ class LocalGitCli:
                 fix="re-create it (doit start_run / run_phase call ensure_worktree)",
             )
         dotgit = _read_dotgit(wt)  # read before git: a change after it makes the cache miss
-        res = self._run(
-            "rev-parse", "--show-toplevel", "--absolute-git-dir", "--git-common-dir", cwd=wt
-        )
+        res = self._run("rev-parse", "--show-toplevel", "--absolute-git-dir", "--git-common-dir", cwd=wt)
         if not res.ok:
             raise GitError(
                 f"{wt} is not a git worktree ({_failure(res)})",
@@ -521,8 +647,7 @@ class LocalGitCli:
         if Path(top).resolve() != path:
             raise GitError(
                 f"{wt} is not the top of a git worktree: it lies inside {top}",
-                fix="its .git file is missing; remove the directory and let ensure_worktree "
-                "re-create it",
+                fix="its .git file is missing; remove the directory and let ensure_worktree re-create it",
             )
         if (wt / common).resolve() != self._common_dir():
             raise GitError(
@@ -545,7 +670,7 @@ class LocalGitCli:
 
     def _status(self, wt: Path, untracked: bool = True) -> list[str]:
         mode = "--untracked-files=normal" if untracked else "--untracked-files=no"
-        out = self._ok("status", "--porcelain", mode, cwd=wt)
+        out = self._ok("status", "--porcelain", mode, "--", *self._outside(wt), cwd=wt)
         return [line for line in out.splitlines() if line.strip()]
 
     def is_dirty(self, worktree: Path) -> bool:
@@ -582,7 +707,7 @@ class LocalGitCli:
         self._dirty.add(wt)
         self._ok("add", "--all", cwd=wt)
         try:
-            raw = self._diff_bytes(wt, f"{base}^{{commit}}")
+            raw = self._diff_bytes(wt, f"{base}^{{commit}}", self._outside(wt))
         except GitError:
             self._require_commit(base, "base commit")
             raise
@@ -592,9 +717,7 @@ class LocalGitCli:
             raw = self._with_binary_sections(wt, f"{base}^{{commit}}", raw)
         return raw.decode("utf-8", errors="surrogateescape")
 
-    def _diff_bytes(
-        self, wt: Path, base: str, pathspecs: Sequence[str] = (), all_binary: bool = False
-    ) -> bytes:
+    def _diff_bytes(self, wt: Path, base: str, pathspecs: Sequence[str] = (), all_binary: bool = False) -> bytes:
         """The staged diff against `base` as raw bytes (the pipe wrapper decodes lossily)."""
         with tempfile.TemporaryDirectory(prefix="autopack-diff-") as tmp:
             out = Path(tmp) / "patch.diff"
@@ -605,10 +728,23 @@ class LocalGitCli:
                 attributes.write_text("* -diff\n")
                 config = ("-c", f"core.attributesFile={attributes}")
             self._ok(
-                *config, "diff", "--cached", "--binary", "--full-index", "--no-color",
-                "--no-ext-diff", "--no-renames", "--no-textconv", "--submodule=short",
-                "--unified=3", "--src-prefix=a/", "--dst-prefix=b/", f"--output={out}",
-                base, "--", *pathspecs,
+                *config,
+                "diff",
+                "--cached",
+                "--binary",
+                "--full-index",
+                "--no-color",
+                "--no-ext-diff",
+                "--no-renames",
+                "--no-textconv",
+                "--submodule=short",
+                "--unified=3",
+                "--src-prefix=a/",
+                "--dst-prefix=b/",
+                f"--output={out}",
+                base,
+                "--",
+                *pathspecs,
                 cwd=wt,
             )
             return out.read_bytes()
@@ -637,38 +773,57 @@ class LocalGitCli:
 
         One `git status` when the worktree may already be there (then nothing else is
         done); otherwise a forced checkout, `git clean -ffdx` and a check that HEAD took.
+        In an adopted checkout (`adopt_checkout`) only onto its branch, and the live record
+        and ignored files stay (`_reset_in_place`).
         """
         checked = self._worktree(worktree, ours=True)
         self._check_ref_name(branch, "branch")
         wt = checked.path
+        spot = self._in_place.get(wt)
+        if spot is not None and branch != spot.branch:
+            raise GitError(
+                f"refusing to reset {wt} onto '{branch}': the run works in place there on '{spot.branch}' only",
+                fix="pass the run's branch",
+            )
         sha = self._sha_or_resolve(commit, "commit")
         # An agent killed mid-command leaves this lock behind; the worktree is ours alone.
         (checked.git_dir / "index.lock").unlink(missing_ok=True)
         if wt not in self._dirty and self._is_clean_at(wt, branch, sha):
             return
-        res = self._run("checkout", "--force", "--quiet", "-B", branch, sha, "--", cwd=wt)
-        if not res.ok:
-            self._require_commit(sha, "commit")  # the clearer error if it does not exist
-            raise GitError(
-                f"git checkout failed in {wt}: {_failure(res)}",
-                fix="fix what git reports in the repository, then retry",
-            )
-        self._ok("clean", "-ffdxq", cwd=wt)
+        if spot is not None:
+            self._reset_in_place(checked, branch, sha)
+        else:
+            res = self._run("checkout", "--force", "--quiet", "-B", branch, sha, "--", cwd=wt)
+            if not res.ok:
+                self._require_commit(sha, "commit")  # the clearer error if it does not exist
+                raise GitError(
+                    f"git checkout failed in {wt}: {_failure(res)}",
+                    fix="fix what git reports in the repository, then retry",
+                )
+            self._ok("clean", "-ffdxq", cwd=wt)
         self._dirty.discard(wt)
         if _loose_head(checked.git_dir, self._common_dir(), branch) != sha and (
             self._ok("rev-parse", "--verify", "HEAD^{commit}", cwd=wt).strip() != sha
         ):
             raise GitError(
                 f"resetting {wt} to {sha[:12]} on '{branch}' did not take",
-                fix=f"remove the worktree (`git worktree remove --force {wt}`) and "
-                "let ensure_worktree re-create it",
+                fix=f"remove the worktree (`git worktree remove --force {wt}`) and let ensure_worktree re-create it",
             )
 
     def _is_clean_at(self, wt: Path, branch: str, sha: str) -> bool:
-        """HEAD is `branch` at `sha` and nothing is modified, staged, untracked or ignored."""
+        """HEAD is `branch` at `sha` and nothing is modified, staged, untracked or ignored
+        (in an adopted checkout: outside the live record, ignored files allowed)."""
+        outside = self._outside(wt)
         res = self._run(
-            "status", "--porcelain=v2", "--branch", "--untracked-files=normal",
-            "--ignored=traditional", "--ignore-submodules=dirty", "-z",
+            "status",
+            "--porcelain=v2",
+            "--branch",
+            "--untracked-files=normal",
+            *(() if outside else ("--ignored=traditional",)),
+            "--ignore-submodules=dirty",
+            "-z",
+            "--",
+            *outside,
             cwd=wt,
         )
         if not res.ok:
@@ -712,6 +867,10 @@ class LocalGitCli:
         return ApplyResult(ok=False, three_way=True, message=message)
 
     def _discard_changes(self, wt: Path) -> None:
+        if wt in self._in_place:
+            self._ok("reset", "--quiet", "--mixed", "HEAD", cwd=wt)
+            self._restore_outside(wt, "HEAD")
+            return
         self._ok("reset", "--hard", "--quiet", "HEAD", cwd=wt)
         self._ok("clean", "-ffdq", cwd=wt)
 
@@ -726,6 +885,7 @@ class LocalGitCli:
     ) -> str:
         """Commit everything in the worktree with `trailers` as the message's trailer block."""
         checked = self._worktree(worktree, ours=True)
+        self._require_in_place_branch(checked)
         wt = checked.path
         text = _message_with_trailers(message, trailers, where=str(wt))
         self._ok("add", "--all", cwd=wt)
@@ -739,8 +899,7 @@ class LocalGitCli:
             if unchanged and not allow_empty:
                 raise GitError(
                     f"nothing to commit in worktree {wt}",
-                    fix="the applied patch changed nothing; pass allow_empty for a record-only "
-                    "commit",
+                    fix="the applied patch changed nothing; pass allow_empty for a record-only commit",
                 )
             raise GitError(
                 f"git commit failed in {wt}: {_failure(res)}",
@@ -754,12 +913,12 @@ class LocalGitCli:
 
         Two git calls (`add`, `commit`) where `is_dirty` + `commit` take four.
         """
-        wt = self._worktree(worktree, ours=True).path
+        checked = self._worktree(worktree, ours=True)
+        self._require_in_place_branch(checked)
+        wt = checked.path
         text = _message_with_trailers(message, trailers, where=str(wt))
         self._ok("add", "--all", cwd=wt)
-        res = self._run(
-            "commit", "--quiet", "--no-verify", "--cleanup=whitespace", "-F", "-", cwd=wt, input_text=text
-        )
+        res = self._run("commit", "--quiet", "--no-verify", "--cleanup=whitespace", "-F", "-", cwd=wt, input_text=text)
         if res.ok:
             self._dirty.discard(wt)
             return True
@@ -779,8 +938,15 @@ class LocalGitCli:
             # The common case in one call: a new tag on a known commit. Anything else
             # (the tag exists, the commit does not) is sorted out below.
             created = self._run(
-                "tag", "--annotate", "--cleanup=whitespace", "-F", "-", name,
-                f"{commit}^{{commit}}", cwd=wt, input_text=text,
+                "tag",
+                "--annotate",
+                "--cleanup=whitespace",
+                "-F",
+                "-",
+                name,
+                f"{commit}^{{commit}}",
+                cwd=wt,
+                input_text=text,
             )
             if created.ok:
                 return
@@ -790,14 +956,20 @@ class LocalGitCli:
             return
         if existing is not None:
             raise GitError(
-                f"tag '{name}' already points at {existing[:12]}, not {sha[:12]}, in "
-                f"{self.repo}",
+                f"tag '{name}' already points at {existing[:12]}, not {sha[:12]}, in {self.repo}",
                 fix=f"tags of accepted phases are never moved; if '{name}' is stale, delete it "
                 f"(`git tag -d {name}`) and retry",
             )
         self._ok(
-            "tag", "--annotate", "--cleanup=whitespace", "-F", "-", name, sha,
-            cwd=wt, input_text=text,
+            "tag",
+            "--annotate",
+            "--cleanup=whitespace",
+            "-F",
+            "-",
+            name,
+            sha,
+            cwd=wt,
+            input_text=text,
         )
 
     def tag_target(self, name: str) -> str | None:
@@ -806,9 +978,7 @@ class LocalGitCli:
             return None
         return self.resolve(f"refs/tags/{name}")
 
-    def _trailer_log(
-        self, rev_range: str, key: str, grep: str = ""
-    ) -> Iterator[tuple[str, list[str]]]:
+    def _trailer_log(self, rev_range: str, key: str, grep: str = "") -> Iterator[tuple[str, list[str]]]:
         """(sha, values of trailer `key`) for each commit in `rev_range`, newest first."""
         if not _TRAILER_KEY.match(key):
             raise GitError(
@@ -816,7 +986,9 @@ class LocalGitCli:
                 fix="use letters, digits and '-' (e.g. Autopack-Run)",
             )
         args = [
-            "log", "-z", "--topo-order",
+            "log",
+            "-z",
+            "--topo-order",
             f"--format=%H%x01%(trailers:key={key},valueonly,unfold)",
         ]
         if grep:
@@ -827,9 +999,7 @@ class LocalGitCli:
             if sha:
                 yield sha, [v.strip() for v in values.splitlines() if v.strip()]
 
-    def find_commit_with_trailer(
-        self, branch: str, key: str, value: str, since: str | None = None
-    ) -> str | None:
+    def find_commit_with_trailer(self, branch: str, key: str, value: str, since: str | None = None) -> str | None:
         """The newest commit on `branch` (after `since`) whose trailer `key` is `value`."""
         wanted = value.strip()
         if _plain_ref(branch) and (since is None or _plain_ref(since)):
@@ -858,12 +1028,14 @@ class LocalGitCli:
         counts = self._ok("rev-list", "--left-right", "--count", f"{base_sha}...{tip}").split()
         behind, ahead = int(counts[0]), int(counts[1])
         snapshot = next(
-            (sha for sha, values in self._trailer_log(f"{base_sha}..{tip}", SNAPSHOT_TRAILER)
-             if values),
+            (sha for sha, values in self._trailer_log(f"{base_sha}..{tip}", SNAPSHOT_TRAILER) if values),
             None,
         )
         return IntegrationStatus(
-            ahead=ahead, behind=behind, head=tip, last_snapshot=snapshot,
+            ahead=ahead,
+            behind=behind,
+            head=tip,
+            last_snapshot=snapshot,
             dirty=bool(self._status(wt)),
         )
 
@@ -891,8 +1063,15 @@ class LocalGitCli:
                 fix="commit or stash them first, then retry",
             )
         res = self._run(
-            "merge", "--no-ff", "--no-log", "--no-edit", "--quiet", "-m", message,
-            f"refs/heads/{branch}", cwd=wt,
+            "merge",
+            "--no-ff",
+            "--no-log",
+            "--no-edit",
+            "--quiet",
+            "-m",
+            message,
+            f"refs/heads/{branch}",
+            cwd=wt,
         )
         if not res.ok:
             self._run("merge", "--abort", cwd=wt)
@@ -929,6 +1108,46 @@ class LocalGitCli:
         sha, _, when = res.stdout.strip().partition("\x00")
         return sha, when
 
+    # -- what an agent may leave behind in the shared ref store ---------------------------
+
+    def refs_state(self) -> RefsState:
+        """Branches, tags and the stash (with its reflog, which is the stash list), so what
+        an agent does to them in its linked worktree can be undone: they are shared with
+        the user's repository."""
+        out = self._ok("for-each-ref", "--format=%(objectname) %(refname)", "refs/heads", "refs/tags", "refs/stash")
+        refs = {name: sha for sha, _, name in (line.partition(" ") for line in out.splitlines() if line)}
+        log = self._common_dir() / "logs" / "refs" / "stash"
+        return RefsState(refs, log.read_bytes() if log.exists() else None)
+
+    def restore_refs(self, before: RefsState, keep: Collection[str], quarantine: str) -> list[str]:
+        """Put branches, tags and the stash back as `before` (except the refs in `keep`).
+
+        Nothing is destroyed: a ref the agent created or moved is first saved under
+        `quarantine` (e.g. refs/autopack/quarantine/<run>/<attempt>/...). Returns what changed."""
+        after = self.refs_state()
+        changes = []
+        for name in sorted(set(before.refs) | set(after.refs)):
+            old, new = before.refs.get(name), after.refs.get(name)
+            if name in keep or old == new:
+                continue
+            if new is not None:
+                self._ok("update-ref", f"{quarantine}/{name.removeprefix('refs/')}", new)
+            if old is None:
+                self._ok("update-ref", "-d", "--no-deref", name)
+                changes.append(f"removed {name} (kept as {quarantine}/{name.removeprefix('refs/')})")
+            else:
+                self._ok("update-ref", "--no-deref", name, old)
+                changes.append(f"restored {name} to {old[:12]}")
+        log = self._common_dir() / "logs" / "refs" / "stash"
+        current = log.read_bytes() if log.exists() else None
+        if current != before.stash_log:
+            if before.stash_log is None:
+                log.unlink(missing_ok=True)
+            else:
+                log.write_bytes(before.stash_log)
+            changes.append("restored the stash list")
+        return changes
+
 
 def _is_utf8(data: bytes) -> bool:
     try:
@@ -945,8 +1164,15 @@ def _diff_sections(raw: bytes) -> list[bytes]:
 
 
 _C_ESCAPES = {
-    ord("a"): 7, ord("b"): 8, ord("t"): 9, ord("n"): 10, ord("v"): 11, ord("f"): 12,
-    ord("r"): 13, ord('"'): 34, ord("\\"): 92,
+    ord("a"): 7,
+    ord("b"): 8,
+    ord("t"): 9,
+    ord("n"): 10,
+    ord("v"): 11,
+    ord("f"): 12,
+    ord("r"): 13,
+    ord('"'): 34,
+    ord("\\"): 92,
 }
 
 
@@ -999,6 +1225,17 @@ def _loose_head(git_dir: Path, common_dir: Path, branch: str | None = None) -> s
     except (OSError, UnicodeDecodeError):
         return None
     return sha[:-1] if sha.endswith("\n") and _is_full_sha(sha[:-1]) else None
+
+
+def _head_file_branch(git_dir: Path) -> str | None:
+    """The branch `git_dir/HEAD` names when it is a plain `ref: refs/heads/<b>` line; None
+    for anything else (a detached HEAD, a `.git` file, the reftable stub): ask git then."""
+    try:
+        head = (git_dir / "HEAD").read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+    ref = head[len("ref: ") : -1] if head.startswith("ref: refs/heads/") and head.endswith("\n") else ""
+    return ref.removeprefix("refs/heads/") if valid_ref_name(ref) else None
 
 
 def _read_dotgit(wt: Path) -> bytes | None:

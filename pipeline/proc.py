@@ -8,6 +8,7 @@ runs leaves the record's writes in the order they were made.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -106,10 +107,16 @@ def run(
         except FileNotFoundError as exc:
             return ProcResult(tuple(args), 127, "", str(exc), time.monotonic() - started)
         deadline = _WATCHDOG.watch(proc, timeout_s) if timeout_s is not None else None
+        # A command is over when its leader exits: helpers it left in the background (an
+        # agent's watcher, a CI step's server) must not act after it, nor hold its output
+        # pipe open and keep us waiting.
+        reaper = threading.Thread(target=_reap, args=(proc,), daemon=True)
+        reaper.start()
         try:
             out, err = proc.communicate(input=input_text.encode() if input_text is not None else None)
         finally:
             timed_out = _WATCHDOG.done(deadline) if deadline is not None else False
+            reaper.join()
         duration = time.monotonic() - started
     finally:
         if log_file:
@@ -187,14 +194,25 @@ _WATCHDOG = _Watchdog()
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """TERM the process group, then KILL it if it lingers."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=_KILL_GRACE_S)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """TERM the process group, give the leader a grace period, then KILL the whole group.
+
+    The KILL is sent even when the leader exited in time: a child that ignores TERM would
+    otherwise outlive its command and keep writing (into the next attempt's worktree)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=_KILL_GRACE_S)
+    _kill_leftovers(proc)
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    proc.wait()
+    _kill_leftovers(proc)
+
+
+def _kill_leftovers(proc: subprocess.Popen[bytes]) -> None:
+    """KILL whatever is left in the command's process group (its own session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)

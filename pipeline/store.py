@@ -513,6 +513,13 @@ class RunStore:
         return EventLog(self.events_path)
 
     def lock(self) -> RunLock:
+        # The lock file and atomic-write temp files are machine state, not record: a user
+        # committing runs/ for audit history must not pick them up.
+        ignore = self.run_dir / ".gitignore"
+        if not ignore.exists():
+            from pipeline.jsonio import write_text_atomic
+
+            write_text_atomic(ignore, ".lock\n.*.tmp.*\n")
         return RunLock(self.lock_path, self.run_id)
 
     def exists(self) -> bool:

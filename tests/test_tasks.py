@@ -286,15 +286,11 @@ def test_second_start_run_is_refused(started: Started, env: dict[str, str]) -> N
     assert run_json.read_bytes() == before
 
 
-@pytest.mark.xfail(
-    reason="BUG: start_run leaves .autopack/worktrees/<run> (a linked worktree) unignored inside the "
-    "user's checkout; `git add -A` there stages it as an embedded repository (gitlink)",
-    strict=True,
-)
 def test_worktree_is_invisible_to_the_users_git_status(started: Started) -> None:
     assert started.start.returncode == 0
     untracked = git(started.ws, "status", "--porcelain", "--untracked-files=all")
     assert ".autopack" not in untracked, untracked
+    assert f"runs/{RUN}/.lock" not in untracked, untracked
 
 
 # -- status / strategy -------------------------------------------------------------------

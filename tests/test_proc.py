@@ -1,0 +1,64 @@
+"""The one subprocess wrapper: timeouts and leftovers kill the whole process group."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from pipeline import proc
+
+STUBBORN = """
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"])
+open(sys.argv[1], "w").write(str(child.pid))
+if sys.argv[2] == "hang":
+    time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by init) counts as gone.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def _wait_gone(pid: int, within_s: float = 3.0) -> bool:
+    end = time.monotonic() + within_s
+    while time.monotonic() < end:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_timeout_kills_children_that_ignore_term(tmp_path: Path) -> None:
+    script = tmp_path / "stubborn.py"
+    script.write_text(STUBBORN)
+    pidfile = tmp_path / "pid"
+    started = time.monotonic()
+    done = proc.run([sys.executable, str(script), str(pidfile), "hang"], timeout_s=1)
+    assert done.timed_out and not done.ok
+    assert time.monotonic() - started < 10
+    assert _wait_gone(int(pidfile.read_text()))
+
+
+def test_background_helpers_do_not_outlive_their_command(tmp_path: Path) -> None:
+    script = tmp_path / "stubborn.py"
+    script.write_text(STUBBORN)
+    pidfile = tmp_path / "pid"
+    done = proc.run([sys.executable, str(script), str(pidfile), "exit"], timeout_s=30)
+    assert done.returncode == 0 and not done.timed_out
+    assert _wait_gone(int(pidfile.read_text()))
+
+
+def test_missing_executable_is_127() -> None:
+    done = proc.run(["/no/such/tool-xyz"])
+    assert done.returncode == 127 and not done.ok
