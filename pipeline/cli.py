@@ -136,6 +136,26 @@ def bin_name(argv0: str) -> str:
     return "python -m pipeline" if name in ("__main__.py", "-m", "") else name
 
 
+_VALUE_OPTIONS = ("--query", "--description", "--features", "--template", "--phase", "--run", "--patch", "--result")
+
+
+def _takes_value(arg: str) -> bool:
+    return arg in _VALUE_OPTIONS
+
+
+def _merge_back(original: list[str], values: set[int], kept: list[str], rest: list[str]) -> list[str]:
+    """doit's processed words (`rest`: the input minus `name=value` variables, in order)
+    with the protected option values put back in their places."""
+    rest_iter, kept_iter = iter(rest), iter(kept)
+    out = []
+    for i, arg in enumerate(original):
+        if i in values:
+            out.append(next(kept_iter))
+        elif not ("=" in arg and not arg.startswith("-")):
+            out.append(next(rest_iter))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from doit.cmd_base import ModuleTaskLoader
     from doit.doit_cmd import DoitMain
@@ -152,7 +172,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cmds[name] = _guarded(cmds.get_plugin(name))
             return cmds
 
+        def process_args(self, cmd_args: list[str]) -> list[str]:
+            # doit reads any word with "=" as one of its `name=value` variables, which
+            # swallows `--query "... WHERE a = 1"`: the value of an option stays a value.
+            values = {i for i, arg in enumerate(cmd_args[1:], 1) if _takes_value(cmd_args[i - 1])}
+            kept = [arg for i, arg in enumerate(cmd_args) if i in values]
+            rest = super().process_args([arg for i, arg in enumerate(cmd_args) if i not in values])
+            return _merge_back(cmd_args, values, kept, rest)
+
     args = list(sys.argv[1:] if argv is None else argv)
-    code = int(_Main(ModuleTaskLoader(tasks_module), config_filenames=()).run(args))
+    code = int(_Main(ModuleTaskLoader(tasks_module), config_filenames=()).run(args) or 0)
     _flush_stdout()
     return EXIT_INVALID if code == _DOIT_BAD_COMMAND_LINE else code
