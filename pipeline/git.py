@@ -131,15 +131,22 @@ class _Checked:
 @dataclass(frozen=True)
 class _InPlace:
     """A checkout the run works in directly (`LocalGitCli.adopt_checkout`): only while it
-    has `branch` checked out, and never touching `keep` (the live run record)."""
+    has `branch` checked out, never touching `keep` (the live run record) nor the ignored
+    entries `kept` that were there when it was adopted (the job's tools and caches)."""
 
     branch: str
     keep: str
+    kept: frozenset[str] = frozenset()
 
     @property
     def outside(self) -> tuple[str, ...]:
         """The pathspec of everything but `keep`."""
         return (f":(exclude){self.keep}",)
+
+    @property
+    def clean_exceptions(self) -> tuple[str, ...]:
+        """`git clean -x` arguments sparing the `kept` entries."""
+        return tuple(arg for path in sorted(self.kept) for arg in ("-e", _literal_ignore_pattern(path)))
 
 
 @runtime_checkable
@@ -181,6 +188,12 @@ class GitAdapter(Protocol):
     def commit_changes(self, worktree: Path, message: str, trailers: dict[str, str]) -> bool: ...
 
     def refs_state(self) -> RefsState: ...
+
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool: ...
+
+    def checked_out_in(self, branch: str) -> Path | None: ...
+
+    def worktrees(self) -> list[WorktreeEntry]: ...
 
     def restore_refs(self, before: RefsState, keep: Collection[str], quarantine: str) -> list[str]: ...
 
@@ -503,10 +516,11 @@ class LocalGitCli:
         then uses its linked worktree and `checkout` stays out of bounds.
 
         In an adopted checkout the run's operations never touch `keep` (the live record,
-        `runs/<run_id>`, relative to the checkout) nor git-ignored files (a virtualenv,
-        caches, the run lock): resets restore and clean everything else (`clean -ffd`,
-        no `-x`), patches leave `keep` out, and commits happen only while `branch` is
-        still checked out. Refuses (GitError) a checkout with changes outside `keep` (they
+        `runs/<run_id>`, relative to the checkout) nor the git-ignored entries it has now (a
+        virtualenv, caches, doit's database): resets restore and clean everything else,
+        ignored leftovers of agents and CI steps included (a stale `__pycache__` would
+        outlive its source); patches leave `keep` out; commits happen only while `branch`
+        is still checked out. Refuses (GitError) a checkout with changes outside `keep` (they
         might be someone's work) and one whose `<keep>/.lock` git would commit.
         """
         self._check_ref_name(branch, "branch")
@@ -528,11 +542,22 @@ class LocalGitCli:
         if self._on_branch(checked) != branch:
             self._in_place.pop(checked.path, None)
             return False
-        spot = _InPlace(branch, keep)
-        status = self._ok("status", "--porcelain", "--untracked-files=normal", "--", *spot.outside, cwd=wt)
-        changed = [line for line in status.splitlines() if line.strip()]
+        outside = _InPlace(branch, keep).outside
+        status = self._ok(
+            "status",
+            "--porcelain",
+            "-z",
+            "--no-renames",
+            "--untracked-files=normal",
+            "--ignored=traditional",
+            "--",
+            *outside,
+            cwd=wt,
+        )
+        entries = [entry for entry in status.split("\0") if entry]
+        changed = [entry[3:] for entry in entries if not entry.startswith("!! ")]
         if changed:
-            shown = ", ".join(line[3:] for line in changed[:_STATUS_LINES_SHOWN])
+            shown = ", ".join(changed[:_STATUS_LINES_SHOWN])
             more = f" (and {len(changed) - _STATUS_LINES_SHOWN} more)" if len(changed) > _STATUS_LINES_SHOWN else ""
             raise GitError(
                 f"{checked.path} has the run's branch '{branch}' checked out, so the run would work in "
@@ -547,7 +572,8 @@ class LocalGitCli:
                 fix="add `runs/*/.lock` and `runs/*/**/*.tmp.*` to .gitignore (`python -m pipeline init` does) "
                 "and commit it",
             )
-        self._in_place[checked.path] = spot
+        kept = frozenset(entry[3:] for entry in entries if entry.startswith("!! "))
+        self._in_place[checked.path] = _InPlace(branch, keep, kept)
         self._checked[wt] = checked
         return True
 
@@ -595,9 +621,13 @@ class LocalGitCli:
         self._restore_outside(wt, sha)
 
     def _restore_outside(self, wt: Path, sha: str) -> None:
-        outside = self._outside(wt)
-        self._ok("restore", f"--source={sha}", "--worktree", "--", *outside, cwd=wt)
-        self._ok("clean", "-ffdq", "--", *outside, cwd=wt)
+        """Everything but the live record back to `sha`; what an agent or a CI step left,
+        ignored or not, removed (a stale `__pycache__` would otherwise outlive its source),
+        except the ignored entries the checkout had when it was adopted."""
+        spot = self._in_place[wt]
+        # --staged too: index entries written with the files, so `apply --index` finds them current.
+        self._ok("restore", f"--source={sha}", "--staged", "--worktree", "--", *spot.outside, cwd=wt)
+        self._ok("clean", "-ffdxq", *spot.clean_exceptions, "--", *spot.outside, cwd=wt)
 
     def _worktree(self, worktree: Path, *, ours: bool) -> _Checked:
         """`worktree` verified as the top of a worktree of this repository.
@@ -773,8 +803,8 @@ class LocalGitCli:
 
         One `git status` when the worktree may already be there (then nothing else is
         done); otherwise a forced checkout, `git clean -ffdx` and a check that HEAD took.
-        In an adopted checkout (`adopt_checkout`) only onto its branch, and the live record
-        and ignored files stay (`_reset_in_place`).
+        In an adopted checkout (`adopt_checkout`) only onto its branch; the live record and
+        the ignored entries it had when adopted stay (`_reset_in_place`).
         """
         checked = self._worktree(worktree, ours=True)
         self._check_ref_name(branch, "branch")
@@ -812,18 +842,18 @@ class LocalGitCli:
 
     def _is_clean_at(self, wt: Path, branch: str, sha: str) -> bool:
         """HEAD is `branch` at `sha` and nothing is modified, staged, untracked or ignored
-        (in an adopted checkout: outside the live record, ignored files allowed)."""
-        outside = self._outside(wt)
+        (in an adopted checkout: outside the live record; the ignored entries it kept allowed)."""
+        spot = self._in_place.get(wt)
         res = self._run(
             "status",
             "--porcelain=v2",
             "--branch",
             "--untracked-files=normal",
-            *(() if outside else ("--ignored=traditional",)),
+            "--ignored=traditional",
             "--ignore-submodules=dirty",
             "-z",
             "--",
-            *outside,
+            *(spot.outside if spot else ()),
             cwd=wt,
         )
         if not res.ok:
@@ -834,6 +864,8 @@ class LocalGitCli:
                 oid = record.removeprefix("# branch.oid ")
             elif record.startswith("# branch.head "):
                 head = record.removeprefix("# branch.head ")
+            elif spot is not None and record.startswith("! ") and record[2:] in spot.kept:
+                continue
             elif record and not record.startswith("# "):
                 return False
         return oid == sha and head == branch
@@ -1225,6 +1257,15 @@ def _loose_head(git_dir: Path, common_dir: Path, branch: str | None = None) -> s
     except (OSError, UnicodeDecodeError):
         return None
     return sha[:-1] if sha.endswith("\n") and _is_full_sha(sha[:-1]) else None
+
+
+def _literal_ignore_pattern(path: str) -> str:
+    """A gitignore pattern matching exactly `path` (relative to the top; a trailing `/`
+    for a directory, as `git status` shows one)."""
+    body = re.sub(r"([\\*?\[])", r"\\\1", path)
+    if body.endswith(" "):
+        body = body[:-1] + "\\ "
+    return "/" + body
 
 
 def _head_file_branch(git_dir: Path) -> str | None:

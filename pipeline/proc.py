@@ -90,6 +90,8 @@ def run(
     A missing executable is reported as returncode 127, like a shell would.
     """
     args: Sequence[str] = ["/bin/sh", "-c", argv] if isinstance(argv, str) else list(argv)
+    # Encoded before the child starts: a failure here must not leave it waiting on stdin.
+    stdin_bytes = input_text.encode("utf-8", "surrogateescape") if input_text is not None else None
     jsonio.barrier()  # what a writer holds back reaches the disk before the command runs
     started = time.monotonic()
     log_file = open(log_path, "wb") if log_path else None  # noqa: SIM115 - closed below
@@ -113,7 +115,7 @@ def run(
         reaper = threading.Thread(target=_reap, args=(proc,), daemon=True)
         reaper.start()
         try:
-            out, err = proc.communicate(input=input_text.encode() if input_text is not None else None)
+            out, err = proc.communicate(input=stdin_bytes)
         finally:
             timed_out = _WATCHDOG.done(deadline) if deadline is not None else False
             reaper.join()

@@ -25,7 +25,8 @@ from typing import Literal
 
 from pipeline.context import WORKTREES_DIR
 from pipeline.errors import GitError, IntegrityError, InvalidInput, StepFailed
-from pipeline.git import LocalGitCli
+from pipeline.git import GitAdapter
+from pipeline.gitremote import make_adapter
 from pipeline.models.enums import PhaseState
 from pipeline.models.run import RunRecord
 from pipeline.recorder import Recorder
@@ -129,7 +130,7 @@ def _promote_worktree(workspace: Path, run_id: str) -> Path:
     return (workspace / WORKTREES_DIR.parent / f"{PROMOTE_DIR_PREFIX}{run_id}").resolve()
 
 
-def _merge_in_temp_worktree(git: LocalGitCli, path: Path, into: str, branch: str, message: str) -> str:
+def _merge_in_temp_worktree(git: GitAdapter, path: Path, into: str, branch: str, message: str) -> str:
     """Merge where nobody works: a linked worktree on `into`, removed whatever happens."""
     git.ensure_worktree(into, into, path)
     try:
@@ -138,7 +139,7 @@ def _merge_in_temp_worktree(git: LocalGitCli, path: Path, into: str, branch: str
         git.remove_worktree(path)
 
 
-def _drop_stale_promote_worktree(git: LocalGitCli, path: Path) -> None:
+def _drop_stale_promote_worktree(git: GitAdapter, path: Path) -> None:
     """A promote killed mid-way leaves its temporary worktree holding the base branch."""
     if any(e.path == path for e in git.worktrees()):
         git.remove_worktree(path)
@@ -152,7 +153,7 @@ def _live_record_hint(holder: Path, run: RunRecord) -> str:
     return ""
 
 
-def _merge(git: LocalGitCli, workspace: Path, run: RunRecord, into: str) -> tuple[str, str]:
+def _merge(git: GitAdapter, workspace: Path, run: RunRecord, into: str) -> tuple[str, str]:
     """(merge commit, where it was made)."""
     message = _merge_message(run, into)
     holder = git.checked_out_in(into)
@@ -169,7 +170,7 @@ def _merge(git: LocalGitCli, workspace: Path, run: RunRecord, into: str) -> tupl
     return git.merge_no_ff(into, run.branch, message, holder), str(holder)
 
 
-def _require_refs(git: LocalGitCli, run: RunRecord, into: str) -> str:
+def _require_refs(git: GitAdapter, run: RunRecord, into: str) -> str:
     if not git.branch_exists(into):
         raise InvalidInput(
             f"branch '{into}' does not exist in {run.target_repo}",
@@ -184,7 +185,7 @@ def _require_refs(git: LocalGitCli, run: RunRecord, into: str) -> str:
     return tip
 
 
-def _already_merged(rec: Recorder, git: LocalGitCli, into: str) -> PromoteOutcome:
+def _already_merged(rec: Recorder, git: GitAdapter, into: str) -> PromoteOutcome:
     run = rec.run
     commit = run.promoted_commit
     if commit is None:
@@ -217,7 +218,7 @@ def promote(workspace: Path, run_id: str, into: str | None = None) -> PromoteOut
             raise _refuse(run_id, reasons)
         run = rec.run
         target = into or run.base_ref
-        git = LocalGitCli(Path(run.target_repo))
+        git = make_adapter(Path(run.target_repo))
         git.check_available()
         tip = _require_refs(git, run, target)
         _drop_stale_promote_worktree(git, _promote_worktree(Path(workspace), run_id))

@@ -11,7 +11,8 @@ from pipeline.chaining import next_in_chain, split_plan
 from pipeline.context import branch_name, record_lives_in_branch, target_repo, worktree_path
 from pipeline.debt import DebtPlan, append_debt_tier, plan_debt_phases
 from pipeline.errors import InvalidInput, ValidationErrors
-from pipeline.git import LocalGitCli
+from pipeline.git import GitAdapter
+from pipeline.gitremote import make_adapter
 from pipeline.jsonio import write_model
 from pipeline.models.enums import RunState, Severity
 from pipeline.models.issues import PhaseIssueFile, ProjectBacklog, RunIssueIndex
@@ -148,7 +149,7 @@ def start_run(workspace: Path, run_id: str) -> RunRecord:
             plan = load_valid_plan(workspace, store)  # the plan as frozen: DEBT tier added, chain trimmed
         strategy = compile_for(workspace, store, plan, aging.aged)
         target = target_repo(workspace, plan.target.repo)
-        git = LocalGitCli(target)
+        git = make_adapter(target)  # LocalGitCli, or the remote git worker (AUTOPACK_GIT_OUTBOX)
         git.check_available()
         git.toplevel()
         base = plan.target.base or git.current_branch()
@@ -215,7 +216,7 @@ def _create_records(
     return Recorder(store, strategy, run)
 
 
-def _commit_record(git: LocalGitCli, store: RunStore, worktree: Path, run_id: str, rec: Recorder) -> None:
+def _commit_record(git: GitAdapter, store: RunStore, worktree: Path, run_id: str, rec: Recorder) -> None:
     from pipeline.context import RunContext
 
     ctx = RunContext(store.workspace, store, rec, git, worktree, True)

@@ -62,3 +62,8 @@ def test_background_helpers_do_not_outlive_their_command(tmp_path: Path) -> None
 def test_missing_executable_is_127() -> None:
     done = proc.run(["/no/such/tool-xyz"])
     assert done.returncode == 127 and not done.ok
+
+
+def test_input_that_is_not_clean_utf8_is_passed_through_not_hung() -> None:
+    done = proc.run(["cat"], input_text="draft \udcff bytes", timeout_s=10)
+    assert done.ok and not done.timed_out
