@@ -467,7 +467,11 @@ def _salvage_usage(result_path: Path) -> Usage:
 
 
 def _remove_if_inside(result_path: Path, worktree: Path) -> None:
-    """Delete a result file written inside the worktree, so it never becomes part of the patch."""
-    if result_path.resolve().is_relative_to(worktree.resolve()):
+    """Delete a result file written inside the worktree, so it never becomes part of the patch.
+
+    A result kept in the run record (`runs/...`, inside the worktree when a CI job works in
+    place on the integration branch) is the record, never part of a patch: it stays."""
+    inside = result_path.resolve().is_relative_to(worktree.resolve())
+    if inside and not result_path.resolve().is_relative_to((worktree / "runs").resolve()):
         with contextlib.suppress(FileNotFoundError):
             result_path.unlink()

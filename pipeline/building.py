@@ -64,23 +64,22 @@ def write_spec(ctx: RunContext, ps: PhaseStrategy, feedback: str | None, k: int)
     write_text_atomic(ctx.rec.phase_dir(ps) / "spec.md", render_spec(ctx.rec.strategy, ps, description, feedback, k))
 
 
-def outward_symlinks(worktree: Path) -> list[str]:
-    """Symlinks in the (freshly reset, so tracked) worktree that lead outside it."""
-    root = worktree.resolve()
+def outward_symlinks(ctx: RunContext) -> list[str]:
+    """Committed symlinks of the worktree that lead outside it (ignored files such as a
+    .venv are not the repository's and are not looked at)."""
+    root = ctx.worktree.resolve()
     found = []
-    for folder, dirs, files in os.walk(worktree):
-        dirs[:] = [d for d in dirs if d != ".git"]
-        for name in [*dirs, *files]:
-            path = Path(folder) / name
-            if path.is_symlink() and not path.resolve().is_relative_to(root):
-                found.append(f"{path.relative_to(worktree)} -> {os.readlink(path)}")
-    return sorted(found)
+    for rel_path in ctx.git.tracked_symlinks(ctx.worktree):
+        path = ctx.worktree / rel_path
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            found.append(f"{rel_path} -> {os.readlink(path)}")
+    return found
 
 
 def refuse_outward_symlinks(ctx: RunContext, ps: PhaseStrategy, k: int) -> None:
     """An agent could write through such a link and git would never show it, so no agent
     runs in this worktree: the run ends as a policy violation before any call."""
-    escapes = outward_symlinks(ctx.worktree)
+    escapes = outward_symlinks(ctx)
     if not escapes:
         return
     message = "the repository has symlinks leading outside it; an agent could write through them unseen"

@@ -123,9 +123,9 @@ class RunContext:
         if not self.record_in_branch:
             return
         self.rec.flush()
-        dest = self.worktree / "runs" / self.store.run_id
         if self.in_place:
             return  # the record is already where the commit takes it from
+        dest = self.worktree / "runs" / self.store.run_id
         for level in (dest.parent, dest):
             if level.is_symlink() or (level.exists() and not level.is_dir()):
                 level.unlink()
@@ -241,7 +241,8 @@ def run_worktree(workspace: Path, rec: Recorder, git: GitAdapter, target: Path, 
     - In place: the workspace's own checkout, when the record lives in the branch and that
       checkout has the run's integration branch checked out (a CI job that checked out
       `autonomous/<run_id>`, DESIGN §4). The git adapter allows it only while that branch
-      is checked out there, and never touches the live record or ignored files.
+      is checked out there, and never touches the live record nor the ignored files the
+      checkout had (git.LocalGitCli.adopt_checkout).
     - Otherwise the run's linked worktree under this workspace, re-created on the run's
       existing branch when it is missing (a developer's fresh clone, a deleted directory),
       never from the base: the branch holds the run's history.

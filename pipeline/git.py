@@ -189,6 +189,8 @@ class GitAdapter(Protocol):
 
     def refs_state(self) -> RefsState: ...
 
+    def tracked_symlinks(self, worktree: Path) -> list[str]: ...
+
     def is_ancestor(self, ancestor: str, descendant: str) -> bool: ...
 
     def checked_out_in(self, branch: str) -> Path | None: ...
@@ -1139,6 +1141,14 @@ class LocalGitCli:
             return None
         sha, _, when = res.stdout.strip().partition("\x00")
         return sha, when
+
+    def tracked_symlinks(self, worktree: Path) -> list[str]:
+        """Paths of the symlinks committed at the worktree's HEAD (mode 120000)."""
+        wt = self._worktree(worktree, ours=True).path
+        out = self._ok("ls-files", "-s", "-z", cwd=wt)
+        return sorted(
+            entry.partition("\t")[2] for entry in out.split("\0") if entry.startswith("120000 ")
+        )
 
     # -- what an agent may leave behind in the shared ref store ---------------------------
 

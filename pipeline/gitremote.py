@@ -114,6 +114,7 @@ _OPS: dict[str, tuple[tuple[str, str], ...]] = {
     "last_commit": (),
     "worktrees": (),
     "refs_state": (),
+    "tracked_symlinks": (("worktree", "path"),),
     "restore_refs": (("before", "refs_state"), ("keep", "str_list"), ("quarantine", "str")),
 }
 # What a worker may apply again when its predecessor died before answering: reads, and
@@ -604,6 +605,12 @@ class RemoteGitAdapter:
 
     def merge_no_ff(self, into: str, branch: str, message: str, worktree: Path) -> str:
         return self._str("merge_no_ff", into=into, branch=branch, message=message, worktree=worktree)
+
+    def tracked_symlinks(self, worktree: Path) -> list[str]:
+        value = self._call("tracked_symlinks", worktree=worktree)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._wrong("tracked_symlinks", value, "an array of paths")
+        return [str(v) for v in value]
 
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
         return self._bool("is_ancestor", ancestor=ancestor, descendant=descendant)

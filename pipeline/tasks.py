@@ -274,6 +274,31 @@ def task_init() -> dict[str, Any]:
     )
 
 
+def _init_ci(provider: str, output: str) -> None:
+    from pipeline.citemplates import write_ci
+
+    print(write_ci(_workspace(), provider, output).render(_workspace()))
+
+
+_INIT_CI_PARAMS: tuple[dict[str, Any], ...] = (
+    {"name": "provider", "long": "provider", "type": str, "default": "", "help": "github | gitlab"},
+    {"name": "output", "long": "output", "type": str, "default": "", "help": "default: the provider's file"},
+)
+
+
+def task_init_ci() -> dict[str, Any]:
+    return _task(
+        "write a CI workflow driving runs one `doit run_phase` per job (--provider github|gitlab; never overwrites)",
+        _init_ci,
+        *_INIT_CI_PARAMS,
+    )
+
+
+def task_init_ci_dashed() -> dict[str, Any]:
+    # The same task as `doit init-ci` (doit accepts a dash in a basename).
+    return {**task_init_ci(), "basename": "init-ci", "doc": "the same as init_ci"}
+
+
 def _report() -> None:
     from pipeline.reports import build_report
 
@@ -416,4 +441,38 @@ def task_catalog_scan() -> dict[str, Any]:
         {"name": "metadata", "long": "metadata", "type": str, "default": "", "help": "JSON file: stars, forks, url"},
         {"name": "name", "long": "name", "type": str, "default": "", "help": "candidate name (default: dir name)"},
         {"name": "timeout", "long": "timeout", "type": int, "default": 300, "help": "test timeout in seconds"},
+    )
+
+
+def _git_worker(outbox: str, once: bool, idle_exit: float) -> None:
+    import os
+
+    from pipeline.gitremote import OUTBOX_ENV, serve
+
+    where = outbox or os.environ.get(OUTBOX_ENV, "").strip()
+    path = Path(_need(where, "outbox", "doit git_worker --outbox .autopack/git-outbox")).absolute()
+    print(f"git worker serving {path} (supervisors set {OUTBOX_ENV}={path}); Ctrl-C or SIGTERM stops it", flush=True)
+    stats = serve(path, once=once, idle_exit_s=idle_exit or None, log=lambda line: print(line, flush=True))
+    print(f"git worker stopped: {stats.render()}")
+
+
+def task_git_worker() -> dict[str, Any]:
+    return _task(
+        "apply the git operations supervisors write to an outbox (run it where git is; see docs/remote-git-worker.md)",
+        _git_worker,
+        {
+            "name": "outbox",
+            "long": "outbox",
+            "type": str,
+            "default": "",
+            "help": "the outbox directory shared with the supervisors (default: $AUTOPACK_GIT_OUTBOX)",
+        },
+        {"name": "once", "long": "once", "type": bool, "default": False, "help": "apply what is pending, then exit"},
+        {
+            "name": "idle_exit",
+            "long": "idle-exit",
+            "type": float,
+            "default": 0.0,
+            "help": "exit after this many seconds without a request (0: never)",
+        },
     )
