@@ -5,11 +5,13 @@
 For each size it generates a workspace of synthetic runs (10 phases in 3 tiers each; the
 artifacts a real run writes and reports read: run.json, run_issue_index.json,
 events.jsonl, and per phase phase.json, issues.json, attempts/<k>/builder.json and
-ci/<k>/ci.json). Every artifact is built with the pydantic models (so it validates); the
-first run of each workspace is written through `pipeline.jsonio.write_model`, the rest as
-the same canonical JSON with plain writes (no fsync, two processes), or generating
-10,000 runs would take minutes. Every 50th run.json is written "by an older schema
-version": without the optional fields added later (`promoted_commit`, `promoted_at`).
+ci/<k>/ci.json). Every artifact is built with the pydantic models (so it validates), from
+the pieces testing/runtree.py builds the reports tests' runs with (run.json's summaries by
+the recorder's own `refresh_summaries`); the first run of each workspace is written
+through `pipeline.jsonio.write_model`, the rest as the same canonical JSON with plain
+writes (no fsync, two processes), or generating 10,000 runs would take minutes. Every
+50th run.json is written "by an older schema version": without the optional fields added
+later (`promoted_commit`, `promoted_at`).
 
 Then it times:
 
@@ -43,7 +45,6 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from multiprocessing import Pool
 from pathlib import Path
@@ -53,22 +54,25 @@ from pydantic import BaseModel
 
 from pipeline.issues import build_run_index, record_issues
 from pipeline.jsonio import canonical_json, write_model
-from pipeline.models.enums import (
-    Complexity,
-    IssueSource,
-    PhaseState,
-    RunScope,
-    RunState,
-    SafetyProfile,
-    Severity,
-    TierState,
-)
+from pipeline.models.enums import Complexity, IssueSource, PhaseState, RunState, SafetyProfile, Severity, TierState
 from pipeline.models.events import Event
 from pipeline.models.issues import Issue, PhaseIssueFile
-from pipeline.models.reports import CiReport, CiStepResult, CiTry, TestCaseResult
+from pipeline.models.reports import CiReport, TestCaseResult
 from pipeline.models.results import AttemptOutcome, AttemptRecord, Usage
-from pipeline.models.run import PhaseRecord, PhaseSummary, RunRecord, Spend, TierSummary
-from pipeline.models.strategy import RunBudget
+from pipeline.models.run import PhaseRecord, RunRecord, Spend, TierSummary
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, which holds `testing`
+from testing.runtree import (
+    EventChain,
+    PhasePlan,
+    attempt_spend,
+    ci_report,
+    debt_status,
+    new_issue,
+    older_schema_json,
+    phase_record,
+    run_record,
+)
 
 TARGET_REPORT_S = 5.0
 TARGET_RATIO = 3.0
@@ -105,7 +109,7 @@ FAILED_OUTCOMES: tuple[tuple[AttemptOutcome, float], ...] = (
 )
 TEST_KEYS = [f"tests/test_mod{n % 40}.py::test_case_{n}" for n in range(300)]
 DOUBT_KEYS = [f"doubt-{n}" for n in range(80)]
-SHA0 = hashlib.sha256(b"").hexdigest()
+OLD_SCHEMA_DROPS = ("promoted_commit", "promoted_at")  # fields added to run.json later
 
 
 def ts(t: datetime) -> str:
@@ -121,16 +125,7 @@ def zipf_key(rng: random.Random, keys: list[str]) -> str:
     return keys[min(int(rng.paretovariate(1.2)) - 1, len(keys) - 1)]
 
 
-# -- one synthetic run, built with the models --------------------------------------------------
-
-
-@dataclass
-class PhasePlan:
-    phase_id: str
-    tier_id: str
-    index: int
-    category: str
-    complexity: Complexity
+# -- one synthetic run, built with the models (and testing.runtree's pieces) -------------------
 
 
 class RunBuilder:
@@ -147,34 +142,21 @@ class RunBuilder:
         self.failing_index = self.rng.randint(1, PHASES) if self.fate != RunState.DONE_SUCCESS else 0
         self.safety = SafetyProfile.safety_critical if self.rng.random() < 0.2 else SafetyProfile.normal
         self.files: dict[str, BaseModel | str] = {}
-        self.events: list[Event] = []
-        self.prev = SHA0
+        self.events = EventChain()
 
     def tick(self, seconds: float) -> str:
         self.clock += timedelta(seconds=seconds)
         return ts(self.clock)
 
     def event(self, kind: str, entity: str, frm: str | None, to: str | None, **data: Any) -> None:
-        event = Event(
-            seq=len(self.events) + 1,
-            ts=ts(self.clock),
-            kind=kind,
-            entity=entity,
-            from_state=frm,
-            to_state=to,
-            data=data,
-            prev_sha256=self.prev,
-        )
-        line = json.dumps(event.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        self.prev = hashlib.sha256(line.encode()).hexdigest()
-        self.events.append(event)
+        self.events.add(ts(self.clock), kind, entity, frm, to, **data)
 
     def plans(self) -> list[PhasePlan]:
         out, index = [], 1
         for tier_id, _, count in TIERS:
             for _ in range(count):
                 category, complexity = CATEGORIES[self.rng.randrange(len(CATEGORIES))]
-                out.append(PhasePlan(f"P{index}", tier_id, index, category, complexity))
+                out.append(PhasePlan(f"P{index}", tier_id, index, f"{category} {index}", category, complexity))
                 index += 1
         return out
 
@@ -190,45 +172,31 @@ class RunBuilder:
         )
 
     def issue(self, p: PhasePlan, key: str, source: IssueSource, category: str, severity: Severity) -> Issue:
-        return Issue(
-            issue_key=key,
-            severity=severity,
-            effective_severity=severity,
-            source=source,
-            category=category,
-            task_category=p.category,
-            complexity=p.complexity,
-            first_seen_run=self.run_id,
-            last_seen_run=self.run_id,
+        return new_issue(
+            self.run_id,
+            key,
+            severity,
+            source,
+            category,
+            p.task_category,
+            p.complexity,
             evidence_refs=[f"phases/{p.index:02d}-{p.phase_id}/attempts/1/builder.log"],
             message=f"{key} ({source.value})",
         )
 
     def ci_report(self, p: PhasePlan, k: int, passed: bool, failing: str) -> CiReport:
-        tries = []
-        for n in range(1, 2 if passed else 3):
-            tests = [
-                TestCaseResult(node_id=TEST_KEYS[(self.i + j) % len(TEST_KEYS)], outcome="passed") for j in range(7)
-            ]
-            if not passed:
-                tests.append(TestCaseResult(node_id=failing, outcome="failed", message="AssertionError: expected 2"))
-            step = CiStepResult(
-                name="tests",
-                cmd="python -m pytest -q --junitxml={junit}",
-                returncode=0 if passed else 1,
-                duration_s=round(self.rng.uniform(2, 40), 3),
-                junit=f"try{n}-tests.junit.xml",
-                log=f"try{n}-tests.log",
-                tests=tests,
-            )
-            tries.append(CiTry(n=n, verdict="pass" if passed else "fail", steps=[step]))
-        return CiReport(
-            phase_id=p.phase_id,
-            attempt=k,
+        tests = [TestCaseResult(node_id=TEST_KEYS[(self.i + j) % len(TEST_KEYS)], outcome="passed") for j in range(7)]
+        if not passed:
+            tests.append(TestCaseResult(node_id=failing, outcome="failed", message="AssertionError: expected 2"))
+        return ci_report(
+            p.phase_id,
+            k,
+            tests,
+            [round(self.rng.uniform(2, 40), 3) for _ in range(1 if passed else 2)],
+            passed=passed,
+            cmd="python -m pytest -q --junitxml={junit}",
             profile="strict" if p.complexity == Complexity.high else "normal",
-            verdict="pass" if passed else "fail",
-            tries=tries,
-            failing_tests=[] if passed else [failing],
+            junit=True,
         )
 
     def phase(self, p: PhasePlan, outcome: str) -> tuple[PhaseRecord, PhaseIssueFile]:
@@ -236,15 +204,9 @@ class RunBuilder:
         pdir = f"phases/{p.index:02d}-{p.phase_id}"
         issues = PhaseIssueFile(phase_id=p.phase_id, tier_id=p.tier_id)
         attempts: list[AttemptRecord] = []
-        spend = Spend()
+        spends: list[Spend] = []
         if outcome == "skip":
-            return PhaseRecord(
-                run_id=self.run_id,
-                phase_id=p.phase_id,
-                tier_id=p.tier_id,
-                index=p.index,
-                name=f"{p.category} {p.index}",
-            ), issues
+            return phase_record(self.run_id, p, PhaseState.QUEUED, attempts, spends, issues, ""), issues
         self.event("phase", p.phase_id, "QUEUED", "EXECUTING", attempt=1)
         skill = self.skill - {Complexity.low: -0.1, Complexity.medium: 0.0, Complexity.high: 0.2}[p.complexity]
         max_k = 3 + (1 if p.complexity == Complexity.high else 0)
@@ -307,40 +269,15 @@ class RunBuilder:
                     )
                 )
             issues = record_issues(issues, new)
-            spend = Spend(
-                tokens=spend.tokens + use.tokens,
-                cost_usd=round(spend.cost_usd + use.cost_usd, 6),
-                builder_attempts=spend.builder_attempts + (0 if auditor else 1),
-                auditor_attempts=spend.auditor_attempts + (1 if auditor else 0),
-                ci_runs=spend.ci_runs + ci_runs,
-                active_seconds=round(spend.active_seconds + self.rng.uniform(20, 600), 3),
-            )
+            spends.append(attempt_spend(attempt, ci_runs, round(self.rng.uniform(20, 600), 3)))
             if kind == "passed" or k == max_k:
                 break
             self.event("phase", p.phase_id, "CI_RUNNING", "EXECUTING", attempt=k + 1, after=kind)
         done = outcome == "pass"
         state = PhaseState.COMPLETE if done else PhaseState.FAILED
         self.event("phase", p.phase_id, "CI_RUNNING" if done else "GATE", state.value)
-        spend = spend.model_copy(
-            update={"minor_issues": issues.minor_issue_count, "major_issues": issues.major_issue_count}
-        )
-        record = PhaseRecord(
-            run_id=self.run_id,
-            phase_id=p.phase_id,
-            tier_id=p.tier_id,
-            index=p.index,
-            name=f"{p.category} {p.index}",
-            state=state,
-            step="done",
-            current_attempt=len(attempts),
-            attempts=attempts,
-            spend=spend,
-            escalated=any(a.role == "auditor" for a in attempts),
-            commit=hashlib.sha1(f"{self.run_id}{p.phase_id}".encode()).hexdigest() if done else None,
-            tag=f"autonomous/{self.run_id}/{p.phase_id}" if done else None,
-            failure_reason=None if done else attempts[-1].reason,
-        )
-        return record, issues
+        commit = hashlib.sha1(f"{self.run_id}{p.phase_id}".encode()).hexdigest()
+        return phase_record(self.run_id, p, state, attempts, spends, issues, commit), issues
 
     def build(self) -> dict[str, BaseModel | str]:
         self.event("run", self.run_id, "PLAN_BOOTSTRAP", "RUN_CREATED")
@@ -359,118 +296,67 @@ class RunBuilder:
             self.files[f"{pdir}/issues.json"] = issues
             records.append(record)
             phase_files.append((p.index, issues))
-        index = build_run_index(self.run_id, phase_files)
-        self.files["run_issue_index.json"] = index
-        tiers = [self.tier(tier_id, name, [r for r in records if r.tier_id == tier_id]) for tier_id, name, _ in TIERS]
+        self.files["run_issue_index.json"] = build_run_index(self.run_id, phase_files)
         self.event("run", self.run_id, "PHASE_QUEUEING", self.fate.value)
-        self.files["run.json"] = self.run_record(plans, records, tiers)
-        self.files["events.jsonl"] = "".join(
-            json.dumps(e.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
-            for e in self.events
-        )
+        self.files["run.json"] = self.run_record(plans, records)
+        self.files["events.jsonl"] = self.events.text()
         return self.files
 
-    def tier(self, tier_id: str, name: str, records: list[PhaseRecord]) -> TierSummary:
-        spend = Spend()
-        for r in records:
-            s = r.spend
-            spend = Spend(
-                tokens=spend.tokens + s.tokens,
-                cost_usd=round(spend.cost_usd + s.cost_usd, 6),
-                builder_attempts=spend.builder_attempts + s.builder_attempts,
-                auditor_attempts=spend.auditor_attempts + s.auditor_attempts,
-                ci_runs=spend.ci_runs + s.ci_runs,
-                minor_issues=spend.minor_issues + s.minor_issues,
-                major_issues=spend.major_issues + s.major_issues,
-            )
+    def settled(self, tier: TierSummary, records: list[PhaseRecord]) -> TierSummary:
+        """The tier's state and cleanliness once the run ended."""
         states = {r.state for r in records}
         if PhaseState.FAILED in states:
             state, reasons = TierState.FAILED, ["tier is FAILED"]
         elif states == {PhaseState.COMPLETE}:
             state, reasons = TierState.COMPLETE, []
         else:
-            return TierSummary(tier_id=tier_id, name=name, state=TierState.PENDING, spend=spend)
-        if spend.major_issues:
-            reasons.append(f"{spend.major_issues} major issue(s) > 0 tolerated")
+            return tier
+        if tier.spend.major_issues:
+            reasons.append(f"{tier.spend.major_issues} major issue(s) > 0 tolerated")
         cap = (2 if self.safety == SafetyProfile.normal else 1) * len(records)
-        if spend.minor_issues > cap:
-            reasons.append(f"{spend.minor_issues} minor issue(s) > {cap} tolerated")
-        return TierSummary(
-            tier_id=tier_id,
-            name=name,
-            state=state,
-            cleanliness="not_clean" if reasons else "clean",
-            cleanliness_reasons=reasons,
-            spend=spend,
+        if tier.spend.minor_issues > cap:
+            reasons.append(f"{tier.spend.minor_issues} minor issue(s) > {cap} tolerated")
+        return tier.model_copy(
+            update={"state": state, "cleanliness": "not_clean" if reasons else "clean", "cleanliness_reasons": reasons}
         )
 
-    def run_record(self, plans: list[PhasePlan], records: list[PhaseRecord], tiers: list[TierSummary]) -> RunRecord:
-        total = Spend()
-        for t in tiers:
-            s = t.spend
-            total = Spend(
-                tokens=total.tokens + s.tokens,
-                cost_usd=round(total.cost_usd + s.cost_usd, 6),
-                builder_attempts=total.builder_attempts + s.builder_attempts,
-                auditor_attempts=total.auditor_attempts + s.auditor_attempts,
-                ci_runs=total.ci_runs + s.ci_runs,
-                minor_issues=total.minor_issues + s.minor_issues,
-                major_issues=total.major_issues + s.major_issues,
-            )
-        total = total.model_copy(update={"active_seconds": round((self.clock - self.created).total_seconds(), 3)})
-        failed = next((r for r in records if r.state == PhaseState.FAILED), None)
-        not_clean = [t for t in tiers if t.cleanliness == "not_clean"]
-        reasons = [] if self.fate == RunState.DONE_SUCCESS else [f"run ended {self.fate.value}"]
-        reasons += [f"tier {t.tier_id} not_clean: {'; '.join(t.cleanliness_reasons)}" for t in not_clean]
-        debt = "has_major_debt" if total.major_issues else "has_minor_debt" if total.minor_issues else "clean"
-        summaries = [
-            PhaseSummary(
-                phase_id=r.phase_id,
-                tier_id=r.tier_id,
-                index=r.index,
-                name=r.name,
-                task_category=p.category,
-                complexity=p.complexity.value,
-                state=r.state,
-                attempts=len(r.attempts),
-                tokens=r.spend.tokens,
-                cost_usd=r.spend.cost_usd,
-                commit=r.commit,
-                tag=r.tag,
-            )
-            for p, r in zip(plans, records, strict=True)
-        ]
-        return RunRecord(
-            run_id=self.run_id,
+    def run_record(self, plans: list[PhasePlan], records: list[PhaseRecord]) -> RunRecord:
+        """run.json: the summaries brought up to date with the phase records, then each tier
+        settled and the promotion verdict given (as the supervisor does when a run ends)."""
+        run = run_record(
+            self.run_id,
+            plans,
+            [TierSummary(tier_id=tier_id, name=name, state=TierState.PENDING) for tier_id, name, _ in TIERS],
+            records,
+            max_minor_issues=3 * PHASES,
             project_id=("atlas", "borealis", "cobalt")[self.i % 3],
             state=self.fate,
             safety_profile=self.safety,
-            run_scope=RunScope.multi_tier,
-            target_repo="../target",
-            base_ref="main",
             base_commit="0" * 40,
-            branch=f"autonomous/{self.run_id}",
-            worktree=f".autopack/worktrees/{self.run_id}",
             plan_sha256=hashlib.sha256(self.run_id.encode()).hexdigest(),
-            budgets=RunBudget(
-                token_cap=5_000_000,
-                cost_cap_usd=None,
-                max_phases=25,
-                max_minor_issues_total=3 * PHASES,
-                max_duration_minutes=120,
-            ),
-            spend=total,
-            failure_reason=f"phase {failed.phase_id}: {failed.failure_reason}" if failed else None,
-            debt_status=debt,
-            promotion_eligible_to_main=not reasons,
-            promotion_reasons=reasons,
+            spend=Spend(active_seconds=round((self.clock - self.created).total_seconds(), 3)),
             created_at=ts(self.created),
             updated_at=ts(self.clock),
             finished_at=ts(self.clock),
-            events_count=len(self.events),
-            events_head=self.prev,
-            tiers=tiers,
-            phases=summaries,
+            events_count=len(self.events.lines),
+            events_head=self.events.head,
+        )
+        tiers = [self.settled(t, [r for r in records if r.tier_id == t.tier_id]) for t in run.tiers]
+        failed = next((r for r in records if r.state == PhaseState.FAILED), None)
+        reasons = [] if self.fate == RunState.DONE_SUCCESS else [f"run ended {self.fate.value}"]
+        reasons += [
+            f"tier {t.tier_id} not_clean: {'; '.join(t.cleanliness_reasons)}"
+            for t in tiers
+            if t.cleanliness == "not_clean"
+        ]
+        return run.model_copy(
+            update={
+                "tiers": tiers,
+                "failure_reason": f"phase {failed.phase_id}: {failed.failure_reason}" if failed else None,
+                "debt_status": debt_status(run.spend),
+                "promotion_eligible_to_main": not reasons,
+                "promotion_reasons": reasons,
+            }
         )
 
 
@@ -480,12 +366,9 @@ class RunBuilder:
 def _text(i: int, rel: str, item: BaseModel | str) -> str:
     if isinstance(item, str):
         return item
-    data = item.model_dump(mode="json")
     if rel == "run.json" and i % 50 == 7:
-        # "written by an older schema version": fields added later are absent.
-        data.pop("promoted_commit", None)
-        data.pop("promoted_at", None)
-    return canonical_json(data)
+        return older_schema_json(item, OLD_SCHEMA_DROPS)
+    return canonical_json(item.model_dump(mode="json"))
 
 
 def write_run(args: tuple[Path, int]) -> int:

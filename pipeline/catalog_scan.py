@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 from urllib.parse import unquote, urlparse
 
 from pipeline import catalog as catalog_files
@@ -466,21 +466,21 @@ def candidate_path(workspace: Path, report: CandidateReport) -> Path:
     return Path(workspace) / catalog_files.CANDIDATES_DIR / f"{report.feature}-{report.source.id}.yaml"
 
 
+class ScanOptions(TypedDict, total=False):
+    """`scan`'s keyword options, passed on as given (the defaults are `scan`'s)."""
+
+    run_tests: bool
+    metadata: str | None
+    name: str | None
+    timeout_s: int
+    today: date | None
+
+
 def scan_to_file(
-    workspace: Path,
-    repo: str,
-    feature: str,
-    *,
-    run_tests: bool = False,
-    metadata: str | None = None,
-    name: str | None = None,
-    timeout_s: int = 300,
-    today: date | None = None,
+    workspace: Path, repo: str, feature: str, **options: Unpack[ScanOptions]
 ) -> tuple[CandidateReport, Path]:
     """`scan`, then write the candidate file for a person to review."""
-    report = scan(
-        workspace, repo, feature, run_tests=run_tests, metadata=metadata, name=name, timeout_s=timeout_s, today=today
-    )
+    report = scan(workspace, repo, feature, **options)
     path = candidate_path(workspace, report)
     header = (
         f"Candidate source for feature {report.feature}, scanned {report.scanned_on}: verdict {report.verdict}.\n"

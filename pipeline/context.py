@@ -10,6 +10,7 @@ from types import TracebackType
 
 from pipeline.git import GitAdapter
 from pipeline.gitremote import make_adapter, outbox_from_env, timeout_from_env
+from pipeline.jsonio import write_if_missing
 from pipeline.recorder import Recorder
 from pipeline.store import RunStore
 
@@ -46,11 +47,10 @@ def target_repo(workspace: Path, repo: str) -> Path:
 def worktree_path(workspace: Path, run_id: str) -> Path:
     """Where the run's linked worktree goes; the folder ignores itself, so the user's
     `git status` and `git add -A` never see a worktree (an embedded repository)."""
-    ignore = workspace / WORKTREES_DIR.parts[0] / ".gitignore"
-    if not ignore.exists():
-        from pipeline.jsonio import write_text_atomic
-
-        write_text_atomic(ignore, "# Autopack's worktrees and scratch space: never committed.\n*\n")
+    write_if_missing(
+        workspace / WORKTREES_DIR.parts[0] / ".gitignore",
+        "# Autopack's worktrees and scratch space: never committed.\n*\n",
+    )
     return (workspace / WORKTREES_DIR / run_id).resolve()
 
 

@@ -66,7 +66,7 @@ def canonical_json(obj: object) -> str:
     return text + "\n"
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Make a rename in `directory` durable (best effort where directories cannot be opened)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -78,6 +78,13 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` to `fd` (`os.write` may write less than it was given)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def write_text_atomic(path: Path, text: str) -> bool:
@@ -102,10 +109,7 @@ def write_text_atomic(path: Path, text: str) -> bool:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -114,7 +118,7 @@ def write_text_atomic(path: Path, text: str) -> bool:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return True
 
 
@@ -162,8 +166,7 @@ def model_text(path: Path, model: BaseModel) -> str:
     except ValidationError as exc:
         raise ValidationErrors(
             validation_problems(path, exc),
-            f"{type(model).__name__} does not survive a JSON round trip; "
-            "this is a bug in the code that built it",
+            f"{type(model).__name__} does not survive a JSON round trip; this is a bug in the code that built it",
         ) from exc
     return canonical_json(data)
 
@@ -174,15 +177,11 @@ def read_json(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
-        raise InvalidInput(
-            f"{path}: file not found", "check the path, or create the artifact first"
-        ) from exc
+        raise InvalidInput(f"{path}: file not found", "check the path, or create the artifact first") from exc
     except IsADirectoryError as exc:
         raise InvalidInput(f"{path}: is a directory, expected a JSON file") from exc
     except UnicodeDecodeError as exc:
-        raise InvalidInput(
-            f"{path}: not UTF-8 text (byte {exc.start})", "save the file as UTF-8 JSON"
-        ) from exc
+        raise InvalidInput(f"{path}: not UTF-8 text (byte {exc.start})", "save the file as UTF-8 JSON") from exc
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -208,3 +207,10 @@ def read_model(path: Path, cls: type[M]) -> M:
             validation_problems(path, exc),
             f"edit {path} so that it is a valid {cls.__name__} (see schemas/)",
         ) from exc
+
+
+def write_if_missing(path: Path, text: str) -> bool:
+    """Write `text` atomically unless `path` exists (a file the user may have edited)."""
+    if path.exists():
+        return False
+    return write_text_atomic(path, text)

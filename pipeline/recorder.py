@@ -21,13 +21,13 @@ Writes, in the order they are made:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pipeline import states
 from pipeline.jsonio import add_barrier, model_text, read_model, remove_barrier, write_text_atomic
-from pipeline.models.enums import PhaseState, RunState, TierState
+from pipeline.models.enums import Complexity, PhaseState, RunState, TierState
 from pipeline.models.issues import PhaseIssueFile
 from pipeline.models.run import PhaseRecord, PhaseSummary, RunRecord, Spend, TierSummary
 from pipeline.models.strategy import PhaseStrategy, Strategy
@@ -102,16 +102,7 @@ class Recorder:
         for ps in self.strategy.phases:
             if ps.phase_id in self._phases or (self.phase_dir(ps) / "phase.json").exists():
                 recs[ps.phase_id] = self.phase(ps.phase_id)
-        phases = [_summary_of(s, recs[s.phase_id]) if s.phase_id in recs else s for s in self.run.phases]
-        tiers = []
-        for tier in self.run.tiers:
-            spend = sum_spends(
-                recs[ps.phase_id].spend
-                for ps in self.strategy.phases
-                if ps.tier_id == tier.tier_id and ps.phase_id in recs
-            )
-            tiers.append(tier.model_copy(update={"spend": spend}))
-        repaired = self.run.model_copy(update={"phases": phases, "tiers": tiers, "spend": _run_spend(self.run, tiers)})
+        repaired = refresh_summaries(self.run, recs)
         if repaired != self.run:
             self.run = repaired
             self._run_dirty = True
@@ -235,20 +226,53 @@ def _run_spend(run: RunRecord, tiers: list[TierSummary]) -> Spend:
     return total.model_copy(update={"active_seconds": run.spend.active_seconds})
 
 
+def refresh_summaries(run: RunRecord, records: Mapping[str, PhaseRecord]) -> RunRecord:
+    """`run` with its summaries brought up to date with the phase records `records` (by
+    phase id; a phase without one keeps its line): each phase's line, each tier's spend
+    (its phases' spend added up) and the run's (its tiers', with the run's own active time)."""
+    phases = [_summary_of(s, records[s.phase_id]) if s.phase_id in records else s for s in run.phases]
+
+    def tier_spend(tier_id: str) -> Spend:
+        return sum_spends(
+            records[s.phase_id].spend for s in run.phases if s.tier_id == tier_id and s.phase_id in records
+        )
+
+    tiers = [tier.model_copy(update={"spend": tier_spend(tier.tier_id)}) for tier in run.tiers]
+    return run.model_copy(update={"phases": phases, "tiers": tiers, "spend": _run_spend(run, tiers)})
+
+
+class PhaseIdentity(Protocol):
+    """What run.json's line for a phase names it by (a `PhaseStrategy` has it)."""
+
+    @property
+    def phase_id(self) -> str: ...
+    @property
+    def tier_id(self) -> str: ...
+    @property
+    def index(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def task_category(self) -> str: ...
+    @property
+    def complexity(self) -> Complexity: ...
+
+
+def queued_summary(phase: PhaseIdentity) -> PhaseSummary:
+    """run.json's line for a phase not started yet."""
+    return PhaseSummary(
+        phase_id=phase.phase_id,
+        tier_id=phase.tier_id,
+        index=phase.index,
+        name=phase.name,
+        task_category=phase.task_category,
+        complexity=phase.complexity.value,
+        state=PhaseState.QUEUED,
+    )
+
+
 def initial_summaries(strategy: Strategy, tier_names: dict[str, str]) -> tuple[list[TierSummary], list[PhaseSummary]]:
     tiers = [
         TierSummary(tier_id=t.tier_id, name=tier_names[t.tier_id], state=TierState.PENDING) for t in strategy.tiers
     ]
-    phases = [
-        PhaseSummary(
-            phase_id=p.phase_id,
-            tier_id=p.tier_id,
-            index=p.index,
-            name=p.name,
-            task_category=p.task_category,
-            complexity=p.complexity.value,
-            state=PhaseState.QUEUED,
-        )
-        for p in strategy.phases
-    ]
-    return tiers, phases
+    return tiers, [queued_summary(p) for p in strategy.phases]

@@ -265,39 +265,21 @@ def _budget_section(con: DuckDBPyConnection) -> Section:
     else:
         section.paragraphs.append(f"No run ended {BUDGET_ABORT}.")
     section.tables.append(
-        _table(
+        _aborted_spend_by(
             con,
-            "SELECT tier_id, count(*) AS runs, count(*) FILTER (state = 'FAILED') AS aborted_in, "
-            "sum(tokens) AS tokens, sum(cost_usd) AS cost, sum(tokens) / nullif(sum(sum(tokens)) OVER (), 0) AS share "
-            "FROM tiers WHERE run_state = ? GROUP BY tier_id ORDER BY tokens DESC NULLS LAST, tier_id LIMIT 10",
-            [
-                ("tier", "text", lambda r: r["tier_id"]),
-                ("runs", "num", lambda r: _num(r["runs"])),
-                ("failed here", "num", lambda r: _num(r["aborted_in"])),
-                ("tokens", "num", lambda r: _num(r["tokens"])),
-                ("cost", "num", lambda r: _usd(r["cost"])),
-                ("share of tokens", "num", lambda r: _pct(r["share"], 1)),
-            ],
+            "tiers",
+            "tier_id",
+            ("tier", "runs", "failed here"),
             "which tiers the spend of budget-aborted runs went to",
-            [BUDGET_ABORT],
         )
     )
     section.tables.append(
-        _table(
+        _aborted_spend_by(
             con,
-            "SELECT slice, count(*) AS phases, count(*) FILTER (state = 'FAILED') AS failed, sum(tokens) AS tokens, "
-            "sum(cost_usd) AS cost, sum(tokens) / nullif(sum(sum(tokens)) OVER (), 0) AS share "
-            "FROM phases WHERE run_state = ? GROUP BY slice ORDER BY tokens DESC NULLS LAST, slice LIMIT 10",
-            [
-                ("task_category:complexity", "text", lambda r: r["slice"]),
-                ("phases", "num", lambda r: _num(r["phases"])),
-                ("failed", "num", lambda r: _num(r["failed"])),
-                ("tokens", "num", lambda r: _num(r["tokens"])),
-                ("cost", "num", lambda r: _usd(r["cost"])),
-                ("share of tokens", "num", lambda r: _pct(r["share"], 1)),
-            ],
+            "phases",
+            "slice",
+            ("task_category:complexity", "phases", "failed"),
             "which task_category:complexity slices dominated that spend",
-            [BUDGET_ABORT],
         )
     )
     section.tables.append(
@@ -335,6 +317,29 @@ def _budget_section(con: DuckDBPyConnection) -> Section:
         )
     )
     return section
+
+
+def _aborted_spend_by(
+    con: DuckDBPyConnection, view: str, key: str, headers: tuple[str, str, str], caption: str
+) -> Table:
+    """The spend of budget-aborted runs by `key` of `view` (tiers or phases): rows, FAILED
+    rows, tokens, cost and share of tokens; `headers` names the key, row and FAILED columns."""
+    return _table(
+        con,
+        f"SELECT {key} AS item, count(*) AS n, count(*) FILTER (state = 'FAILED') AS failed, sum(tokens) AS tokens, "
+        "sum(cost_usd) AS cost, sum(tokens) / nullif(sum(sum(tokens)) OVER (), 0) AS share "
+        f"FROM {view} WHERE run_state = ? GROUP BY {key} ORDER BY tokens DESC NULLS LAST, {key} LIMIT 10",
+        [
+            (headers[0], "text", lambda r: r["item"]),
+            (headers[1], "num", lambda r: _num(r["n"])),
+            (headers[2], "num", lambda r: _num(r["failed"])),
+            ("tokens", "num", lambda r: _num(r["tokens"])),
+            ("cost", "num", lambda r: _usd(r["cost"])),
+            ("share of tokens", "num", lambda r: _pct(r["share"], 1)),
+        ],
+        caption,
+        [BUDGET_ABORT],
+    )
 
 
 AGENTS_SQL = """

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import functools
@@ -30,7 +29,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from pipeline.errors import IntegrityError, InvalidInput, RunLocked
-from pipeline.jsonio import canonical_json, json_path, validation_problems
+from pipeline.jsonio import canonical_json, fsync_dir, json_path, validation_problems, write_all, write_if_missing
 from pipeline.models.base import ID_PATTERN
 from pipeline.models.events import Event
 
@@ -58,7 +57,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _line_bytes(event: Event) -> bytes:
+def event_line(event: Event) -> bytes:
     """The canonical single-line form of an event (without the newline)."""
     text = json.dumps(
         event.model_dump(mode="json"),
@@ -68,24 +67,6 @@ def _line_bytes(event: Event) -> bytes:
         allow_nan=False,
     )
     return text.encode("utf-8")
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class EventLog:
@@ -143,15 +124,15 @@ class EventLog:
                     "cannot record event: " + "; ".join(validation_problems(self.path, exc)),
                     "pass JSON-compatible data and an ISO-8601 UTC timestamp",
                 ) from exc
-            line = _line_bytes(event)
-            _write_all(fd, line + b"\n")
+            line = event_line(event)
+            write_all(fd, line + b"\n")
             os.fsync(fd)
             self._tail = (event.seq, _sha256(line))
             self._size = size + len(line) + 1
         finally:
             os.close(fd)
         if created:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         return event
 
     def repair_torn_tail(self) -> bool:
@@ -251,9 +232,7 @@ class EventLog:
         try:
             return Event.model_validate(obj)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{json_path(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
-            )
+            problems = "; ".join(f"{json_path(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False))
             raise IntegrityError(f"{where}: not a valid event: {problems}", fix) from exc
 
     def read(self) -> list[Event]:
@@ -369,7 +348,7 @@ class RunLock:
             info = {"pid": os.getpid(), "since": utc_now(), "host": socket.gethostname()}
             try:
                 os.ftruncate(fd, 0)
-                _write_all(fd, canonical_json(info).encode("utf-8"))
+                write_all(fd, canonical_json(info).encode("utf-8"))
                 os.fsync(fd)
             except BaseException:
                 os.close(fd)
@@ -397,8 +376,7 @@ class RunLock:
         info = self._holder()
         if info is None:
             return RunLocked(
-                f"run {self.run_id} is locked by pid unknown since unknown "
-                f"({self.path} holds no holder record)",
+                f"run {self.run_id} is locked by pid unknown since unknown ({self.path} holds no holder record)",
                 "wait for the other Autopack process on this run to finish",
             )
         pid = info.get("pid")
@@ -494,9 +472,7 @@ class RunStore:
 
     def _numbered(self, index: int, phase_id: str, sub: str, k: int) -> Path:
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise InvalidInput(
-                f"invalid {sub} number {k!r} for phase {phase_id!r}: must be a whole number"
-            )
+            raise InvalidInput(f"invalid {sub} number {k!r} for phase {phase_id!r}: must be a whole number")
         return self.phase_dir(index, phase_id) / sub / str(k)
 
     def attempt_dir(self, index: int, phase_id: str, k: int) -> Path:
@@ -515,11 +491,7 @@ class RunStore:
     def lock(self) -> RunLock:
         # The lock file and atomic-write temp files are machine state, not record: a user
         # committing runs/ for audit history must not pick them up.
-        ignore = self.run_dir / ".gitignore"
-        if not ignore.exists():
-            from pipeline.jsonio import write_text_atomic
-
-            write_text_atomic(ignore, ".lock\n.*.tmp.*\n")
+        write_if_missing(self.run_dir / ".gitignore", ".lock\n.*.tmp.*\n")
         return RunLock(self.lock_path, self.run_id)
 
     def exists(self) -> bool:

@@ -129,16 +129,23 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _json_lines(text: str) -> Iterator[tuple[int, Any | None, str]]:
-    """(line number, parsed JSON or None, line) for every line that looks like JSON."""
+def _jsonl_events(text: str, who: str, notes: list[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every line of `text` that is a JSON object; lines that look
+    like JSON but do not parse (truncated output) are counted in one note added to `notes`."""
+    broken: list[int] = []
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if not stripped.startswith("{"):
             continue
         try:
-            yield number, json.loads(stripped), stripped
+            event = json.loads(stripped)
         except ValueError:
-            yield number, None, stripped
+            broken.append(number)
+            continue
+        if isinstance(event, dict):
+            yield number, event
+    if broken:
+        notes.append(f"{who}: {len(broken)} JSONL line(s) did not parse (truncated output?), first at line {broken[0]}")
 
 
 def _json_objects(text: str) -> tuple[list[dict[str, Any]], int]:
@@ -227,13 +234,7 @@ def _codex_jsonl(text: str, who: str) -> ParsedUsage:
     notes: list[str] = []
     turns = 0
     final: str | None = None
-    broken: list[int] = []
-    for number, event, _line in _json_lines(text):
-        if event is None:
-            broken.append(number)
-            continue
-        if not isinstance(event, dict):
-            continue
+    for number, event in _jsonl_events(text, who, notes):
         kind = event.get("type")
         item = _mapping(event.get("item"))
         if kind == "item.completed" and item.get("type") == "agent_message":
@@ -249,8 +250,6 @@ def _codex_jsonl(text: str, who: str) -> ParsedUsage:
             notes.append(f"{who}: codex turn failed: {message}"[:300])
         elif kind == "error":
             notes.append(f"{who}: codex error: {event.get('message', '')}"[:300])
-    if broken:
-        notes.append(f"{who}: {len(broken)} JSONL line(s) did not parse (truncated output?), first at line {broken[0]}")
     if turns == 0:
         return ParsedUsage(None, (*notes, f"{who}: no `turn.completed` event in the codex output"), final_text=final)
     return _done(counter, turns, notes, who, has_cost=False, final_text=final)
@@ -338,13 +337,7 @@ def _opencode_jsonl(text: str, who: str) -> ParsedUsage:
     steps = 0
     has_cost = False
     final: str | None = None
-    broken: list[int] = []
-    for number, event, _line in _json_lines(text):
-        if event is None:
-            broken.append(number)
-            continue
-        if not isinstance(event, dict):
-            continue
+    for number, event in _jsonl_events(text, who, notes):
         kind = event.get("type")
         if kind == "step_finish":
             steps += 1
@@ -367,8 +360,6 @@ def _opencode_jsonl(text: str, who: str) -> ParsedUsage:
             error = event.get("error")
             detail = _mapping(_mapping(error).get("data")).get("message") or _mapping(error).get("name") or error
             notes.append(f"{who}: opencode error: {detail}"[:300])
-    if broken:
-        notes.append(f"{who}: {len(broken)} JSONL line(s) did not parse (truncated output?), first at line {broken[0]}")
     if steps == 0:
         return ParsedUsage(None, (*notes, f"{who}: no `step_finish` event in the opencode output"), final_text=final)
     return _done(counter, steps, notes, who, has_cost, final)

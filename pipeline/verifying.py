@@ -10,6 +10,7 @@ from pipeline.context import RunContext, tag_name
 from pipeline.errors import GitError
 from pipeline.jsonio import write_model
 from pipeline.models.enums import IssueSource, PhaseState, RunState, Severity
+from pipeline.models.issues import Issue
 from pipeline.models.reports import GateReport
 from pipeline.models.run import Spend
 from pipeline.models.strategy import PhaseStrategy
@@ -133,30 +134,24 @@ def _verify(ctx: RunContext, ps: PhaseStrategy, k: int) -> None:
     if report.verdict != "pass":
         feedback = ci.feedback_for(report, out_dir)
         external = gate.external_issue_category(ps.task_category, "ci", [feedback])
+
+        def ci_issue(key: str, source: IssueSource, category: str, refs: list[str], message: str) -> Issue:
+            """An issue of the red CI run; in an external code phase, of its external category, major."""
+            return make_issue(
+                ctx,
+                ps,
+                key=key,
+                source=source,
+                category=external or category,
+                severity=Severity.major if external else None,
+                evidence=refs,
+                message=message,
+            )
+
         failing = [
-            make_issue(
-                ctx,
-                ps,
-                key=f"test:{t}",
-                source=IssueSource.test,
-                category=external or "test_failure",
-                severity=Severity.major if external else None,
-                evidence=[evidence, t],
-                message=f"{t} failed",
-            )
+            ci_issue(f"test:{t}", IssueSource.test, "test_failure", [evidence, t], f"{t} failed")
             for t in report.failing_tests
-        ] or [
-            make_issue(
-                ctx,
-                ps,
-                key=f"ci:{ps.ci_profile.value}",
-                source=IssueSource.ci,
-                category=external or "ci_failure",
-                severity=Severity.major if external else None,
-                evidence=[evidence],
-                message="a CI step failed",
-            )
-        ]
+        ] or [ci_issue(f"ci:{ps.ci_profile.value}", IssueSource.ci, "ci_failure", [evidence], "a CI step failed")]
         failed_attempt(
             ctx,
             ps,

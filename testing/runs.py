@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.store import RunStore
 from pipeline.yamlio import dump_new
 from testing.gitrepo import git, make_repo, write_script
 
@@ -153,12 +154,17 @@ class RunSetup:
     # -- places -------------------------------------------------------------------------
 
     @property
+    def store(self) -> RunStore:
+        """The run directory's paths as the supervisor names them."""
+        return RunStore(self.workspace, self.run_id)
+
+    @property
     def run_dir(self) -> Path:
-        return self.workspace / "runs" / self.run_id
+        return self.store.run_dir
 
     @property
     def plan_path(self) -> Path:
-        return self.run_dir / "plan.yaml"
+        return self.store.plan_path
 
     @property
     def branch(self) -> str:
@@ -190,7 +196,7 @@ class RunSetup:
     # -- reading the record -------------------------------------------------------------
 
     def run_json(self) -> dict[str, Any]:
-        return _json(self.run_dir / "run.json")
+        return _json(self.store.run_json)
 
     def phase_json(self, phase_id: str) -> dict[str, Any]:
         return _json(self.phase_dir(phase_id) / "phase.json")
@@ -205,13 +211,13 @@ class RunSetup:
         return {i["issue_key"] for i in self.issues(phase_id)["issues"]}
 
     def run_index(self) -> dict[str, Any]:
-        return _json(self.run_dir / "run_issue_index.json")
+        return _json(self.store.issue_index_path)
 
     def attempt(self, phase_id: str, k: int) -> dict[str, Any]:
         return _json(self.phase_dir(phase_id) / "attempts" / str(k) / "builder.json")
 
     def events(self) -> list[dict[str, Any]]:
-        text = (self.run_dir / "events.jsonl").read_text()
+        text = self.store.events_path.read_text()
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def commits_with_trailer(self, key: str, value: str, rev: str | None = None) -> list[str]:
@@ -295,7 +301,7 @@ def make_workspace(
         base=base,
         tiers=tiers,
     )
-    run_dir = workspace / "runs" / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "plan.yaml").write_text(dump_new(plan, header=f"plan of test run {run_id}"))
+    plan_path = RunStore(workspace, run_id).plan_path
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    plan_path.write_text(dump_new(plan, header=f"plan of test run {run_id}"))
     return RunSetup(workspace=workspace, repo=repo, run_id=run_id, agent=agent)

@@ -23,6 +23,7 @@ from pipeline.models.run import PhaseRecord, RunRecord
 from pipeline.recorder import initial_summaries
 from pipeline.store import RunStore
 from pipeline.strategy import compile_strategy
+from testing.runtree import new_issue
 
 ZERO_SHA256 = "0" * 64
 TestOutcome = Literal["passed", "failed", "error", "skipped"]
@@ -75,16 +76,14 @@ def _plan(run_id: str, phases: Sequence[SynPhase], profile: SafetyProfile) -> Pl
 
 
 def _issue(run_id: str, p: SynPhase, s: SynIssue) -> Issue:
-    return Issue(
-        issue_key=s.key,
-        severity=s.severity,
-        effective_severity=s.severity,
-        source=IssueSource.builder_self_doubt,
-        category=s.category,
-        task_category=p.task_category,
-        complexity=Complexity.medium,
-        first_seen_run=run_id,
-        last_seen_run=run_id,
+    return new_issue(
+        run_id,
+        s.key,
+        s.severity,
+        IssueSource.builder_self_doubt,
+        s.category,
+        p.task_category,
+        Complexity.medium,
         evidence_refs=list(s.evidence),
         message=s.message or f"{s.key} seen",
     )
