@@ -3,8 +3,9 @@
 The templates (`pipeline/data/ci_templates/`) run one `doit run_phase` per job (DESIGN §9):
 a job starts the run or checks out its integration branch `autonomous/<run>` and works
 there in place (pipeline.context.run_worktree), pushes the branch with a lease on the sha
-it started from, and queues the next job while the run is not terminal; a promotion job
-prints `doit promote --check`. Each template's header says how, and what to set up.
+it started from, and queues the next job while the run is not terminal; a run ending
+DONE_SUCCESS queues the start of its chained run (run.json `chain_next`), as `doit run`
+does; a promotion job prints `doit promote --check`. Each template's header says how, and what to set up.
 
 Like `init`, this never overwrites a file: an existing workflow is refused by name.
 """

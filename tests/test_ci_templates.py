@@ -181,6 +181,7 @@ class Project:
     hold: Path
     jobs: int = 0
     dirs: list[Path] = field(default_factory=list)
+    run: str = RUN  # the run id the next dispatched job is for
 
     def env(self) -> dict[str, str]:
         path = os.pathsep.join([str(self.root / "stubs"), str(BIN), os.environ.get("PATH", "")])
@@ -228,9 +229,12 @@ write(PHASE + ".txt", "done by " + PHASE + "\\n")
 """
 
 
-def make_project(tmp_path: Path, provider: str) -> Project:
+def make_project(tmp_path: Path, provider: str, chained: bool = False) -> Project:
     """A developer repository adopting Autopack and its CI template, pushed to a bare
-    remote: first main, then a plan (two phases, a scripted agent, a trivial CI step)."""
+    remote: first main, then a plan (two phases, a scripted agent, a trivial CI step).
+
+    `chained`: the two phases in two tiers with `max_phases: 1`, so start_run splits the
+    plan into run RUN (P1) and its chained run RUN-part2 (P2)."""
     remote = tmp_path / "remote.git"
     git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
     dev = make_repo(tmp_path / "dev", {"README.md": "a project\n", ".gitignore": "__pycache__/\n"})
@@ -246,13 +250,17 @@ def make_project(tmp_path: Path, provider: str) -> Project:
     hold = tmp_path / "hold"
     hold.mkdir()
     agent = write_agent(tmp_path / "agents" / "agent.py", f"HOLD = {str(hold)!r}\n" + AGENT)
+    tiers = [{"tier_id": f"T{n}", "name": f"Tier {n}", "phases": [phase(f"P{n}")]} for n in (1, 2)] if chained else None
     plan = plan_dict(
         RUN,
         repo=".",
         builder={"command": command(agent)},
         phases=[phase("P1"), phase("P2")],
         ci_steps=[python_step("ok", "pass")],
+        tiers=tiers,
     )
+    if chained:
+        plan["budgets"] = {"max_phases": 1}
     (dev / "runs" / RUN).mkdir(parents=True)
     (dev / "runs" / RUN / "plan.yaml").write_text(dump_new(plan, header="a run driven by CI"))
     git(dev, "add", "-A")
@@ -271,6 +279,7 @@ class Job:
     env: dict[str, str]
     scripts: list[tuple[str, str, str | None, dict[str, str]]]  # (id, script, `if` on an output, step env)
     outputs: Path
+    values: dict[str, str] = field(default_factory=dict)  # GitHub: the expressions' values before the job
 
 
 @dataclass
@@ -303,7 +312,7 @@ def _bash(script: str, cwd: Path, env: Mapping[str, str]) -> subprocess.Popen[st
 # GitHub: what the runner substitutes for the expressions the template uses.
 def _github_values(p: Project) -> dict[str, str]:
     return {
-        "inputs.run": RUN,
+        "inputs.run": p.run,
         "github.event.before": p.before,
         "github.token": "test-token",
         "github.repository": "example/project",
@@ -340,9 +349,11 @@ def prepare_github(p: Project, job_name: str) -> Job:
         elif step["id"] == "install":
             assert "pip install" in step["run"] and "AUTOPACK_INSTALL" in step["run"]  # installed: the venv
         else:
-            step_env = {k: _subst(v, values) for k, v in step.get("env", {}).items()}
-            scripts.append((step["id"], step["run"], step.get("if"), step_env))
-    return Job(clone, env, scripts, outputs)
+            # Substituted when the step runs: it may name an earlier step's outputs.
+            scripts.append(
+                (step["id"], step["run"], step.get("if"), {k: str(v) for k, v in step.get("env", {}).items()})
+            )
+    return Job(clone, env, scripts, outputs, values)
 
 
 def prepare_gitlab(p: Project, job_name: str, dotenv: Mapping[str, str] | None = None) -> Job:
@@ -363,7 +374,7 @@ def prepare_gitlab(p: Project, job_name: str, dotenv: Mapping[str, str] | None =
     for name, var in doc["variables"].items():
         env[name] = var["value"] if isinstance(var, dict) else str(var)
     if job_name != "autopack-plan":
-        env["AUTOPACK_RUN"] = RUN  # the triggered pipeline's variable
+        env["AUTOPACK_RUN"] = p.run  # the triggered pipeline's variable
     for name, value in job.get("variables", {}).items():
         env[name] = re.sub(r"\$(\w+)", lambda m: env[m.group(1)], str(value))
     env.update(dotenv or {})
@@ -377,16 +388,21 @@ def prepare_gitlab(p: Project, job_name: str, dotenv: Mapping[str, str] | None =
 def run_job(job: Job) -> JobResult:
     """The job's scripts in order; a failed one ends the job (no later step runs)."""
     log, outputs = "", dict[str, str]()
+    done: list[str] = []  # the ids of the steps run so far
     for step_id, script, condition, step_env in job.scripts:
         if condition is not None:
-            m = re.fullmatch(r"steps\.([\w-]+)\.outputs\.(\w+) == 'true'", condition)
+            m = re.fullmatch(r"steps\.([\w-]+)\.outputs\.(\w+) (==|!=) '(\w*)'", condition)
             assert m, f"the test does not know the condition {condition!r}"
-            if outputs.get(m.group(2)) != "true":
+            assert m.group(1) in done, f"the condition {condition!r} names a step that has not run"
+            if (outputs.get(m.group(2), "") == m.group(4)) != (m.group(3) == "=="):
                 continue
+        values = {**job.values, **{f"steps.{s}.outputs.{k}": v for s in done for k, v in outputs.items()}}
+        step_env = {k: _subst(v, values) for k, v in step_env.items()}
         proc = _bash(script, job.clone, {**job.env, **step_env})
         out, _ = proc.communicate(timeout=120)
         log += f"--- {step_id}\n{out}"
         outputs.update(_outputs(job.outputs))
+        done.append(step_id)
         if proc.returncode != 0:
             return JobResult(proc.returncode, outputs, log)
     return JobResult(0, outputs, log)
@@ -484,3 +500,63 @@ def test_two_jobs_from_the_same_sha_cannot_both_push(tmp_path: Path) -> None:
     tagged = remote_git(p, "rev-parse", f"{BRANCH}/P1^{{commit}}")
     assert remote_git(p, "merge-base", "--is-ancestor", tagged, first) == ""  # --atomic: not the loser's tag
     assert "AUTOPACK_NEXT" not in _outputs(jobs[1].outputs)  # the loser queues nothing
+
+
+@pytest.mark.parametrize("provider", ["github", "gitlab"])
+def test_a_chained_run_starts_when_the_run_before_it_succeeds(tmp_path: Path, provider: str) -> None:
+    """A plan longer than max_phases: start_run splits it into RUN and RUN-part2, as `doit run`
+    drives them the jobs do: RUN's last job starts RUN-part2, based on autonomous/RUN."""
+    p = make_project(tmp_path, provider, chained=True)
+    part2 = f"{RUN}-part2"
+    main_before = remote_git(p, "rev-parse", "main")
+    planned = run_job(prepare(p, "plan"))
+    assert planned.returncode == 0, planned.log
+    queue = p.dispatched()
+    assert queue == [RUN], planned.log
+
+    results: list[tuple[str, JobResult]] = []
+    while queue:
+        p.run = queue.pop(0)
+        assert len(results) < 8, "the chain should need four jobs: start RUN, P1, start RUN-part2, P2"
+        result = run_job(prepare(p, "step"))
+        assert result.returncode == 0, result.log
+        results.append((p.run, result))
+        queue += p.dispatched()
+    assert [(run, r.outputs["AUTOPACK_STATE"]) for run, r in results] == [
+        (RUN, "PHASE_QUEUEING"),
+        (RUN, "DONE_SUCCESS"),
+        (part2, "PHASE_QUEUEING"),
+        (part2, "DONE_SUCCESS"),
+    ]
+    assert [r.outputs["AUTOPACK_CHAIN"] for _run, r in results] == ["", part2, "", ""]
+    assert [r.outputs["AUTOPACK_NEXT"] for _run, r in results] == ["true", "false", "true", "false"]
+
+    # Both runs succeeded on the remote; the second is stacked on the first.
+    first = json.loads(remote_git(p, "show", f"{BRANCH}:runs/{RUN}/run.json"))
+    second = json.loads(remote_git(p, "show", f"autonomous/{part2}:runs/{part2}/run.json"))
+    assert first["state"] == "DONE_SUCCESS" and first["chain_next"] == part2
+    assert second["state"] == "DONE_SUCCESS" and second["chained_from"] == RUN
+    assert second["base_ref"] == BRANCH and second["base_commit"] == remote_git(p, "rev-parse", BRANCH)
+    assert remote_git(p, "merge-base", "--is-ancestor", BRANCH, f"autonomous/{part2}") == ""
+    for phase_id, branch in (("P1", BRANCH), ("P2", f"autonomous/{part2}")):
+        tagged = remote_git(p, "rev-parse", f"{branch}/{phase_id}^{{commit}}")
+        assert remote_git(p, "show", f"{tagged}:{phase_id}.txt") == f"done by {phase_id}"
+    assert remote_git(p, "show", f"autonomous/{part2}:P1.txt") == "done by P1"  # R's commits
+    assert remote_git(p, "rev-parse", "main") == main_before  # the base branch is never written
+
+    # The chained run's plan travelled on RUN's branch, committed by RUN's start job.
+    assert "chained_from: " + RUN in remote_git(p, "show", f"{BRANCH}:runs/{part2}/plan.yaml")
+
+    # Each run's promotion job prints its verdict: RUN-part2 promotes into RUN's branch.
+    for run, result in (results[1], results[-1]):
+        p.run = run
+        promoted = run_job(prepare(p, "promote", result.outputs))
+        assert promoted.returncode == 0, promoted.log
+        into = "main" if run == RUN else BRANCH
+        assert f"run {run} is eligible for promotion to {into}" in promoted.log
+
+    # A second job ending RUN (a repeated dispatch) does not start RUN-part2 again.
+    p.run = RUN
+    again = run_job(prepare(p, "step"))
+    assert again.outputs.get("AUTOPACK_CHAIN") == "", again.log
+    assert p.dispatched() == []
