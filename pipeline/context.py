@@ -29,6 +29,9 @@ _GIT_CLIS: dict[tuple[Path, Path | None, float | None], GitAdapter] = {}
 # Phase descriptions by (plan file, sha256 of its bytes): a frozen plan is parsed once per
 # process, not once per phase (the round-trip YAML load and its checks take ~0.1 s).
 _DESCRIPTIONS: dict[tuple[Path, str], dict[str, str]] = {}
+# The frozen plan's `target.repo` ("." when it names none), by the plan file's bytes: a
+# step parses the plan's YAML once per process, not once per phase.
+_TARGET_REPOS: dict[bytes, str] = {}
 
 
 def branch_name(run_id: str) -> str:
@@ -223,16 +226,28 @@ def current_target(workspace: Path, store: RunStore, recorded: Path) -> Path:
     clone (or a moved checkout) is somewhere else, so the frozen plan's `target.repo` is
     resolved again against this workspace ("." by default: the workspace itself).
     """
+    import hashlib
+
     from pipeline.errors import AutopackError
     from pipeline.yamlio import load_fast
 
     try:
-        plan = load_fast(store.plan_path)
-    except (AutopackError, OSError):
+        key = hashlib.sha256(store.plan_path.read_bytes()).digest()
+    except OSError:
         return recorded  # the frozen-plan check names the problem
-    target = plan.get("target") if isinstance(plan, dict) else None
-    repo = target.get("repo") if isinstance(target, dict) else None
-    return target_repo(workspace, repo if isinstance(repo, str) and repo else ".")
+    repo = _TARGET_REPOS.get(key)
+    if repo is None:
+        try:
+            plan = load_fast(store.plan_path)
+        except (AutopackError, OSError):
+            return recorded
+        target = plan.get("target") if isinstance(plan, dict) else None
+        named = target.get("repo") if isinstance(target, dict) else None
+        repo = named if isinstance(named, str) and named else "."
+        if len(_TARGET_REPOS) > 256:
+            _TARGET_REPOS.clear()
+        _TARGET_REPOS[key] = repo
+    return target_repo(workspace, repo)
 
 
 def run_worktree(workspace: Path, rec: Recorder, git: GitAdapter, target: Path, record_in_branch: bool) -> Path:

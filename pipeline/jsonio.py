@@ -104,9 +104,12 @@ def write_text_atomic(path: Path, text: str) -> bool:
         pass
     except IsADirectoryError as exc:
         raise InvalidInput(f"{path}: is a directory, cannot write a file there") from exc
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except (FileNotFoundError, NotADirectoryError):  # a new directory: made only then (as before)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         try:
             write_all(fd, data)

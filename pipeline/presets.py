@@ -12,7 +12,9 @@ line that runs.
 
 from __future__ import annotations
 
+import os
 import re
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -108,10 +110,48 @@ class AgentPreset(Frozen):
         return self
 
 
+# (built-in file stamp, override path, override stamp) -> presets. A stamp is the file's
+# (mtime_ns, ctime_ns, size, inode), or None when it does not exist: any edit of either
+# file (a rewrite, a replace, a touch) changes it and the presets are loaded afresh.
+_Stamp = tuple[int, int, int, int] | None
+_PRESETS_CACHE: dict[tuple[_Stamp, str | None, _Stamp], dict[str, AgentPreset]] = {}
+
+
+def _stamp(path: Path | None) -> _Stamp:
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+
+
+@cache
+def _preset_schema() -> dict[str, Any]:
+    """AgentPreset's JSON schema: built once per process (pydantic rebuilds it on each call)."""
+    return AgentPreset.model_json_schema()
+
+
 def load_agent_presets(workspace: Path | None = None) -> dict[str, AgentPreset]:
-    """The built-in presets with `<workspace>/profiles/agents.yaml` merged over them."""
-    base = yamlio.load_fast(builtin_path(AGENTS_FILE)) or {}
+    """The built-in presets with `<workspace>/profiles/agents.yaml` merged over them.
+
+    Cached per process on both files' stat stamps: a run loads them once per phase and
+    step, and they rarely change; the presets are frozen models, the dict a fresh copy.
+    """
     override_path = workspace / PROFILES_DIR / AGENTS_FILE if workspace is not None else None
+    key = (_stamp(builtin_path(AGENTS_FILE)), str(override_path) if override_path else None, _stamp(override_path))
+    cached = _PRESETS_CACHE.get(key)
+    if cached is None:
+        cached = _load_agent_presets(override_path)
+        if len(_PRESETS_CACHE) > 64:
+            _PRESETS_CACHE.clear()
+        _PRESETS_CACHE[key] = cached
+    return dict(cached)
+
+
+def _load_agent_presets(override_path: Path | None) -> dict[str, AgentPreset]:
+    base = yamlio.load_fast(builtin_path(AGENTS_FILE)) or {}
     override: Any = {}
     if override_path is not None and override_path.exists():
         override = yamlio.load_fast(override_path) or {}
@@ -133,7 +173,7 @@ def _validated(name: Any, data: Any, source: str) -> AgentPreset:
         raise InvalidInput(f"{source}: agent preset name {name!r} is not a valid id", fix)
     if not isinstance(data, dict):
         raise InvalidInput(f"{source}: agent preset {name!r} must be a mapping", fix)
-    problems = validate_instance(data, AgentPreset.model_json_schema(), source=f"{source} [{name}]", positions=None)
+    problems = validate_instance(data, _preset_schema(), source=f"{source} [{name}]", positions=None)
     if problems:
         raise ValidationErrors(problems, fix)
     try:

@@ -113,6 +113,14 @@ class Recorder:
         self.save_run()
         return seq
 
+    def note_before_transition(self, entity: str, what: str, **data: Any) -> int:
+        """`note`, for a caller that makes a run transition right after: run.json is
+        written once, by that transition (a log ahead of run.json is what a crash in
+        between leaves, and what `EventLog.verify` tolerates)."""
+        seq = self._event("note", entity, None, None, {"what": what, **data})
+        self._run_dirty = True
+        return seq
+
     # -- transitions -------------------------------------------------------------------
 
     def run_to(self, to: RunState, **data: Any) -> None:

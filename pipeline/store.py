@@ -99,9 +99,13 @@ class EventLog:
         A torn last line left by a crash is removed first; seq and prev_sha256 continue
         from the last complete line.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        except FileNotFoundError:  # a new run directory
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            created = True
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             self._repair_fd(fd)
             size = os.fstat(fd).st_size

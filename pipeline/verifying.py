@@ -193,7 +193,10 @@ def snapshot(ctx: RunContext, ps: PhaseStrategy) -> None:
             },
         )
     failpoints.hit("after_snapshot_commit")
-    ctx.rec.note(ps.phase_id, "snapshot", commit=sha)
+    if ctx.rec.run.state == RunState.CI_RUNNING:
+        ctx.rec.note_before_transition(ps.phase_id, "snapshot", commit=sha)
+    else:
+        ctx.rec.note(ps.phase_id, "snapshot", commit=sha)
     ctx.rec.save_phase(rec.model_copy(update={"step": "committed", "commit": sha}))
     ctx.rec.run = ctx.rec.run.model_copy(update={"last_snapshot": sha})
     if ctx.rec.run.state == RunState.CI_RUNNING:
@@ -209,7 +212,9 @@ def complete(ctx: RunContext, ps: PhaseStrategy) -> None:
     ctx.rec.save_phase(rec.model_copy(update={"tag": tag}))
     ctx.rec.phase_to(ps.phase_id, PhaseState.COMPLETE, commit=rec.commit, tag=tag)
     ctx.rec.save_phase(ctx.rec.phase(ps.phase_id).model_copy(update={"step": "done"}))
-    if ctx.rec.run.state == RunState.SNAPSHOT_CREATED:
-        ctx.rec.run_to(RunState.PHASE_QUEUEING, completed=ps.phase_id)
+    # One run.json write: the run leaves the phase with the transition that ends it.
     ctx.rec.run = ctx.rec.run.model_copy(update={"current_phase": None})
-    ctx.rec.save_run()
+    if ctx.rec.run.state == RunState.SNAPSHOT_CREATED:
+        ctx.rec.run_to(RunState.PHASE_QUEUEING, completed=ps.phase_id)  # writes run.json
+    else:
+        ctx.rec.save_run()

@@ -623,3 +623,21 @@ def test_mask_text_and_secret_names() -> None:
         assert not is_secret_name(name), name
     text, n = mask_text("a hunter22 b ghp_" + "x" * 36 + " c", ["hunter22"])
     assert text == "a *** b *** c" and n == 2
+
+
+def test_presets_are_reloaded_when_the_workspace_file_changes(tmp_path: Path) -> None:
+    # load_agent_presets is cached per process; an edit, a new file or a removed one shows.
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    assert load_agent_presets(tmp_path)["claude"].defaults.get("max_turns") != 3
+    (profiles / "agents.yaml").write_text("claude:\n  defaults: {max_turns: 3}\n")
+    assert load_agent_presets(tmp_path)["claude"].defaults["max_turns"] == 3
+    (profiles / "agents.yaml").write_text("claude:\n  defaults: {max_turns: 40}\n")
+    assert load_agent_presets(tmp_path)["claude"].defaults["max_turns"] == 40
+    (profiles / "agents.yaml").write_text("mine:\n  command: echo hi\n")
+    assert "mine" in load_agent_presets(tmp_path)
+    (profiles / "agents.yaml").unlink()
+    assert "mine" not in load_agent_presets(tmp_path)
+    first = load_agent_presets(tmp_path)
+    first.pop("claude")
+    assert "claude" in load_agent_presets(tmp_path)  # each caller gets its own dict
