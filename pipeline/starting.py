@@ -170,7 +170,7 @@ def start_run(workspace: Path, run_id: str) -> RunRecord:
             rec.note(run_id, "chained", runs=chained, max_phases=max_phases)
         rec.run_to(RunState.PHASE_QUEUEING, phases=len(strategy.phases), tiers=len(strategy.tiers))
         if record_lives_in_branch(workspace, target):
-            _commit_record(git, store, worktree, run_id, rec)
+            _commit_record(git, store, worktree, run_id, rec, chained)
         return rec.run
 
 
@@ -216,11 +216,20 @@ def _create_records(
     return Recorder(store, strategy, run)
 
 
-def _commit_record(git: GitAdapter, store: RunStore, worktree: Path, run_id: str, rec: Recorder) -> None:
+def _commit_record(
+    git: GitAdapter, store: RunStore, worktree: Path, run_id: str, rec: Recorder, chained: list[str]
+) -> None:
+    """The start commit carries the record, and the plans of the runs chained after this one,
+    so a CI job that starts a chained run finds its plan on this branch."""
     from pipeline.context import RunContext
 
     ctx = RunContext(store.workspace, store, rec, git, worktree, True)
     ctx.copy_record_into_worktree()
+    for following in chained:
+        plan = RunStore(store.workspace, following).plan_path
+        copy = worktree / plan.relative_to(store.workspace)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(plan.read_bytes())
     git.commit(
         worktree,
         f"autopack: start run {run_id}",

@@ -82,3 +82,12 @@ def test_a_tier_larger_than_max_phases_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="tier T1 alone has 3 phases; max_phases is 2"):
         setup.start()
     assert not (setup.run_dir / "run.json").exists()
+
+
+def test_the_start_commit_carries_the_chained_plans_when_the_record_lives_in_the_branch(tmp_path: Path) -> None:
+    setup = make_workspace(tmp_path, agent_body=AGENT, tiers=_tiers([1, 1, 1]), target_separate=False)
+    _with_max_phases(setup.plan_path, 1)
+    setup.start()
+    for part in ("r1-part2", "r1-part3"):
+        on_branch = setup.git("show", f"{setup.branch}:runs/{part}/plan.yaml")
+        assert on_branch == (setup.workspace / f"runs/{part}/plan.yaml").read_text().rstrip("\n")
