@@ -18,6 +18,7 @@ _FIELDS = (
     "max_builder_attempts",
     "max_auditor_attempts",
     "incident_token_cap",
+    "budget_modifier",
 )
 
 
@@ -41,8 +42,11 @@ def explain_strategy(workspace: Path, run_id: str) -> str:
         f"max phases {b.max_phases}, max minor issues {b.max_minor_issues_total}, {b.max_duration_minutes} min active",
     ]
     for tier in strategy.tiers:
+        # The ruleset's multiplier is not frozen on its own; it is what the caps imply.
+        caps = sum(p.incident_token_cap for p in strategy.phases if p.tier_id == tier.tier_id)
         lines.append(
-            f"tier {tier.tier_id}: tokens {tier.token_cap} (3 x incident caps), CI runs {tier.ci_run_cap}, "
+            f"tier {tier.tier_id}: tokens {tier.token_cap} ({tier.token_cap // caps if caps else 0} x incident caps), "
+            f"CI runs {tier.ci_run_cap}, "
             f"minor {tier.max_minor_issues}, major {tier.max_major_issues}"
         )
         for ps in strategy.phases:

@@ -193,16 +193,6 @@ def _backlog(limit: int) -> None:
         print(render_top(backlog, limit))
 
 
-def _not_yet(what: str, issue: str) -> Any:
-    def action(**_: Any) -> None:
-        from pipeline.errors import NotImplementedYet
-
-        raise NotImplementedYet(f"`doit {what}` is not built yet", f"it arrives with {issue}; see the README's roadmap")
-
-    action.__name__ = f"_{what}"
-    return action
-
-
 # -- tasks -----------------------------------------------------------------------------
 
 

@@ -359,3 +359,14 @@ def test_strategy_task_with_an_invalid_ruleset_exits_2_naming_the_file(tmp_path:
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert "profiles/ruleset.yaml" in done.stderr and "$.tier_budgets.ci_runs_per_phase" in done.stderr
+
+
+def test_strategy_output_shows_the_tier_multiplier_the_ruleset_set(tmp_path: Path) -> None:
+    from pipeline.explain import explain_strategy
+    from testing.runs import make_workspace
+
+    setup = make_workspace(tmp_path, agent_body="pass")
+    (setup.workspace / "profiles").mkdir()
+    (setup.workspace / "profiles" / "ruleset.yaml").write_text("tier_budgets:\n  token_cap_incident_multiplier: 1\n")
+    text = explain_strategy(setup.workspace, setup.run_id)
+    assert "(1 x incident caps)" in text and "budget_modifier" in text
