@@ -1,4 +1,4 @@
-# Autopack in a container, for teams whose CI jobs run in containers (DESIGN §9).
+# Autopack in a container, for teams whose CI jobs run in containers (README.md, In CI).
 #
 #   docker build -t autopack .
 #   docker run --rm -v "$PWD":/workspace autopack run_phase --run add-jitter

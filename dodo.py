@@ -1,4 +1,4 @@
-"""doit entry point: the tasks live in the installed `pipeline` package."""
+"""doit entry point: the tasks live in the `pipeline` package (loaded through autopack_tasks)."""
 
-from pipeline.tasks import *  # noqa: F403
-from pipeline.tasks import DOIT_CONFIG  # noqa: F401
+from autopack_tasks import *  # noqa: F403
+from autopack_tasks import DOIT_CONFIG  # noqa: F401

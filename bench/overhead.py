@@ -8,14 +8,14 @@ In one process, on temp repositories:
 (a) raw: the git commands one accepted phase needs, run directly with subprocess:
     `git worktree add` once, then per phase: write a small change, `git diff` to a patch
     file, `git checkout -f`, `git apply`, `git add -A`, `git commit`, `git tag -a`;
-(b) supervisor: the same number of phases through `pipeline.starting.start_run` and
-    `pipeline.runner.run_to_end`, with a builder that rewrites one small file and a
+(b) supervisor: the same number of phases through `pipeline.run.start.start_run` and
+    `pipeline.run.driver.run_to_end`, with a builder that rewrites one small file and a
     no-op CI profile (one step: `true`).
 
 It prints the totals, the per-phase figures, the ratio supervisor/raw (target: under 3;
 reported, never failed on), and where the supervisor's time went: every child process it
 started (git by subcommand, the agent, CI steps) counted and timed at
-`pipeline.proc.run`, the fsyncs it made (each costs a disk flush; `--tmp /dev/shm` runs
+`pipeline.core.proc.run`, the fsyncs it made (each costs a disk flush; `--tmp /dev/shm` runs
 both sides on tmpfs, where they cost next to nothing), the rest is Python in this process. Module imports are warmed up
 before timing and reported separately: each `doit` invocation pays them once.
 `--profile` adds a cProfile of part (b), top 25 by cumulative time.
@@ -163,11 +163,11 @@ def _git_caller() -> tuple[str, str]:
 
 @contextmanager
 def counting_children(log: ChildLog) -> Iterator[None]:
-    """Time every `pipeline.proc.run` call (ci.py imported it by name: patched there too)."""
-    import pipeline.ci
-    import pipeline.proc
+    """Time every `pipeline.core.proc.run` call (ci.py imported it by name: patched there too)."""
+    import pipeline.ci.runner
+    import pipeline.core.proc
 
-    original = pipeline.proc.run
+    original = pipeline.core.proc.run
 
     def wrap(label: str | None) -> Callable[..., Any]:
         def run(argv: Any, *args: Any, **kwargs: Any) -> Any:
@@ -190,18 +190,18 @@ def counting_children(log: ChildLog) -> Iterator[None]:
         log.fsyncs += 1
         real_fsync(fd)
 
-    pipeline.proc.run = wrap(None)
+    pipeline.core.proc.run = wrap(None)
     os.fsync = fsync
-    had_ci_run = getattr(pipeline.ci, "run", None) is original
+    had_ci_run = getattr(pipeline.ci.runner, "run", None) is original
     if had_ci_run:
-        pipeline.ci.run = wrap("ci step")  # type: ignore[attr-defined]
+        pipeline.ci.runner.run = wrap("ci step")  # type: ignore[attr-defined]
     try:
         yield
     finally:
-        pipeline.proc.run = original
+        pipeline.core.proc.run = original
         os.fsync = real_fsync
         if had_ci_run:
-            pipeline.ci.run = original  # type: ignore[attr-defined]
+            pipeline.ci.runner.run = original  # type: ignore[attr-defined]
 
 
 def write_agent(root: Path, kind: str) -> str:
@@ -272,9 +272,9 @@ class SupervisorTimes:
 
 def warm_imports() -> float:
     t = time.perf_counter()
-    import pipeline.runner
-    import pipeline.starting  # noqa: F401
-    from pipeline.validate import schema_problems
+    import pipeline.run.driver
+    import pipeline.run.start  # noqa: F401
+    from pipeline.core.schemas import schema_problems
 
     schema_problems({}, {"type": "object"})  # jsonschema, imported lazily as the product does
     return time.perf_counter() - t
@@ -282,8 +282,8 @@ def warm_imports() -> float:
 
 def supervisor(root: Path, phases: int, agent: str, target_kind: str, profile: bool) -> SupervisorTimes:
     imports = warm_imports()
-    from pipeline.runner import run_to_end
-    from pipeline.starting import start_run
+    from pipeline.run.driver import run_to_end
+    from pipeline.run.start import start_run
 
     if target_kind == "self":
         workspace = make_repo(root / "ws")

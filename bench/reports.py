@@ -8,7 +8,7 @@ events.jsonl, and per phase phase.json, issues.json, attempts/<k>/builder.json a
 ci/<k>/ci.json). Every artifact is built with the pydantic models (so it validates), from
 the pieces testing/runtree.py builds the reports tests' runs with (run.json's summaries by
 the recorder's own `refresh_summaries`); the first run of each workspace is written
-through `pipeline.jsonio.write_model`, the rest as the same canonical JSON with plain
+through `pipeline.core.jsonio.write_model`, the rest as the same canonical JSON with plain
 writes (no fsync, two processes), or generating 10,000 runs would take minutes. Every
 50th run.json is written "by an older schema version": without the optional fields added
 later (`promoted_commit`, `promoted_at`).
@@ -52,8 +52,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pipeline.issues import build_run_index, record_issues
-from pipeline.jsonio import canonical_json, write_model
+from pipeline.core.jsonio import canonical_json, write_model
+from pipeline.issues.rules import build_run_index, record_issues
 from pipeline.models.enums import Complexity, IssueSource, PhaseState, RunState, SafetyProfile, Severity, TierState
 from pipeline.models.events import Event
 from pipeline.models.issues import Issue, PhaseIssueFile
@@ -400,7 +400,7 @@ def generate(ws: Path, n: int, procs: int) -> tuple[int, float]:
 
 def validate_sample(ws: Path, n: int) -> int:
     """Re-read a sample of runs with the product's validating reader (every artifact kind)."""
-    from pipeline.jsonio import read_model
+    from pipeline.core.jsonio import read_model
     from pipeline.models.issues import RunIssueIndex
 
     kinds: dict[str, type[BaseModel]] = {
@@ -446,7 +446,7 @@ def report_times(ws: Path) -> dict[str, float]:
     os.utime(run_json, ns=(time.time_ns(), time.time_ns()))
     incremental, out = timed_cli(ws, "report")
     assert "1 re-read" in out, out
-    # `python -m pipeline forget` forgets, then pipeline.cli crashes on doit's None exit code:
+    # `python -m pipeline forget` forgets, then pipeline.commands.cli crashes on doit's None exit code:
     # forget through doit's own state file instead (the same effect).
     for db in ws.glob(".doit.db*"):
         db.unlink()
@@ -489,7 +489,7 @@ def best_of(n: int, fn: Any) -> tuple[float, Any]:
 
 
 def query_times(ws: Path) -> dict[str, float]:
-    from pipeline import rollup as duck
+    from pipeline.reporting import rollup as duck
 
     def setup_and_query() -> list[tuple[Any, ...]]:
         # what `doit sql` does: check for changed runs (none), define the views, query

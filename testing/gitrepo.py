@@ -1,5 +1,5 @@
 """Real temporary git repositories for tests (the tests use git directly; the product
-uses it only through pipeline.git)."""
+uses it only through pipeline.vcs.adapter)."""
 
 from __future__ import annotations
 

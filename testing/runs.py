@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.store import RunStore
-from pipeline.yamlio import dump_new
+from pipeline.core.yamlio import dump_new
+from pipeline.store.rundir import RunStore
 from testing.gitrepo import git, make_repo, write_script
 
 PY = sys.executable
@@ -121,7 +121,7 @@ def plan_dict(
     base: str | None = "main",
     tiers: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A plan (DESIGN §4a) as plain data, ready for `dump_new`."""
+    """A plan (README.md, The plan) as plain data, ready for `dump_new`."""
     target: dict[str, Any] = {"repo": repo}
     if base is not None:
         target["base"] = base
@@ -185,7 +185,7 @@ class RunSetup:
     # -- actions ------------------------------------------------------------------------
 
     def start(self) -> Any:
-        from pipeline.starting import start_run
+        from pipeline.run.start import start_run
 
         return start_run(self.workspace, self.run_id)
 

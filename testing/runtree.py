@@ -4,7 +4,7 @@ A `RunSpec` lists a run's tiers and phases, each phase its attempts and issues; 
 derives everything else the way the supervisor records it (phase spend, the run record's
 summaries through the recorder's own `refresh_summaries`, CI reports for attempts that
 reached CI, the run issue index, a hash-chained event log in `EventLog`'s line form) and
-writes every artifact through `pipeline.jsonio.write_model`. `drop` removes top-level keys
+writes every artifact through `pipeline.core.jsonio.write_model`. `drop` removes top-level keys
 from run.json: a run written by an older schema version.
 
 The pieces below `RunSpec` are shared with bench/reports.py, which builds its runs at random.
@@ -20,8 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pipeline.issues import build_run_index, record_issues
-from pipeline.jsonio import canonical_json, write_model, write_text_atomic
+from pipeline.core.jsonio import canonical_json, write_model, write_text_atomic
+from pipeline.issues.rules import build_run_index, record_issues
 from pipeline.models.enums import (
     Complexity,
     IssueSource,
@@ -38,8 +38,9 @@ from pipeline.models.reports import CheckVerdict, CiReport, CiStepResult, CiTry,
 from pipeline.models.results import AttemptOutcome, AttemptRecord, Usage
 from pipeline.models.run import PhaseRecord, RunRecord, Spend, TierSummary
 from pipeline.models.strategy import RunBudget
-from pipeline.recorder import queued_summary, refresh_summaries, sum_spends
-from pipeline.store import EMPTY_SHA256, RunStore, event_line
+from pipeline.run.recorder import queued_summary, refresh_summaries, sum_spends
+from pipeline.store.events import EMPTY_SHA256, event_line
+from pipeline.store.rundir import RunStore
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class PhasePlan:
-    """What run.json names a phase by (a `pipeline.recorder.PhaseIdentity`)."""
+    """What run.json names a phase by (a `pipeline.run.recorder.PhaseIdentity`)."""
 
     phase_id: str
     tier_id: str

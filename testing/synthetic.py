@@ -12,17 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pipeline import config
-from pipeline.issues import build_run_index, record_issues
-from pipeline.jsonio import write_model
+from pipeline.config.profiles import load_ci_profiles, load_ruleset
+from pipeline.core.jsonio import write_model
+from pipeline.issues.rules import build_run_index, record_issues
 from pipeline.models.enums import Complexity, IssueSource, PhaseState, RunScope, RunState, SafetyProfile, Severity
 from pipeline.models.issues import Issue, PhaseIssueFile
 from pipeline.models.plan import Plan
 from pipeline.models.reports import CiReport, CiStepResult, CiTry, TestCaseResult
 from pipeline.models.run import PhaseRecord, RunRecord
-from pipeline.recorder import initial_summaries
-from pipeline.store import RunStore
-from pipeline.strategy import compile_strategy
+from pipeline.policy.strategy import compile_strategy
+from pipeline.run.recorder import initial_summaries
+from pipeline.store.rundir import RunStore
 from testing.runtree import new_issue
 
 ZERO_SHA256 = "0" * 64
@@ -110,10 +110,10 @@ def write_run(
     plan = _plan(run_id, phases, profile)
     strategy = compile_strategy(
         plan,
-        config.load_ruleset(workspace).ruleset,
+        load_ruleset(workspace).ruleset,
         plan_sha256=ZERO_SHA256,
         ruleset_sha256=ZERO_SHA256,
-        ci_profiles=config.load_ci_profiles(workspace),
+        ci_profiles=load_ci_profiles(workspace),
     )
     write_model(store.strategy_json, strategy)
     by_id = {p.phase_id: p for p in phases}

@@ -1,4 +1,4 @@
-"""pipeline.agents: real subprocess agents (small scripts in temp dirs), no mocks."""
+"""pipeline.agents.runner: real subprocess agents (small scripts in temp dirs), no mocks."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.agents import AGENT_ENV_ALLOW, AgentOutcome, Role, run_agent
-from pipeline.errors import EnvironmentProblem, InvalidInput
+from pipeline.agents.runner import AGENT_ENV_ALLOW, AgentOutcome, Role, run_agent
+from pipeline.core.errors import EnvironmentProblem, InvalidInput
 from pipeline.models.plan import AgentSpec
 from pipeline.models.results import AuditorResult, BuilderResult
 from testing.gitrepo import write_script

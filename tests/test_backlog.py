@@ -1,4 +1,4 @@
-"""The project issue backlog (DESIGN §7, §11.5.3) and debt_cleanup phases (§11.5.4).
+"""The project issue backlog (docs/architecture.md, Issues) and debt_cleanup phases (§11.5.4).
 
 Counting and aging run on synthetic run records (testing.synthetic: every file built with
 the models) read by real DuckDB; the paths through start_run and a debt phase that cleans
@@ -14,17 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.backlog import BACKLOG_PATH, aged_keys, derive_backlog, write_backlog
-from pipeline.debt import GROUP_OVER, append_debt_tier, plan_debt_phases, scope_for
-from pipeline.errors import InvalidInput
-from pipeline.jsonio import read_model
+from pipeline.core.errors import InvalidInput
+from pipeline.core.jsonio import read_model
+from pipeline.core.schemas import schema_for, validate_instance
+from pipeline.issues.backlog import BACKLOG_PATH, aged_keys, derive_backlog, write_backlog
+from pipeline.issues.debt import GROUP_OVER, append_debt_tier, plan_debt_phases, scope_for
 from pipeline.models.enums import PhaseState, SafetyProfile, Severity
 from pipeline.models.issues import BacklogEntry, ProjectBacklog
 from pipeline.models.plan import Plan
 from pipeline.models.strategy import Strategy
-from pipeline.planfile import load_plan, plan_sha256
-from pipeline.runner import run_to_end
-from pipeline.validate import schema_for, validate_instance
+from pipeline.plan.file import load_plan, plan_sha256
+from pipeline.run.driver import run_to_end
 from testing.runs import RunSetup, command, make_workspace, phase, python_step, write_agent
 from testing.synthetic import SynIssue, SynPhase, write_run
 

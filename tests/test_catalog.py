@@ -1,4 +1,4 @@
-"""Stack profiles and the feature catalog: the shipped files and their own rules (DESIGN §11.12)."""
+"""Stack profiles and the feature catalog: the shipped files and their own rules (docs/architecture.md, Reuse)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import catalog, licences
-from pipeline.checks import validate_workspace
-from pipeline.config import builtin_path
-from pipeline.errors import InvalidInput, ValidationErrors
-from pipeline.planning import new_run, usable_sources
+from pipeline.commands.validate import validate_workspace
+from pipeline.config import catalog
+from pipeline.core.errors import InvalidInput, ValidationErrors
+from pipeline.core.overrides import builtin_path
+from pipeline.plan.generate import new_run, usable_sources
+from pipeline.policy import licences
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = (

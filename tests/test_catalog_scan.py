@@ -1,4 +1,4 @@
-"""`doit catalog_scan`: candidate repositories scored from local clones (DESIGN §11.12)."""
+"""`doit catalog_scan`: candidate repositories scored from local clones (docs/architecture.md, Reuse)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import yamlio
-from pipeline.catalog_scan import scan, scan_to_file
-from pipeline.checks import validate_workspace
-from pipeline.errors import InvalidInput
+from pipeline.commands.validate import validate_workspace
+from pipeline.core import yamlio
+from pipeline.core.errors import InvalidInput
 from pipeline.models.catalog import CandidateReport
+from pipeline.plan.scan import scan, scan_to_file
 from testing.gitrepo import make_repo
 
 MIT = """\

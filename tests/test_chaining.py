@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import InvalidInput
+from pipeline.core.errors import InvalidInput
 from pipeline.models.enums import RunState
-from pipeline.runner import run_to_end
+from pipeline.run.driver import run_to_end
 from testing.runs import make_workspace, phase
 
 AGENT = 'write(f"{PHASE}.txt", f"{PHASE}\\n")\nresult(status="success")'

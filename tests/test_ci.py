@@ -1,4 +1,4 @@
-"""pipeline.ci: real CI steps (real pytest runs) in temp projects; tries, flakes, failures."""
+"""pipeline.ci.runner: real CI steps (real pytest runs) in temp projects; tries, flakes, failures."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.ci import feedback_for, fingerprint, run_ci
-from pipeline.errors import InvalidInput
+from pipeline.ci.runner import feedback_for, fingerprint, run_ci
+from pipeline.core.errors import InvalidInput
 from pipeline.models.plan import CiProfile, CiStep
 from pipeline.models.reports import CiReport
 

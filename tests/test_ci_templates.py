@@ -1,4 +1,4 @@
-"""The CI job templates of `doit init_ci` (DESIGN §9): their structure, and the exact shell
+"""The CI job templates of `doit init_ci` (README.md, In CI): their structure, and the exact shell
 they run, executed here job by job against a local bare repository acting as the remote.
 
 Each job is a fresh `git clone` of the remote, as a CI runner makes it. The provider's own
@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.citemplates import PROVIDERS, template_text
-from pipeline.yamlio import dump_new, load_fast
+from pipeline.commands.init_ci import PROVIDERS, template_text
+from pipeline.core.yamlio import dump_new, load_fast
 from testing.gitrepo import git, make_repo, write_script
 from testing.runs import command, phase, plan_dict, python_step, write_agent
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import proc
-from pipeline.context import open_context, sync_tree
+from pipeline.core import proc
 from pipeline.models.run import Spend
+from pipeline.run.context import open_context, sync_tree
 from testing.runs import RunSetup, make_workspace
 
 # -- the record's copy in the worktree ---------------------------------------------------
@@ -140,7 +140,7 @@ def test_phase_saves_reach_the_disk_before_the_next_event_or_file(setup: RunSetu
         ctx.rec.note("P1", "something")
         assert json.loads(_text(phase_json))["feedback"] == "first"
         ctx.rec.save_phase(ctx.rec.phase("P1").model_copy(update={"feedback": "second"}))
-        from pipeline.jsonio import write_text_atomic
+        from pipeline.core.jsonio import write_text_atomic
 
         write_text_atomic(setup.run_dir / "other.txt", "x\n")
         assert json.loads(_text(phase_json))["feedback"] == "second"

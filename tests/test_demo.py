@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.demo import EXPECTED, EXPECTED_STATE, run_demo
+from pipeline.commands.demo import EXPECTED, EXPECTED_STATE, run_demo
 
 
 def test_demo_ends_as_designed(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The embedded demo data: the textstats sample, the scripted agent and the demo plan.
 
-The agent is run the way the supervisor runs it (pipeline.agents.run_agent, the plan's
+The agent is run the way the supervisor runs it (pipeline.agents.runner.run_agent, the plan's
 command line) in copies of the sample; the sample's own tests are run with pytest.
 """
 
@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 import pipeline
-from pipeline import proc
-from pipeline.agents import AgentOutcome, run_agent
+from pipeline.agents.runner import AgentOutcome, run_agent
+from pipeline.core import proc
+from pipeline.core.yamlio import load_roundtrip, to_plain
 from pipeline.models.plan import AgentSpec, Plan
 from pipeline.models.results import BuilderResult
-from pipeline.yamlio import load_roundtrip, to_plain
 from testing.gitrepo import tree_snapshot
 
 DEMO = Path(pipeline.__file__).parent / "data" / "demo"

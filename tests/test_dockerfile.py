@@ -1,4 +1,4 @@
-"""The Dockerfile for containerised CI jobs (DESIGN §9). There is no Docker engine here, so
+"""The Dockerfile for containerised CI jobs (README.md, In CI). There is no Docker engine here, so
 the file is parsed and its contract checked: the base image, git installed, the package
 installed from what is copied in, /workspace, and `python -m pipeline` as entrypoint."""
 

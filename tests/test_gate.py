@@ -10,19 +10,15 @@ from typing import Any
 
 import pytest
 
-from pipeline.gate import (
-    CHECK_ORDER,
-    PatchParseError,
-    check_secrets,
-    feedback_for,
-    parse_patch,
-    run_gate,
-)
-from pipeline.git import LocalGitCli, encode_patch
+from pipeline.gate.patch import PatchParseError, parse_patch
+from pipeline.gate.secrets import check_secrets
+from pipeline.gate.verdict import CHECK_ORDER, feedback_for, run_gate
 from pipeline.models.enums import BuilderMode, CiProfileName, Complexity, Severity
 from pipeline.models.plan import CiStep
 from pipeline.models.reports import GateCheck, GateReport
 from pipeline.models.strategy import PhaseStrategy
+from pipeline.vcs.adapter import encode_patch
+from pipeline.vcs.local import LocalGitCli
 from testing.gitrepo import git, make_repo
 
 BRANCH = "autonomous/r1"

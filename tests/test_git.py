@@ -1,4 +1,4 @@
-"""pipeline.git against real repositories: the user's checkout is never disturbed."""
+"""pipeline.vcs.adapter against real repositories: the user's checkout is never disturbed."""
 
 from __future__ import annotations
 
@@ -7,16 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import GitError
-from pipeline.git import (
-    DEFAULT_GIT_EMAIL,
-    DEFAULT_GIT_NAME,
-    GitAdapter,
-    LocalGitCli,
-    encode_patch,
-    git_env,
-    valid_ref_name,
-)
+from pipeline.core.errors import GitError
+from pipeline.vcs.adapter import GitAdapter, encode_patch, valid_ref_name
+from pipeline.vcs.local import DEFAULT_GIT_EMAIL, DEFAULT_GIT_NAME, LocalGitCli, git_env
 from testing.gitrepo import git, make_repo, tree_snapshot, write_script
 
 BRANCH = "autonomous/r1"
@@ -555,17 +548,17 @@ def _git_ok(cwd: Path, *args: str) -> bool:
 
 def _count_git(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The git subcommands the product runs from now on (the real calls, only counted)."""
-    import pipeline.proc
+    import pipeline.core.proc
 
     calls: list[str] = []
-    real = pipeline.proc.run
+    real = pipeline.core.proc.run
 
-    def counting(argv: object, *args: object, **kwargs: object) -> pipeline.proc.ProcResult:
+    def counting(argv: object, *args: object, **kwargs: object) -> pipeline.core.proc.ProcResult:
         if isinstance(argv, list) and argv[:1] == ["git"]:
             calls.append(next(a for a in argv[1:] if not a.startswith("-") and "=" not in a))
         return real(argv, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pipeline.proc, "run", counting)
+    monkeypatch.setattr(pipeline.core.proc, "run", counting)
     return calls
 
 

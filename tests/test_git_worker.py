@@ -1,4 +1,4 @@
-"""The remote git worker (pipeline.gitremote): a supervisor with no git on PATH drives a run
+"""The remote git worker (pipeline.vcs.codec): a supervisor with no git on PATH drives a run
 through an outbox directory that a worker with git serves.
 
 Real everything: the supervisor and the worker are `python -m pipeline` subprocesses (or,
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import GitError, InvalidInput
-from pipeline.git import ApplyResult, GitAdapter, IntegrationStatus, LocalGitCli, RefsState, WorktreeEntry
-from pipeline.gitremote import (
+from pipeline.core.errors import GitError, InvalidInput
+from pipeline.vcs.adapter import ApplyResult, GitAdapter, IntegrationStatus, RefsState, WorktreeEntry
+from pipeline.vcs.codec import (
     DONE,
     OPS,
     OUTBOX_ENV,
@@ -32,12 +32,12 @@ from pipeline.gitremote import (
     RESULTS,
     TIMEOUT_ENV,
     WORKERS,
-    GitWorker,
-    RemoteGitAdapter,
     encode_request,
-    make_adapter,
     timeout_from_env,
 )
+from pipeline.vcs.local import LocalGitCli
+from pipeline.vcs.remote import RemoteGitAdapter, make_adapter
+from pipeline.vcs.worker import GitWorker
 from testing.gitrepo import git, make_repo
 from testing.runs import make_workspace, phase, python_step
 
@@ -161,7 +161,7 @@ def test_a_run_without_git_on_the_supervisor_side(tmp_path: Path, target_separat
     assert setup.commits_with_trailer("Autopack-Phase", "P1") == [snapshot["commit"]]
     assert setup.git("show", f"{snapshot['commit']}:mod.py") == "X = 2"
     assert setup.git("rev-parse", "refs/heads/main") != snapshot["commit"]
-    if not target_separate:  # the branch carries the record (DESIGN §4)
+    if not target_separate:  # the branch carries the record (docs/architecture.md, The run directory)
         assert "DONE_SUCCESS" in setup.git("show", f"{setup.branch}:runs/{setup.run_id}/run.json")
     # Every request was answered and taken; the worker's ledger keeps the answers.
     assert not list((outbox / REQUESTS).iterdir())
@@ -445,7 +445,7 @@ def test_an_error_result_becomes_a_git_error(outbox: Path, repo: Path) -> None:
 
 
 def test_the_environment_chooses_the_adapter(tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.context import git_for
+    from pipeline.run.context import git_for
 
     monkeypatch.delenv(OUTBOX_ENV, raising=False)
     assert isinstance(make_adapter(repo), LocalGitCli)

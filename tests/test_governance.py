@@ -1,5 +1,4 @@
-"""Governance end to end: budgets, the auditor, tier and run ends (DESIGN §5, §11.2, §11.9,
-§11.10).
+"""Governance end to end: budgets, the auditor, tier and run ends (docs/architecture.md: One phase, Governance).
 
 Every terminal state is reached by a real run: a temporary git repository, scripted agents
 (small Python scripts run as subprocesses by the supervisor), real CI steps. Each test
@@ -19,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from pipeline.checks import validate_run
-from pipeline.config import builtin_path
-from pipeline.jsonio import read_model
+from pipeline.commands.validate import validate_run
+from pipeline.core.jsonio import read_model
+from pipeline.core.overrides import builtin_path
+from pipeline.core.yamlio import dump_new, load_fast
 from pipeline.models.results import AuditRecord
-from pipeline.runner import run_to_end
-from pipeline.yamlio import dump_new, load_fast
+from pipeline.run.driver import run_to_end
 from testing.runs import RunSetup, command, make_workspace, phase, pytest_step, python_step, write_agent
 
 FILES = {"mod.py": "X = 1\n"}

@@ -1,4 +1,4 @@
-"""Working in place (DESIGN §4): a checkout of the run's integration branch is the run's
+"""Working in place (docs/architecture.md, The run directory): a checkout of the run's integration branch is the run's
 worktree, as in a CI job. The git adapter allows it only while that branch is checked out
 there, and never touches the live record (runs/<run_id>/) or git-ignored files."""
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.context import open_context
-from pipeline.errors import GitError
-from pipeline.git import LocalGitCli
-from pipeline.runner import run_phase
+from pipeline.core.errors import GitError
+from pipeline.run.context import open_context
+from pipeline.run.driver import run_phase
+from pipeline.vcs.local import LocalGitCli
 from testing.gitrepo import git, make_repo
 from testing.runs import WORKSPACE_GITIGNORE, make_workspace, python_step
 

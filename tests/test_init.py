@@ -1,5 +1,5 @@
 """`python -m pipeline init` adopts Autopack in a repository; the real `doit` binary then
-drives a run there (DESIGN §4a, §9). Init never overwrites anything."""
+drives a run there (README.md, The plan; README.md, In CI). Init never overwrites anything."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.scaffold import FILES, GITIGNORE_LINES
-from pipeline.yamlio import dump_new, load_fast
+from pipeline.commands.init import FILES, GITIGNORE_LINES
+from pipeline.core.yamlio import dump_new, load_fast
 from testing.gitrepo import git, make_repo, tree_snapshot, write_script
 
 DOIT = Path(sys.executable).parent / "doit"
@@ -91,7 +91,7 @@ def test_init_keeps_the_users_files(tmp_path: Path) -> None:
     done = init(repo)
     assert (repo / "dodo.py").read_text() == "# mine\n"
     assert (repo / "profiles" / "ci.yaml").read_text() == "normal: {steps: []}\n"
-    assert "skipped dodo.py: exists, left as it is; add `from pipeline.tasks import *`" in done.stdout
+    assert "skipped dodo.py: exists, left as it is; add `from autopack_tasks import *`" in done.stdout
     assert "skipped profiles/ci.yaml" in done.stdout
     assert "created profiles/ruleset.yaml" in done.stdout
     ignore = (repo / ".gitignore").read_text()

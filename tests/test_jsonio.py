@@ -1,4 +1,4 @@
-"""pipeline.jsonio: deterministic JSON, atomic writes that survive SIGKILL, located errors."""
+"""pipeline.core.jsonio: deterministic JSON, atomic writes that survive SIGKILL, located errors."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from pydantic import Field
 
-from pipeline.errors import InvalidInput, ValidationErrors
-from pipeline.jsonio import (
+from pipeline.core.errors import InvalidInput, ValidationErrors
+from pipeline.core.jsonio import (
     canonical_json,
     json_path,
     read_json,
@@ -136,7 +136,7 @@ _WRITER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from pipeline.jsonio import write_text_atomic
+    from pipeline.core.jsonio import write_text_atomic
     target = Path(sys.argv[1])
     versions = [sys.argv[2], sys.argv[3]]
     texts = [open(v, encoding="utf-8").read() for v in versions]
@@ -196,8 +196,8 @@ def test_write_text_atomic_refuses_directory_target(tmp_path: Path) -> None:
 
 def test_a_barrier_runs_before_every_atomic_write_and_child_process(tmp_path: Path) -> None:
     """A writer holding a write back (the Recorder) gets it out before anything else lands."""
-    from pipeline import proc
-    from pipeline.jsonio import add_barrier, remove_barrier
+    from pipeline.core import proc
+    from pipeline.core.jsonio import add_barrier, remove_barrier
 
     held = tmp_path / "held.txt"
     order: list[str] = []
@@ -221,7 +221,7 @@ def test_a_barrier_runs_before_every_atomic_write_and_child_process(tmp_path: Pa
 
 
 def test_model_text_is_what_write_model_writes(tmp_path: Path) -> None:
-    from pipeline.jsonio import model_text
+    from pipeline.core.jsonio import model_text
 
     doc = Doc(title="t", items=[Item(name="a", size=1)])
     write_model(tmp_path / "doc.json", doc)

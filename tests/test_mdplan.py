@@ -1,4 +1,4 @@
-"""`--from-md`: a markdown plan normalised into plan.yaml, and back (DESIGN §11.3)."""
+"""`--from-md`: a markdown plan normalised into plan.yaml, and back (docs/architecture.md, Governance)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import config, yamlio
-from pipeline.checks import validate_run
-from pipeline.errors import ValidationErrors
-from pipeline.mdplan import parse_markdown, render_markdown
-from pipeline.planfile import load_plan
-from pipeline.planning import new_run
+from pipeline.commands.validate import validate_run
+from pipeline.config.profiles import load_ruleset
+from pipeline.core import yamlio
+from pipeline.core.errors import ValidationErrors
+from pipeline.plan.file import load_plan
+from pipeline.plan.generate import new_run
+from pipeline.plan.markdown import parse_markdown, render_markdown
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "docs" / "plan-from-markdown.md"
@@ -39,7 +40,7 @@ def test_the_example_plan_round_trips() -> None:
 
 def test_new_run_from_markdown_writes_a_valid_plan(tmp_path: Path) -> None:
     path = new_run(tmp_path, "orders-api", from_md=str(EXAMPLE))
-    plan, _ = load_plan(path, categories=config.load_ruleset(tmp_path).ruleset.categories)
+    plan, _ = load_plan(path, categories=load_ruleset(tmp_path).ruleset.categories)
     assert plan.project_id == "shop-backend"
     assert [p.phase_id for _, p in plan.phases()] == ["F1.1", "F1.2", "F2.1", "F2.2-staff"]
     assert plan.agents.builder is not None  # the starting plan's placeholder, to be edited

@@ -1,4 +1,4 @@
-"""Plan files: every bad plan gets its own clear, located error (DESIGN §2.5, §2.8, §4a).
+"""Plan files: every bad plan gets its own clear, located error (docs/architecture.md, Invariants; README.md, The plan).
 
 Each test writes a real runs/<R>/plan.yaml into a temp workspace and checks the exact
 `file:line:col: $.path: message` lines a person would see.
@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pipeline import yamlio
-from pipeline.errors import InvalidInput, ValidationErrors
+from pipeline.core import yamlio
+from pipeline.core.errors import InvalidInput, ValidationErrors
 from pipeline.models.enums import Complexity
 from pipeline.models.plan import Plan
-from pipeline.planfile import load_plan, plan_sha256, write_new_plan
+from pipeline.plan.file import load_plan, plan_sha256, write_new_plan
 
 CATEGORIES = {"feature_scaffolding", "tests", "docs"}
 

@@ -1,5 +1,5 @@
 """PLAN_BOOTSTRAP from a project type and features: stack profile, reuse decisions, budget
-modifiers in the compiled strategy, templates (DESIGN §11.3, §11.12)."""
+modifiers in the compiled strategy, templates (docs/architecture.md: Governance, Reuse)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,16 @@ from typing import Any
 
 import pytest
 
-from pipeline import catalog, config, yamlio
-from pipeline.checks import validate_run
-from pipeline.errors import InvalidInput
+from pipeline.commands.validate import validate_run
+from pipeline.config import catalog
+from pipeline.config.profiles import load_ci_profiles, load_ruleset
+from pipeline.core import yamlio
+from pipeline.core.errors import InvalidInput
 from pipeline.models.catalog import QualityThresholds
-from pipeline.planfile import load_plan
-from pipeline.planning import decide, new_run, save_template
-from pipeline.store import RunStore
-from pipeline.strategy import compile_strategy
+from pipeline.plan.file import load_plan
+from pipeline.plan.generate import decide, new_run, save_template
+from pipeline.policy.strategy import compile_strategy
+from pipeline.store.rundir import RunStore
 
 FEATURES = "auth_basic,rate_limiting,rest_api_crud"
 
@@ -34,13 +36,13 @@ def _phases(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _strategy(ws: Path, path: Path) -> Any:
     plan, _ = load_plan(path)
-    loaded = config.load_ruleset(ws)
+    loaded = load_ruleset(ws)
     return compile_strategy(
         plan,
         loaded.ruleset,
         plan_sha256="0" * 64,
         ruleset_sha256=loaded.sha256,
-        ci_profiles=config.load_ci_profiles(ws, plan.ci),
+        ci_profiles=load_ci_profiles(ws, plan.ci),
         overridden=loaded.overridden,
     )
 
@@ -62,7 +64,7 @@ def test_the_decision_follows_the_match(match: float, decision: str, modifier: f
 
 def test_project_type_and_features_give_reuse_and_greenfield_phases(tmp_path: Path) -> None:
     path, data = _plan(tmp_path, project_type="api_service", features=FEATURES)
-    plan, _ = load_plan(path, categories=config.load_ruleset(tmp_path).ruleset.categories)  # a valid plan
+    plan, _ = load_plan(path, categories=load_ruleset(tmp_path).ruleset.categories)  # a valid plan
     assert plan.stack is not None and plan.stack.profile == "web_fastapi_pg"
     components = {"language": "python", "backend": "fastapi", "db": "postgres", "packaging": "docker"}
     assert data["stack"]["components"] == components
@@ -206,7 +208,7 @@ def test_a_plan_saved_as_a_template_starts_the_next_run(tmp_path: Path) -> None:
         assert again == {**data, "run_id": run_id}
     new_run(tmp_path, "typed", template="secured", project_type="api_service")
     assert catalog.workspace_problems(tmp_path) == []
-    from pipeline.checks import validate_workspace
+    from pipeline.commands.validate import validate_workspace
 
     assert validate_workspace(tmp_path, "typed") == []
     with pytest.raises(InvalidInput, match="already exists"):

@@ -1,4 +1,4 @@
-"""Agent presets end to end (DESIGN §6): a fake executable named like each real CLI, put
+"""Agent presets end to end (docs/architecture.md, Agents): a fake executable named like each real CLI, put
 first on PATH, prints that CLI's real output format and edits the worktree; a full phase
 runs with the preset and the run record shows the usage parsed from that format.
 
@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from pipeline.agents import resolve_agent, run_agent
-from pipeline.errors import InvalidInput, ValidationErrors
-from pipeline.masking import is_secret_name, mask_text
+from pipeline.agents.presets import load_agent_presets
+from pipeline.agents.runner import resolve_agent, run_agent
+from pipeline.agents.usage import parse_usage
+from pipeline.core.errors import InvalidInput, ValidationErrors
+from pipeline.core.masking import is_secret_name, mask_text
 from pipeline.models.plan import AgentSpec
-from pipeline.presets import load_agent_presets
-from pipeline.runner import run_phase
-from pipeline.usage import parse_usage
+from pipeline.run.driver import run_phase
 from testing.gitrepo import write_script
 from testing.runs import RunSetup, make_workspace, phase, python_step
 

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import proc
+from pipeline.core import proc
 
 STUBBORN = """
 import os, signal, subprocess, sys, time

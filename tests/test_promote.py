@@ -1,4 +1,4 @@
-"""`doit promote` (DESIGN §2.1, §2.2, §11.10): the only writer of a base branch.
+"""`doit promote` (docs/architecture.md: Invariants, Governance): the only writer of a base branch.
 
 Real runs (a scripted builder, real CI commands) in real temporary git repositories; the
 user's checkout is compared byte for byte before and after.
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.checks import validate_workspace
-from pipeline.errors import IntegrityError, StepFailed
-from pipeline.promote import check_promotion, promote
-from pipeline.runner import run_phase, run_to_end
-from pipeline.status import all_status, run_status
+from pipeline.commands.status import all_status, run_status
+from pipeline.commands.validate import validate_workspace
+from pipeline.core.errors import IntegrityError, StepFailed
+from pipeline.run.driver import run_phase, run_to_end
+from pipeline.run.promote import check_promotion, promote
 from testing.gitrepo import git, tree_snapshot
 from testing.runs import RunSetup, make_workspace, phase, python_step
 

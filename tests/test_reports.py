@@ -29,8 +29,7 @@ import duckdb
 import pytest
 from pydantic import BaseModel
 
-from pipeline import reports, rollup
-from pipeline.errors import InvalidInput
+from pipeline.core.errors import InvalidInput
 from pipeline.models.base import ID_PATTERN
 from pipeline.models.enums import Complexity, IssueSource, PhaseState, RunState, Severity, TierState
 from pipeline.models.events import Event
@@ -38,6 +37,9 @@ from pipeline.models.issues import PhaseIssueFile, ProjectBacklog, RunIssueIndex
 from pipeline.models.reports import CiReport
 from pipeline.models.results import AttemptRecord
 from pipeline.models.run import PhaseRecord, RunRecord
+from pipeline.reporting import rollup
+from pipeline.reporting.queries import metrics_diff, run_sql
+from pipeline.reporting.report import build_report
 from testing.runtree import AttemptSpec, IssueSpec, PhaseSpec, RunSpec, TierSpec, write_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -436,7 +438,7 @@ def test_backlog_view(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def test_backlog_file_view_reads_the_materialised_backlog(ws: Path) -> None:
-    from pipeline.jsonio import write_model
+    from pipeline.core.jsonio import write_model
     from pipeline.models.issues import BacklogEntry
 
     entry = BacklogEntry(
@@ -459,7 +461,7 @@ def test_backlog_file_view_reads_the_materialised_backlog(ws: Path) -> None:
 
 
 def test_report_content(ws: Path) -> None:
-    built = reports.build_report(ws)
+    built = build_report(ws)
     assert (built.runs, built.reread) == (3, 3)
     md = (ws / "reports" / "index.md").read_text()
     assert "- 3 runs: 2 DONE_SUCCESS, 1 DONE_FAILED_*, 0 not finished; 2 eligible for promotion." in md
@@ -484,9 +486,9 @@ def test_report_content(ws: Path) -> None:
 
 
 def test_report_is_deterministic(ws: Path) -> None:
-    reports.build_report(ws)
+    build_report(ws)
     first = (ws / "reports" / "index.html").stat().st_mtime_ns
-    reports.build_report(ws)
+    build_report(ws)
     assert (ws / "reports" / "index.html").stat().st_mtime_ns == first  # same bytes: not rewritten
 
 
@@ -542,10 +544,10 @@ def test_a_run_filed_under_another_directory_is_refused(ws: Path) -> None:
 
 
 def test_an_empty_workspace_reports_no_runs(tmp_path: Path) -> None:
-    built = reports.build_report(tmp_path)
+    built = build_report(tmp_path)
     assert built.runs == 0
     assert "- 0 runs:" in (tmp_path / "reports" / "index.md").read_text()
-    assert reports.run_sql(tmp_path, "SELECT count(*) AS n FROM attempts", "csv") == "n\n0\n"
+    assert run_sql(tmp_path, "SELECT count(*) AS n FROM attempts", "csv") == "n\n0\n"
 
 
 # -- doit sql and doit metrics_diff ------------------------------------------------------------
@@ -558,11 +560,11 @@ def test_sql_formats(ws: Path) -> None:
     assert table.returncode == 0, table.stderr
     assert table.stdout.splitlines()[0].split() == ["run_id", "tokens", "created_at", "promotion_reasons"]
     assert "r-budget  29000   2026-01-02T00:00:00" in table.stdout and table.stdout.endswith("(3 rows)\n")
-    assert reports.run_sql(ws, QUERY, "csv").splitlines()[:2] == [
+    assert run_sql(ws, QUERY, "csv").splitlines()[:2] == [
         "run_id,tokens,created_at,promotion_reasons",
         "r-budget,29000,2026-01-02T00:00:00,[]",
     ]
-    assert json.loads(reports.run_sql(ws, QUERY, "json"))[2] == {
+    assert json.loads(run_sql(ws, QUERY, "json"))[2] == {
         "run_id": "r-old",
         "tokens": 400,
         "created_at": "2025-12-31T00:00:00",
@@ -588,8 +590,8 @@ def test_sql_bad_query_prints_duckdbs_message(ws: Path) -> None:
 
 def test_sql_cannot_damage_the_rollup(ws: Path) -> None:
     with pytest.raises(InvalidInput, match="read-only"):
-        reports.run_sql(ws, "DELETE FROM rollup.raw_runs")
-    assert reports.run_sql(ws, "SELECT count(*) AS n FROM runs", "csv") == "n\n3\n"
+        run_sql(ws, "DELETE FROM rollup.raw_runs")
+    assert run_sql(ws, "SELECT count(*) AS n FROM runs", "csv") == "n\n3\n"
 
 
 def test_metrics_diff(ws: Path) -> None:
@@ -602,10 +604,10 @@ def test_metrics_diff(ws: Path) -> None:
     assert lines["issues: major"][-3:] == ["0", "1", "1"]
     assert lines["duration (s, start to end)"][-3:] == ["3600.0", "7200.0", "3600.0"]
     assert lines["state"][-3:] == ["DONE_SUCCESS", "DONE_FAILED_BUDGET_EXHAUSTED", "differs"]
-    data = json.loads(reports.metrics_diff(ws, "r-ok", "r-budget", "json"))
+    data = json.loads(metrics_diff(ws, "r-ok", "r-budget", "json"))
     assert {"metric": "attempts", "r-ok": 4, "r-budget": 5, "delta (b - a)": 1} in data
     assert {"metric": "cost (USD)", "r-ok": 0.025, "r-budget": 0.29, "delta (b - a)": 0.265} in data
-    same = json.loads(reports.metrics_diff(ws, "r-budget", "r-budget", "json"))
+    same = json.loads(metrics_diff(ws, "r-budget", "r-budget", "json"))
     assert {"metric": "issues: minor", "r-budget": 2, "r-budget (again)": 2, "delta (b - a)": 0} in same
     nope = cli(ws, "metrics_diff", "--a", "r-ok", "--b", "r-nope")
     assert nope.returncode == 2 and "no run 'r-nope'" in nope.stderr and "Traceback" not in nope.stderr
@@ -633,7 +635,7 @@ addEventListener('load', () => {
 def test_html_charts_render_in_a_headless_browser(ws: Path) -> None:
     chromium = CHROMIUM
     assert chromium is not None
-    reports.build_report(ws)
+    build_report(ws)
     page = ws / "reports" / "probe.html"  # the report plus a measuring script (the report has none)
     page.write_text((ws / "reports" / "index.html").read_text().replace("</body>", PROBE + "</body>"))
     flags = [
@@ -681,13 +683,13 @@ def test_the_documented_queries_run(ws: Path) -> None:
     queries = re.findall(r'--query="\n(.*?)"\n```', text, flags=re.S)
     assert len(queries) >= 5
     for query in queries:
-        reports.run_sql(ws, query, "table")
+        run_sql(ws, query, "table")
 
 
 def test_sql_reads_file_views_it_names(ws: Path) -> None:
     """`doit sql` leaves the file-reading views it does not need empty, and fills those it names."""
-    assert reports.run_sql(ws, "SELECT count(*) AS n FROM ci_runs", "csv") == "n\n8\n"
-    assert reports.run_sql(ws, "SELECT count(*) AS n FROM raw_phase_issues", "csv") == "n\n6\n"  # files
-    assert reports.run_sql(ws, "SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM issues) AS n", "csv") == (
+    assert run_sql(ws, "SELECT count(*) AS n FROM ci_runs", "csv") == "n\n8\n"
+    assert run_sql(ws, "SELECT count(*) AS n FROM raw_phase_issues", "csv") == "n\n6\n"  # files
+    assert run_sql(ws, "SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM issues) AS n", "csv") == (
         "n\n17\n"
     )

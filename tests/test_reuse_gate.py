@@ -1,4 +1,4 @@
-"""The gate's licence and attribution checks on external code phases (DESIGN §11.12), and the
+"""The gate's licence and attribution checks on external code phases (docs/architecture.md, Reuse), and the
 categories of the issues those phases raise. Patches are real `git diff` output."""
 
 from __future__ import annotations
@@ -8,18 +8,13 @@ from typing import Any
 
 import pytest
 
-from pipeline import licences
-from pipeline.gate import (
-    CHECK_ORDER,
-    check_attribution,
-    check_licence,
-    external_issue_category,
-    is_notice_file,
-    parse_patch,
-)
+from pipeline.gate.licence import check_attribution, check_licence, external_issue_category, is_notice_file
+from pipeline.gate.patch import parse_patch
+from pipeline.gate.verdict import CHECK_ORDER
 from pipeline.models.enums import BuilderMode, CiProfileName, Complexity, Severity
 from pipeline.models.plan import PlanReuse, ReuseSource
 from pipeline.models.strategy import PhaseStrategy
+from pipeline.policy import licences
 from testing.gitrepo import git, make_repo
 
 MIT_HEADER = (

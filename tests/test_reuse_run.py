@@ -1,5 +1,5 @@
 """A bootstrapped plan (`new_run --project-type --features`) run end to end with scripted
-agents, and reuse phases stopped by the gate's licence checks (DESIGN §11.12)."""
+agents, and reuse phases stopped by the gate's licence checks (docs/architecture.md, Reuse)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from pipeline import yamlio
-from pipeline.checks import validate_run
-from pipeline.planning import new_run
-from pipeline.runner import run_phase, run_to_end
+from pipeline.commands.validate import validate_run
+from pipeline.core import yamlio
+from pipeline.plan.generate import new_run
+from pipeline.run.driver import run_phase, run_to_end
 from testing.gitrepo import make_repo
 from testing.runs import RunSetup, command, python_step, write_agent
 

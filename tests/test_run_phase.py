@@ -1,4 +1,4 @@
-"""run_phase / run_to_end / submit_patch end to end (DESIGN §2, §4, §5).
+"""run_phase / run_to_end / submit_patch end to end (docs/architecture.md: Invariants, The run directory, One phase).
 
 Real temporary git repositories, real subprocess agents (scripts from testing.runs), real CI
 commands. Every test checks the recorded artifacts and git state, and that the user's base
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import states
-from pipeline.errors import RunLocked
+from pipeline.core.errors import RunLocked
 from pipeline.models.enums import PhaseState, RunState, TierState
-from pipeline.runner import run_phase, run_to_end, submit_patch
-from pipeline.store import EventLog
+from pipeline.policy import states
+from pipeline.run.driver import run_phase, run_to_end, submit_patch
+from pipeline.store.events import EventLog
 from testing.gitrepo import git, tree_snapshot
 from testing.runs import RunSetup, make_workspace, phase, pytest_step, python_step
 
@@ -37,7 +37,7 @@ IMPORT_CI = [python_step("import", "import mod")]
 
 @dataclass(frozen=True)
 class UserState:
-    """Everything of the user's checkout a run must leave alone (DESIGN §2.1, §2.2)."""
+    """Everything of the user's checkout a run must leave alone (docs/architecture.md, Invariants)."""
 
     main: str
     head_ref: str
@@ -722,7 +722,7 @@ write("mod.py", "X = 2\\n")
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from pipeline.store import RunStore
+from pipeline.store.rundir import RunStore
 lock = RunStore(Path(sys.argv[1]), sys.argv[2]).lock()
 lock.acquire()
 print("locked", flush=True)

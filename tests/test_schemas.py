@@ -1,4 +1,4 @@
-"""The committed schemas/ files are exactly what the models generate (DESIGN §2.5, §3)."""
+"""The committed schemas/ files are exactly what the models generate (docs/architecture.md: Invariants, Code map)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.models.plan import Plan
-from pipeline.validate import (
+from pipeline.core.schemas import (
     SCHEMA_DIALECT,
     SCHEMA_MODELS,
     check_schemas,
@@ -17,6 +16,7 @@ from pipeline.validate import (
     validate_instance,
     write_schemas,
 )
+from pipeline.models.plan import Plan
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.checks import validate_run
-from pipeline.errors import ValidationErrors
+from pipeline.commands.validate import validate_run
+from pipeline.core.errors import ValidationErrors
 from testing.runs import make_workspace, phase
 
 

@@ -1,4 +1,4 @@
-"""pipeline.states: the one transition table, checked over the full cross product."""
+"""pipeline.policy.states: the one transition table, checked over the full cross product."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.errors import TransitionError
+from pipeline.core.errors import TransitionError
 from pipeline.models.enums import PhaseState, RunState, TierState
-from pipeline.states import (
+from pipeline.policy.states import (
     PHASE_TRANSITIONS,
     RUN_TRANSITIONS,
     TIER_TRANSITIONS,

@@ -1,4 +1,4 @@
-"""pipeline.store: the hash-chained event log, the run lock (two real processes), run paths."""
+"""pipeline.store.rundir: the hash-chained event log, the run lock (two real processes), run paths."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import IntegrityError, InvalidInput, RunLocked
+from pipeline.core.errors import IntegrityError, InvalidInput, RunLocked
 from pipeline.models.enums import RunState
-from pipeline.store import EMPTY_SHA256, EventLog, RunLock, RunStore
+from pipeline.store.events import EMPTY_SHA256, EventLog
+from pipeline.store.lock import RunLock
+from pipeline.store.rundir import RunStore
 
 REPO = Path(__file__).resolve().parents[1]
 TS = "2026-11-21T12:00:00Z"
@@ -248,7 +250,7 @@ _HOLDER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from pipeline.store import RunStore
+    from pipeline.store.rundir import RunStore
     with RunStore(Path(sys.argv[1]), sys.argv[2]).lock():
         print("locked", flush=True)
         time.sleep(60)

@@ -1,4 +1,4 @@
-"""StrategyEngine and ruleset (DESIGN §11.6-§11.9): plan + ruleset -> frozen strategy.
+"""StrategyEngine and ruleset (docs/architecture.md, Governance): plan + ruleset -> frozen strategy.
 
 Pure compilation over real ruleset files (the built-in one, and workspace overrides
 written to a temp dir), plus `python -m pipeline strategy --run R` as a user runs it.
@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 
-from pipeline import config
-from pipeline.errors import InvalidInput
+from pipeline.config.profiles import load_ci_profiles, load_ruleset
+from pipeline.core.errors import InvalidInput
+from pipeline.core.overrides import builtin_path
+from pipeline.core.yamlio import load_fast
 from pipeline.models.enums import CiProfileName, Complexity
 from pipeline.models.plan import Plan
 from pipeline.models.strategy import PhaseStrategy, Strategy
-from pipeline.strategy import compile_strategy
-from pipeline.yamlio import load_fast
+from pipeline.policy.strategy import compile_strategy
 from testing.runs import make_workspace, phase
 
 HIGH_RISK = {
@@ -64,7 +65,7 @@ def compile_plan(
     tiers: Sequence[Mapping[str, Any]] | None = None,
     **plan_fields: Any,
 ) -> Strategy:
-    loaded = config.load_ruleset(ws)
+    loaded = load_ruleset(ws)
     plan = Plan.model_validate(
         {
             "run_id": "r1",
@@ -78,7 +79,7 @@ def compile_plan(
         loaded.ruleset,
         plan_sha256="0" * 64,
         ruleset_sha256=loaded.sha256,
-        ci_profiles=config.load_ci_profiles(ws, plan.ci),
+        ci_profiles=load_ci_profiles(ws, plan.ci),
         overridden=loaded.overridden,
     )
 
@@ -114,7 +115,7 @@ def test_high_risk_category_defaults(tmp_path: Path, category: str, profile: str
     assert ps.default_severity.value == "major"
     assert ps.auto_apply is False
     assert ps.auditor_profile == profile
-    assert config.builtin_path(f"auditors/{profile}.md").is_file(), "each auditor profile ships its prompt"
+    assert builtin_path(f"auditors/{profile}.md").is_file(), "each auditor profile ships its prompt"
 
 
 def test_ordinary_category_defaults_and_plan_choices(tmp_path: Path) -> None:
@@ -230,7 +231,7 @@ def test_more_phases_than_max_phases_is_refused(tmp_path: Path) -> None:
 
 def test_an_override_of_one_field_keeps_the_other_built_in_fields(tmp_path: Path) -> None:
     ws = workspace(tmp_path, "categories:\n  bugfix:\n    max_builder_attempts: 5\n")
-    loaded = config.load_ruleset(ws)
+    loaded = load_ruleset(ws)
     assert loaded.source.endswith("profiles/ruleset.yaml")
     assert "categories.bugfix.max_builder_attempts" in loaded.overridden
     ps = one(ws, "bugfix")
@@ -252,17 +253,17 @@ def test_an_override_of_a_category_reaches_its_alias(tmp_path: Path) -> None:
 def test_an_older_workspace_ruleset_gets_new_built_in_defaults(tmp_path: Path) -> None:
     # A full project ruleset written before `aliases`, `debt_cleanup`, `on_policy_violation`,
     # the categories' `max_auditor_attempts` and the debt_cleanup category existed.
-    old = load_fast(config.builtin_path("ruleset.yaml"))
+    old = load_fast(builtin_path("ruleset.yaml"))
     for key in ("aliases", "debt_cleanup", "on_policy_violation"):
         del old[key]
     del old["categories"]["debt_cleanup"]
     for rule in old["categories"].values():
         rule.pop("max_auditor_attempts", None)
     old["categories"]["tests"]["incident_token_cap"] = 90_000
-    from pipeline.yamlio import dump_new
+    from pipeline.core.yamlio import dump_new
 
     ws = workspace(tmp_path, dump_new(old))
-    loaded = config.load_ruleset(ws)
+    loaded = load_ruleset(ws)
     assert loaded.ruleset.aliases == ALIASES
     assert loaded.ruleset.on_policy_violation == "fail_run"
     assert "debt_cleanup" in loaded.ruleset.categories
@@ -299,7 +300,7 @@ def test_an_invalid_workspace_ruleset_is_a_clear_error_naming_the_file(
 ) -> None:
     ws = workspace(tmp_path, text)
     with pytest.raises(InvalidInput) as err:
-        config.load_ruleset(ws)
+        load_ruleset(ws)
     assert "profiles/ruleset.yaml" in err.value.message
     assert expected in err.value.message
 
@@ -362,7 +363,7 @@ def test_strategy_task_with_an_invalid_ruleset_exits_2_naming_the_file(tmp_path:
 
 
 def test_strategy_output_shows_the_tier_multiplier_the_ruleset_set(tmp_path: Path) -> None:
-    from pipeline.explain import explain_strategy
+    from pipeline.commands.explain import explain_strategy
     from testing.runs import make_workspace
 
     setup = make_workspace(tmp_path, agent_body="pass")

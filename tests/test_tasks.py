@@ -1,4 +1,4 @@
-"""The task interface (DESIGN §4a, §10) through real subprocesses, both ways in.
+"""The task interface (README.md, The plan; docs/architecture.md, Exit codes) through real subprocesses, both ways in.
 
 `python -m pipeline <task> ...` runs with cwd = a temp workspace (a real git repository),
 and the real `doit` binary runs with a `dodo.py` and the `pyproject.toml` snippet that
@@ -31,7 +31,7 @@ MAIN_REPO = Path(__file__).resolve().parents[1]
 DOIT = Path(sys.executable).parent / "doit"
 RUN = "demo1"
 PLAN = f"runs/{RUN}/plan.yaml"
-DOIT_PLUGIN = '[tool.doit.plugins.command]\nrun = "pipeline.cli:RunCommand"\n'
+DOIT_PLUGIN = '[tool.doit.plugins.command]\nrun = "autopack_tasks:RunCommand"\n'
 # Workspace entries the supervisor itself adds; everything else is the user's.
 OWN = ("runs", ".autopack", ".doit.db")
 
@@ -98,7 +98,7 @@ def _user_files(ws: Path) -> dict[str, bytes]:
 
 
 def _user_state(ws: Path) -> dict[str, object]:
-    """What a run must leave alone in the user's checkout (DESIGN §2.1, §2.2)."""
+    """What a run must leave alone in the user's checkout (docs/architecture.md, Invariants)."""
     return {
         "files": _user_files(ws),
         "head": git(ws, "rev-parse", "HEAD"),

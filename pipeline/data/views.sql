@@ -1,4 +1,4 @@
--- Autopack: DuckDB views over a workspace's runs/ (DESIGN §8). Paths are relative to the
+-- Autopack: DuckDB views over a workspace's runs/ (docs/metrics.md). Paths are relative to the
 -- workspace root, so from there:
 --
 --     duckdb -init reports/views.sql             then e.g.  FROM runs ORDER BY created_at;
@@ -229,7 +229,7 @@ SELECT
 FROM raw_runs;
 
 -- One row per tier of each run (run.json tiers[]). promotion_blocked: a not_clean tier
--- keeps the run from being promoted (DESIGN §11.10).
+-- keeps the run from being promoted (docs/architecture.md, Governance).
 CREATE OR REPLACE VIEW tiers AS
 SELECT
     run_id, project_id, run_state, safety_profile, run_created_at,
@@ -298,7 +298,7 @@ SELECT
     environment_error, filename
 FROM (SELECT *, artifact_path(filename) AS path FROM raw_ci);
 
--- One row per issue of each phase file (issues.json, DESIGN §11.5.1).
+-- One row per issue of each phase file (issues.json, docs/architecture.md, Issues).
 CREATE OR REPLACE VIEW issues AS
 SELECT
     run_of(filename) AS run_id, phase_index_of(filename) AS phase_index, phase_id, tier_id, issue_state,
@@ -307,7 +307,7 @@ SELECT
     filename
 FROM (SELECT filename, phase_id, tier_id, issue_state, unnest(issues) AS i FROM raw_phase_issues);
 
--- One row per distinct issue key of each run (run_issue_index.json, DESIGN §11.5.2).
+-- One row per distinct issue key of each run (run_issue_index.json, docs/architecture.md, Issues).
 CREATE OR REPLACE VIEW run_issues AS
 SELECT
     run_id, e.key AS issue_key, e.value.category AS category, e.value.severity AS severity,
@@ -324,7 +324,7 @@ SELECT run_of(filename) AS run_id, seq, utc(ts) AS ts, kind, entity, from_state,
        prev_sha256, filename
 FROM raw_events;
 
--- The project issue backlog (DESIGN §7, §11.5.3), derived from every run's issue index:
+-- The project issue backlog (docs/architecture.md, Issues), derived from every run's issue index:
 -- ages count distinct runs and distinct (run, tier) pairs, never records. status is
 -- needs_cleanup once a minor issue reaches the aging thresholds of the safety profile of
 -- the run it was last seen in (the built-in ruleset: normal 3 runs / 2 tiers,

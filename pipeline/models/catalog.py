@@ -1,5 +1,5 @@
 """Stack profiles (profiles/stacks.yaml), the curated feature catalog (catalog/features.yaml)
-and catalog candidates (catalog/candidates/*.yaml) — DESIGN §11.12."""
+and catalog candidates (catalog/candidates/*.yaml) — docs/architecture.md, Reuse"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The closed vocabularies of DESIGN §5 and §11."""
+"""The closed vocabularies of docs/architecture.md: One phase, Governance"""
 
 from __future__ import annotations
 

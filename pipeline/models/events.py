@@ -1,4 +1,4 @@
-"""One line of `runs/<run_id>/events.jsonl` (DESIGN §2.6): a hash-chained state change."""
+"""One line of `runs/<run_id>/events.jsonl` (docs/architecture.md, Invariants): a hash-chained state change."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issues at three levels (DESIGN §7, §11.5)."""
+"""Issues at three levels (docs/architecture.md, Issues)."""
 
 from __future__ import annotations
 

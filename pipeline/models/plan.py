@@ -1,4 +1,4 @@
-"""The hand-edited plan (runs/<run_id>/plan.yaml, DESIGN §4a)."""
+"""The hand-edited plan (runs/<run_id>/plan.yaml, README.md, The plan)."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ class ReuseSource(Frozen):
 
 
 class PlanReuse(Frozen):
-    """The reuse decision for one catalog feature (DESIGN §11.12), made by `new_run`."""
+    """The reuse decision for one catalog feature, made by `new_run` from the curated catalog."""
 
     feature: str = Field(min_length=1)
     decision: Literal["fork_and_adapt", "extract_components", "greenfield"]

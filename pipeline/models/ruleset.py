@@ -1,4 +1,4 @@
-"""The ruleset (profiles/ruleset.yaml merged over the built-in defaults, DESIGN §11.6-11.9)."""
+"""The ruleset (profiles/ruleset.yaml merged over the built-in defaults, docs/architecture.md, Governance)."""
 
 from __future__ import annotations
 

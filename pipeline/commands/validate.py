@@ -1,0 +1,149 @@
+"""`doit validate`: every plan, profile and run artifact checked, all problems at once.
+
+Returns the problems (an execution outcome); the task turns them into exit 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from pipeline.config.workspace import Workspace
+from pipeline.core.errors import AutopackError, InvalidInput, ValidationErrors
+from pipeline.core.jsonio import read_model
+from pipeline.models.issues import PhaseIssueFile, RunIssueIndex
+from pipeline.models.plan import Plan
+from pipeline.models.reports import CiReport, GateReport
+from pipeline.models.results import AttemptRecord
+from pipeline.models.run import PhaseRecord, RunRecord
+from pipeline.models.strategy import Strategy
+from pipeline.store.rundir import RunStore
+
+# Artifact file name -> model, for files anywhere under a run directory.
+_ARTIFACTS: dict[str, type[BaseModel]] = {
+    "run.json": RunRecord,
+    "strategy.json": Strategy,
+    "run_issue_index.json": RunIssueIndex,
+    "phase.json": PhaseRecord,
+    "issues.json": PhaseIssueFile,
+    "gate.json": GateReport,
+    "builder.json": AttemptRecord,
+    "ci.json": CiReport,
+}
+
+
+def _problems_of(check: Callable[[], object]) -> list[str]:
+    try:
+        check()
+    except ValidationErrors as exc:
+        return list(exc.problems)
+    except AutopackError as exc:
+        return [exc.message]
+    return []
+
+
+def validate_workspace(workspace: Path | Workspace, run_id: str | None = None) -> list[str]:
+    ws = Workspace.of(workspace)
+    problems: list[str] = []
+    problems += _problems_of(lambda: ws.ruleset)
+    problems += _problems_of(lambda: ws.base_ci_profiles)
+    problems += _catalog_problems(ws)
+    run_ids = [run_id] if run_id else RunStore.list_runs(ws.root)
+    for rid in run_ids:
+        problems += validate_run(ws, rid)
+    return problems
+
+
+def validate_run(workspace: Path | Workspace, run_id: str) -> list[str]:
+    from pipeline.run.start import check_agents, load_valid_plan
+
+    ws = Workspace.of(workspace)
+    store = RunStore(ws.root, run_id)
+    if not store.plan_path.exists() and not store.run_json.exists():
+        return [f"{store.run_dir}: no plan.yaml and no run.json (create it with `doit new_run --run {run_id}`)"]
+    problems = _problems_of(lambda: _reuse_problems(load_valid_plan(ws, store), store))
+    if not store.run_json.exists():
+        problems += _problems_of(lambda: check_agents(ws, load_valid_plan(ws, store)))
+    if not store.run_json.exists():
+        return problems
+    for path in sorted(store.run_dir.rglob("*.json")):
+        model = _ARTIFACTS.get(path.name)
+        if model is not None and "incident" not in path.parts:
+            problems += _problems_of(lambda p=path, m=model: read_model(p, m))  # type: ignore[misc]
+    problems += _problems_of(lambda: _check_events(store))
+    problems += _problems_of(lambda: _check_frozen_plan(store))
+    return problems
+
+
+def _check_frozen_plan(store: RunStore) -> None:
+    """A started run's plan.yaml is frozen: its sha256 is the one start_run recorded."""
+    from pipeline.plan.file import plan_sha256
+
+    frozen = read_model(store.run_json, RunRecord).plan_sha256
+    sha = plan_sha256(store.plan_path)
+    if sha != frozen:
+        raise InvalidInput(
+            f"{store.plan_path}: changed after start_run (sha256 {sha[:12]} != frozen "
+            f"{frozen[:12]}); a started run's plan is frozen: restore it (`git checkout -- "
+            f"{store.plan_path}`) or start a new run",
+            "restore the plan as it was frozen, or start a new run",
+        )
+
+
+def _check_events(store: RunStore) -> None:
+    run = read_model(store.run_json, RunRecord)
+    store.events.verify(expected_count=run.events_count, expected_head=run.events_head or None)
+
+
+def _reuse_problems(plan: Plan, store: RunStore) -> None:
+    """A reuse phase the strategy would refuse at start_run (refused licence, no source)."""
+    from pipeline.policy.strategy import reuse_problems
+
+    problems = [f"{store.plan_path}: {p}" for _, phase in plan.phases() for p in reuse_problems(phase)]
+    if problems:
+        raise ValidationErrors(problems, "pick a whitelisted catalog source for the phase, or make it greenfield")
+
+
+def _catalog_problems(ws: Workspace) -> list[str]:
+    """Stack profiles and feature catalog (their own rules), plan templates and candidates."""
+    from pipeline.config import catalog
+    from pipeline.core import schemas as validate
+    from pipeline.core import yamlio
+    from pipeline.models.catalog import CandidateReport
+    from pipeline.plan.file import plan_problems
+
+    workspace = ws.root
+    problems = catalog.workspace_problems(workspace)
+    try:
+        ruleset = ws.ruleset.ruleset
+        categories: set[str] | None = {*ruleset.categories, *ruleset.aliases}
+    except AutopackError:
+        categories = None  # reported above
+    templates = workspace / catalog.TEMPLATES_DIR
+    for path in sorted(templates.rglob("*.yaml")) if templates.is_dir() else []:
+        try:
+            rt = yamlio.load_roundtrip(path)
+        except ValidationErrors as exc:
+            problems += exc.problems
+            continue
+        except AutopackError as exc:
+            problems.append(exc.message)
+            continue
+        data = yamlio.to_plain(rt.data)
+        if not isinstance(data, dict):
+            problems.append(f"{path}:1:1: a template must be a plan mapping")
+            continue
+        problems += plan_problems(path, rt, data, categories)
+    schema = validate.schema_for(CandidateReport)
+    for path in catalog.candidate_files(workspace):
+        try:
+            rt = yamlio.load_roundtrip(path)
+        except AutopackError as exc:
+            problems.append(exc.message)
+            continue
+        problems += validate.validate_instance(
+            yamlio.to_plain(rt.data), schema, source=str(path), positions=rt.position, scalar_text=rt.scalar_text
+        )
+    return problems

@@ -1,0 +1,69 @@
+"""Workspace files merged over built-in defaults: `profiles/<name>.yaml` over `pipeline/data/<name>.yaml`,
+key by key, validated against the model that reads them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from pipeline.core import yamlio
+from pipeline.core.errors import InvalidInput, ValidationErrors
+
+PROFILES_DIR = "profiles"
+
+
+
+
+def builtin_path(name: str) -> Path:
+    return Path(str(resources.files("pipeline") / "data" / name))
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Mappings merge recursively; any other value (lists included) replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def changed_keys(base: Mapping[str, Any], override: Mapping[str, Any], prefix: str = "") -> set[str]:
+    """Dotted key paths whose value the override actually changes (a workspace file that
+    restates a built-in default does not make that default an "override")."""
+    keys: set[str] = set()
+    for key, value in override.items():
+        path = f"{prefix}{key}"
+        old = base.get(key) if isinstance(base, Mapping) else None
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            inner = changed_keys(old, value, path + ".")
+            keys |= inner | ({path} if inner else set())
+        elif value != old:
+            keys.add(path)
+    return keys
+
+
+def _load_override(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    data = yamlio.load_fast(path)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{path}: expected a mapping at the top level", "see the built-in file for the shape")
+    return data
+
+
+def _validated(model: type[BaseModel], data: dict[str, Any], source: Path | str) -> Any:
+    from pipeline.core.schemas import validate_instance
+
+    problems = validate_instance(data, model.model_json_schema(), source=str(source), positions=None)
+    if problems:
+        raise ValidationErrors(problems, f"correct {source}; `doit validate` rechecks")
+    return model.model_validate(data)

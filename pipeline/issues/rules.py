@@ -1,0 +1,91 @@
+"""Issue counting rules (docs/architecture.md, Issues): pure functions over the models.
+
+Counts are of distinct issue_keys; a repeat of a key raises occurrence_count only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from pipeline.models.enums import Severity
+from pipeline.models.issues import Issue, IssueState, PhaseIssueFile, RunIssueEntry, RunIssueIndex
+
+
+def issue_state(issues: Iterable[Issue]) -> IssueState:
+    severities = {i.effective_severity for i in issues}
+    if Severity.major in severities:
+        return "has_major_issues"
+    if Severity.minor in severities:
+        return "has_minor_issues"
+    return "no_issues"
+
+
+def _merge(old: Issue, new: Issue) -> Issue:
+    evidence = list(dict.fromkeys([*old.evidence_refs, *new.evidence_refs]))
+    worst = Severity.major if Severity.major in (old.effective_severity, new.effective_severity) else Severity.minor
+    return old.model_copy(
+        update={
+            "occurrence_count": old.occurrence_count + new.occurrence_count,
+            "last_seen_run": new.last_seen_run,
+            "evidence_refs": evidence,
+            "effective_severity": worst,
+            "message": new.message or old.message,
+        }
+    )
+
+
+def record_issues(file: PhaseIssueFile, new_issues: Iterable[Issue]) -> PhaseIssueFile:
+    """The phase file with `new_issues` folded in by key, counts recomputed."""
+    by_key = {i.issue_key: i for i in file.issues}
+    for issue in new_issues:
+        by_key[issue.issue_key] = _merge(by_key[issue.issue_key], issue) if issue.issue_key in by_key else issue
+    issues = sorted(by_key.values(), key=lambda i: i.issue_key)
+    return file.model_copy(
+        update={
+            "issues": issues,
+            "minor_issue_count": sum(1 for i in issues if i.effective_severity == Severity.minor),
+            "major_issue_count": sum(1 for i in issues if i.effective_severity == Severity.major),
+            "issue_state": issue_state(issues),
+        }
+    )
+
+
+def effective(severity: Severity, key: str, raised: Mapping[str, Severity]) -> Severity:
+    """Backlog aging may raise a key's severity for this run; it never lowers one."""
+    return Severity.major if Severity.major in (severity, raised.get(key, severity)) else Severity.minor
+
+
+def build_run_index(run_id: str, phase_files: Iterable[tuple[int, PhaseIssueFile]]) -> RunIssueIndex:
+    """The run-level index from every phase file; indexes are the phases' 1-based order."""
+    entries: dict[str, RunIssueEntry] = {}
+    for index, file in sorted(phase_files, key=lambda pair: pair[0]):
+        for issue in file.issues:
+            old = entries.get(issue.issue_key)
+            if old is None:
+                entries[issue.issue_key] = RunIssueEntry(
+                    category=issue.category,
+                    severity=issue.severity,
+                    effective_severity=issue.effective_severity,
+                    first_phase_index=index,
+                    last_phase_index=index,
+                    occurrence_count=issue.occurrence_count,
+                    seen_in_tiers=[file.tier_id],
+                    seen_in_phases=[file.phase_id],
+                )
+                continue
+            worst = (
+                Severity.major
+                if Severity.major in (old.effective_severity, issue.effective_severity)
+                else Severity.minor
+            )
+            entries[issue.issue_key] = old.model_copy(
+                update={
+                    "effective_severity": worst,
+                    "first_phase_index": min(old.first_phase_index, index),
+                    "last_phase_index": max(old.last_phase_index, index),
+                    "occurrence_count": old.occurrence_count + issue.occurrence_count,
+                    "seen_in_tiers": sorted({*old.seen_in_tiers, file.tier_id}),
+                    "seen_in_phases": sorted({*old.seen_in_phases, file.phase_id}),
+                }
+            )
+    return RunIssueIndex(run_id=run_id, issues_by_key=dict(sorted(entries.items())))

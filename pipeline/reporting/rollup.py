@@ -1,0 +1,590 @@
+"""DuckDB over the run tree: the views of `reports/views.sql` and the rollup that keeps them fast.
+
+One module on purpose: the views, the rollup cache and its staleness check share one notion
+of which files changed; apart, they would drift.
+
+Measured on the 2-core machine (bench/reports.py):
+DuckDB's read_json costs ~50-120 µs per file (10,000 run.json: 0.4-0.8 s, slower than a
+json.load loop), and listing a deep glob is far worse (200,000 builder.json under
+`runs/*/phases/*/attempts/*/`: ~30 s). So the sources reports need — run.json,
+run_issue_index.json and phase.json (whose attempts[] are the AttemptRecords of
+builder.json) — are kept in `reports/rollup/rollup.duckdb`, one table per raw view, and
+a run is re-read only when its run.json or run_issue_index.json changed (mtime, size,
+inode; every phase write also rewrites run.json, `Recorder.save_phase`).
+
+Re-reading: Python reads the changed runs' files in batches and writes each batch as one
+newline-delimited temp file per source; a worker thread hands each to the same reader
+macro the views use (one DuckDB scan per batch, not one per file) while the next batch is
+read. 10,000 runs of 10 phases (120,000 files) take ~3 s; a refresh that finds nothing
+changed costs the stat calls (~70 ms) and does not open the rollup.
+
+The rollup is a git-ignored cache: deleted, stale, broken or written by another DuckDB
+version, it is rebuilt. Views are always defined by executing the packaged views.sql
+(`pipeline/data/views.sql`, copied to `<workspace>/reports/views.sql` for the DuckDB CLI)
+with the raw views of rolled-up sources pointed at the rollup tables. duckdb is imported
+inside functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.core.errors import AutopackError, InvalidInput, StepFailed
+from pipeline.core.jsonio import write_text_atomic
+
+if TYPE_CHECKING:
+    from duckdb import DuckDBPyConnection
+
+REPORTS_DIR = Path("reports")
+ROLLUP_DIR = REPORTS_DIR / "rollup"
+ROLLUP_DB = ROLLUP_DIR / "rollup.duckdb"
+BACKLOG_FILE = REPORTS_DIR / "project_issue_backlog.json"
+# Bump when the rollup's own tables change in a way views.sql does not show.
+ROLLUP_FORMAT = "2"
+# Runs per ingest batch: reading one batch overlaps with DuckDB parsing the previous one.
+INGEST_BATCH = 1000
+INGEST_THREADS = int(os.environ.get("AUTOPACK_INGEST_THREADS", "1"))
+# pipeline.models.base.ID_PATTERN (a test keeps them equal), not imported: the up-to-date
+# check of `doit report` imports this module and should not pay for pydantic.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_ID = re.compile(ID_PATTERN)
+_PHASE_DIR = re.compile(r"^[0-9]+-" + ID_PATTERN.lstrip("^"))
+
+
+@dataclass(frozen=True)
+class Source:
+    """A raw view kept in the rollup: where each run's files are, how a row names its file."""
+
+    view: str
+    reader: str
+    pattern: str  # relative to runs/<run_id>/
+    filename_sql: str  # the row's file, rebuilt from its fields (the reader saw a temp file)
+
+
+SOURCES = (
+    Source("raw_runs", "read_run_records", "run.json", "'runs/' || run_id || '/run.json'"),
+    Source(
+        "raw_run_issues",
+        "read_run_issue_indexes",
+        "run_issue_index.json",
+        "'runs/' || run_id || '/run_issue_index.json'",
+    ),
+    Source(
+        "raw_phases",
+        "read_phase_records",
+        "phases/*/phase.json",
+        "'runs/' || run_id || '/phases/' || printf('%02d', index) || '-' || phase_id || '/phase.json'",
+    ),
+)
+
+# In the rollup, attempts come from phase.json's attempts[] (written together with
+# builder.json), so the attempts view needs no walk over attempts/*/builder.json. They are
+# unnested once, at ingest, into a flat table (with the run id, to replace a run's rows).
+_ATTEMPTS_OF_GONE_RUNS = (
+    "SELECT run_id, a.*, regexp_replace(filename, 'phase[.]json$', 'attempts/' || a.k || '/builder.json') "
+    "AS filename FROM (SELECT run_id, filename, unnest(attempts) AS a FROM rollup.raw_phases "
+    "WHERE run_id IN (SELECT run_id FROM gone))"
+)
+
+
+@dataclass(frozen=True)
+class Refresh:
+    runs: int
+    reread: int
+    removed: int
+
+
+# -- views.sql --------------------------------------------------------------------------
+
+
+def _data(name: str) -> Path:
+    # importlib.resources, not pipeline.config.profiles: the up-to-date check of `doit report`
+    # imports this module and must not pay for pydantic and YAML.
+    from importlib import resources
+
+    return Path(str(resources.files("pipeline") / "data" / name))
+
+
+def views_sql() -> str:
+    return _data("views.sql").read_text(encoding="utf-8")
+
+
+def none_file() -> Path:
+    """An empty file: what a raw view reads when no artifact of its kind exists yet."""
+    return _data("none.json")
+
+
+def split_statements(sql: str) -> list[str]:
+    """The statements of views.sql: each ends with `;` at the end of a line (comments skipped)."""
+    statements: list[str] = []
+    current: list[str] = []
+    for line in sql.splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("--")):
+            continue
+        current.append(line)
+        if line.rstrip().endswith(";") and not line.lstrip().startswith("--"):
+            statements.append("\n".join(current))
+            current = []
+    if current:
+        statements.append("\n".join(current))
+    return statements
+
+
+_RAW_VIEW = re.compile(r"^CREATE OR REPLACE VIEW (raw_\w+) AS FROM \w+\(getvariable\('(\w+)'\)\);$")
+_READ_VIEW = re.compile(r"^CREATE OR REPLACE VIEW (raw_\w+) AS FROM (\w+)\(")
+_SET_FILES = re.compile(r"^SET VARIABLE (\w+) = files_or_none\('([^']*)'\);$")
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def define_views(
+    con: DuckDBPyConnection, workspace: Path, overrides: Mapping[str, str], runs: Sequence[str] | None = None
+) -> None:
+    """Execute views.sql on `con` for `workspace`; `overrides` maps a raw view to its SQL.
+
+    File patterns are made absolute unless the workspace is the current directory (DuckDB
+    resolves relative paths against the process's), so `filename` stays relative in the
+    usual case of a task run from the workspace. With `runs`, every raw view reads only
+    those runs' files (listed here, so no glob walks the whole tree).
+    """
+    base = "" if Path(workspace).resolve() == Path.cwd().resolve() else str(Path(workspace).resolve()) + "/"
+    if any(ch in base for ch in "*?[]{}"):
+        raise InvalidInput(f"{workspace}: the path holds a glob character", "run the reports from the workspace itself")
+    statements = split_statements(views_sql())
+    skipped_vars = {m.group(2) for s in statements if (m := _RAW_VIEW.match(s)) and m.group(1) in overrides}
+    for statement in statements:
+        raw, files = _RAW_VIEW.match(statement), _SET_FILES.match(statement)
+        if raw and raw.group(1) in overrides:
+            statement = f"CREATE OR REPLACE VIEW {raw.group(1)} AS {overrides[raw.group(1)]};"
+        elif files and files.group(1) in skipped_vars:
+            continue
+        elif files and runs is not None:
+            statement = f"SET VARIABLE {files.group(1)} = {_listed(workspace, files.group(2), runs)};"
+        elif files:
+            statement = f"SET VARIABLE {files.group(1)} = files_or_none({_sql_text(base + files.group(2))});"
+        elif statement.startswith("CREATE OR REPLACE MACRO files_or_none"):
+            statement = statement.replace("'reports/none.json'", _sql_text(str(none_file())))
+        con.execute(statement)
+
+
+def _listed(workspace: Path, pattern: str, runs: Sequence[str]) -> str:
+    """The files of `pattern` (`runs/*/...`) in the given runs, as a SQL list literal."""
+    root = Path(workspace).resolve()
+    found: list[Path] = []
+    for run_id in runs:
+        if pattern.startswith("runs/*/"):
+            found += sorted((root / "runs" / run_id).glob(pattern.removeprefix("runs/*/")))
+    return "[" + ", ".join(_sql_text(str(p)) for p in (found or [none_file()])) + "]"
+
+
+# -- scanning ---------------------------------------------------------------------------
+
+
+def _stat_stamp(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return "-"
+    return f"{st.st_mtime_ns}.{st.st_size}.{st.st_ino}"
+
+
+def scan(workspace: Path) -> dict[str, str]:
+    """run id -> stamp of its run.json and run_issue_index.json, for every started run.
+
+    Two stat calls per run and nothing else (10,000 runs: ~60 ms): `doit sql` and the
+    up-to-date check of `doit report` pay it every time.
+    """
+    runs: dict[str, str] = {}
+    try:
+        entries = os.scandir(Path(workspace) / "runs")
+    except (FileNotFoundError, NotADirectoryError):
+        return runs
+    with entries:
+        for entry in entries:
+            name = entry.name
+            if not _ID.fullmatch(name):
+                continue
+            try:
+                st = os.stat(f"{entry.path}/run.json")
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            runs[name] = f"{st.st_mtime_ns}.{st.st_size}.{st.st_ino}:" + _stat_stamp(
+                f"{entry.path}/run_issue_index.json"
+            )
+    return runs
+
+
+def code_version() -> str:
+    """Changes when the views or the rollup format change: both invalidate the rollup."""
+    return hashlib.sha256((ROLLUP_FORMAT + "\n" + views_sql()).encode()).hexdigest()[:16]
+
+
+def fingerprint(workspace: Path, extra: str = "") -> str:
+    """A cheap digest of everything reports read (stat calls only, no file is opened)."""
+    digest = hashlib.sha256(f"{code_version()}\n{extra}\n".encode())
+    digest.update(_stat_stamp(str(Path(workspace) / BACKLOG_FILE)).encode())
+    for run_id, stamp in sorted(scan(workspace).items()):
+        digest.update(f"\n{run_id} {stamp}".encode())
+    return digest.hexdigest()
+
+
+# -- the rollup -------------------------------------------------------------------------
+
+
+def _source_files(run_dir: str, pattern: str) -> list[str]:
+    # Plain strings and os.scandir: at 100,000 files pathlib's overhead is most of the time.
+    if "/" not in pattern:
+        return [f"{run_dir}/{pattern}"]
+    sub, name = pattern.split("/*/")
+    try:
+        with os.scandir(f"{run_dir}/{sub}") as entries:
+            found = sorted(e.path for e in entries if _PHASE_DIR.match(e.name))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [f"{path}/{name}" for path in found]
+
+
+def _read(path: str) -> bytes | None:
+    # os.open/os.read: half the cost of open() and its buffered reader, per small file.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        data = os.read(fd, 1 << 16)
+        if len(data) == 1 << 16:
+            chunks = [data]
+            while more := os.read(fd, 1 << 20):
+                chunks.append(more)
+            data = b"".join(chunks)
+        return data
+    finally:
+        os.close(fd)
+
+
+def _concatenate(workspace: Path, run_ids: Sequence[str], into: Path, tag: str) -> list[tuple[Source, Path]]:
+    """One temp file per source holding these runs' files, one document per line."""
+    out = {s.view: into / f"{s.view}-{tag}.ndjson" for s in SOURCES}
+    written: set[str] = set()
+    runs = f"{workspace}/runs"
+    handles = {view: open(path, "wb") for view, path in out.items()}  # noqa: SIM115
+    try:
+        for run_id in run_ids:
+            run_dir = f"{runs}/{run_id}"
+            for source in SOURCES:
+                for path in _source_files(run_dir, source.pattern):
+                    data = _read(path)
+                    if data is not None:
+                        # Valid JSON has no raw line break inside a string, so dropping them
+                        # all makes the pretty-printed file one line: DuckDB splits
+                        # newline-delimited input across threads (5x faster than reading
+                        # the pretty-printed stream).
+                        handles[source.view].write(data.translate(None, b"\r\n") + b"\n")
+                        written.add(source.view)
+    finally:
+        for handle in handles.values():
+            handle.close()
+    return [(s, out[s.view]) for s in SOURCES if s.view in written]
+
+
+def _first_bad_file(workspace: Path, run_ids: Sequence[str]) -> str:
+    """Which file broke a bulk read (only looked for after one failed)."""
+    import json
+
+    runs = os.path.join(str(workspace), "runs")
+    for run_id in run_ids:
+        for source in SOURCES:
+            for path in _source_files(os.path.join(runs, run_id), source.pattern):
+                data = _read(path)
+                try:
+                    if data is not None:
+                        json.loads(data)
+                except ValueError as exc:
+                    return f"{path}: {exc}"
+    return ""
+
+
+def _create_tables(con: DuckDBPyConnection) -> None:
+    empty = _sql_text(str(none_file()))
+    for source in SOURCES:
+        con.execute(f"CREATE TABLE rollup.{source.view} AS FROM {source.reader}({empty})")
+    con.execute(
+        f"CREATE TABLE rollup.raw_attempts AS SELECT NULL::VARCHAR AS run_id, * FROM read_attempt_records({empty})"
+    )
+    con.execute("CREATE TABLE rollup.rollup_files (run_id VARCHAR PRIMARY KEY, stamp VARCHAR NOT NULL)")
+    con.execute("CREATE TABLE rollup.rollup_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    con.execute("INSERT INTO rollup.rollup_meta VALUES ('version', ?)", [_rollup_version()])
+
+
+def _rollup_version() -> str:
+    import duckdb
+
+    return f"{code_version()} duckdb {duckdb.__version__}"
+
+
+def _readers(con: DuckDBPyConnection) -> None:
+    """The reader macros of views.sql, reading one document per line (what `_concatenate`
+    writes); they live in the in-memory catalog of the ingesting connection only."""
+    for statement in split_statements(views_sql()):
+        if statement.startswith("CREATE OR REPLACE MACRO read_"):
+            con.execute(statement.replace("format = 'unstructured'", "format = 'newline_delimited'"))
+
+
+def _attach_rw(con: DuckDBPyConnection, db: Path) -> None:
+    """Attach the rollup for writing; a stale, foreign or broken one is replaced."""
+    import duckdb
+
+    try:
+        con.execute(f"ATTACH {_sql_text(str(db))} AS rollup")
+    except duckdb.Error as exc:
+        if "lock" in str(exc).lower():
+            raise StepFailed(
+                f"{db} is in use by another process: {exc}", "wait for the other `doit report`/`doit sql` to finish"
+            ) from exc
+        _drop_files(db)
+        con.execute(f"ATTACH {_sql_text(str(db))} AS rollup")
+    try:
+        row = con.execute("SELECT value FROM rollup.rollup_meta WHERE key = 'version'").fetchone()
+    except duckdb.Error:
+        row = None
+    if row is not None and row[0] == _rollup_version():
+        return
+    con.execute("DETACH rollup")
+    _drop_files(db)
+    con.execute(f"ATTACH {_sql_text(str(db))} AS rollup")
+    _create_tables(con)
+
+
+def _drop_files(db: Path) -> None:
+    for path in (db, db.with_name(db.name + ".wal")):
+        path.unlink(missing_ok=True)
+
+
+def _fresh_marker(db: Path, current: Mapping[str, str]) -> str:
+    """What the rollup was last made from: the runs' stamps, the rollup file, the code."""
+    import duckdb
+
+    digest = hashlib.sha256(_rollup_version().encode())
+    for run_id, stamp in sorted(current.items()):
+        digest.update(f"\n{run_id} {stamp}".encode())
+    wal = db.with_name(db.name + ".wal")
+    return f"{digest.hexdigest()} {_stat_stamp(str(db))} {_stat_stamp(str(wal))} {duckdb.__version__}"
+
+
+def refresh(workspace: Path) -> Refresh:
+    """Bring the rollup up to date with runs/: re-read changed runs, forget deleted ones.
+
+    When nothing changed since the last refresh (`fresh` marker: a digest of every run's
+    stamp and of the rollup file's own stat) the rollup is not even opened.
+    """
+    workspace = Path(workspace)
+    db = workspace / ROLLUP_DB
+    marker = db.parent / "fresh"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    # a cache: never committed, whatever the workspace's own .gitignore says
+    write_text_atomic(db.parent / ".gitignore", "# the reports' rollup cache (doit report)\n*\n")
+    current = scan(workspace)
+    with contextlib.suppress(FileNotFoundError):
+        if marker.read_text(encoding="utf-8") == _fresh_marker(db, current):
+            return Refresh(runs=len(current), reread=0, removed=0)
+    con = _memory()
+    try:
+        # One DuckDB thread parses while this one reads the next batch of files: on two
+        # cores that overlaps better than DuckDB's threads competing with the reader.
+        con.execute(f"SET threads = {INGEST_THREADS}")
+        _readers(con)
+        _attach_rw(con, db)
+        known = dict(con.execute("SELECT run_id, stamp FROM rollup.rollup_files").fetchall())
+        changed = sorted(r for r, stamp in current.items() if known.get(r) != stamp)
+        removed = sorted(set(known) - set(current))
+        if changed or removed:
+            _apply(con, workspace, changed, removed, current)
+    finally:
+        con.close()
+    # written once the rollup file is closed (its stat is final)
+    write_text_atomic(marker, _fresh_marker(db, current))
+    return Refresh(runs=len(current), reread=len(changed), removed=len(removed))
+
+
+def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _apply(
+    con: DuckDBPyConnection, workspace: Path, changed: list[str], removed: list[str], current: Mapping[str, str]
+) -> None:
+    """Replace the rows of changed and removed runs, in one transaction.
+
+    Reading the files (Python, holding the GIL) and parsing them (DuckDB, which releases it)
+    overlap: runs go in batches, and each batch's temp files are inserted by a worker thread
+    while the next batch is read. Only that thread uses the connection until it is done.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    con.execute("BEGIN TRANSACTION")
+    try:
+        # Lists travel as one newline-joined string: DuckDB converts a Python list
+        # parameter element by element, probing imports (numpy, pandas) for each.
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE gone AS SELECT unnest(string_split(?, chr(10))) AS run_id",
+            ["\n".join(changed + removed)],
+        )
+        for view in [*(s.view for s in SOURCES), "raw_attempts"]:
+            con.execute(f"DELETE FROM rollup.{view} WHERE run_id IN (SELECT run_id FROM gone)")
+        with (
+            tempfile.TemporaryDirectory(dir=workspace / ROLLUP_DIR, prefix=".ingest-") as tmp,
+            ThreadPoolExecutor(max_workers=1) as duck,
+        ):
+            pending: list[Future[None]] = []
+            for n, batch in enumerate(_batches(changed, INGEST_BATCH)):
+                for source, path in _concatenate(workspace, batch, Path(tmp), str(n)):
+                    pending.append(duck.submit(_insert, con, source, path))
+            errors = [f.exception() for f in pending]
+        if first := next((e for e in errors if e is not None), None):
+            raise first
+        _check_run_ids(con)
+        con.execute(f"INSERT INTO rollup.raw_attempts BY NAME {_ATTEMPTS_OF_GONE_RUNS}")
+        con.execute("RESET threads")  # the commit compresses and writes: every core helps
+        con.execute("DELETE FROM rollup.rollup_files WHERE run_id IN (SELECT run_id FROM gone)")
+        if changed:
+            con.execute(
+                "INSERT INTO rollup.rollup_files SELECT unnest(string_split(?, chr(10))), "
+                "unnest(string_split(?, chr(10)))",
+                ["\n".join(changed), "\n".join(current[r] for r in changed)],
+            )
+        con.execute("COMMIT")
+    except BaseException as exc:
+        con.execute("ROLLBACK")
+        if isinstance(exc, AutopackError) or not _is_duckdb_error(exc):
+            raise
+        bad = _first_bad_file(workspace, changed)
+        raise InvalidInput(
+            f"cannot read the run records{': ' + bad if bad else ''} ({str(exc).splitlines()[0]})",
+            "`doit validate --run <run>` names the broken artifact; fix or remove it",
+        ) from exc
+
+
+def _is_duckdb_error(exc: BaseException) -> bool:
+    import duckdb
+
+    return isinstance(exc, duckdb.Error)
+
+
+def _insert(con: DuckDBPyConnection, source: Source, path: Path) -> None:
+    reader = f"{source.reader}({_sql_text(str(path))})"
+    con.execute(f"INSERT INTO rollup.{source.view} SELECT * REPLACE ({source.filename_sql} AS filename) FROM {reader}")
+    path.unlink()
+
+
+def _check_run_ids(con: DuckDBPyConnection) -> None:
+    """Rows are replaced by run_id: a file naming another run than its directory would linger."""
+    for source in SOURCES:
+        strays = con.execute(
+            f"SELECT DISTINCT coalesce(run_id, 'null') FROM rollup.{source.view} "
+            "WHERE run_id IS NULL OR run_id NOT IN (SELECT run_id FROM rollup.rollup_files UNION ALL FROM gone) "
+            "LIMIT 5"
+        ).fetchall()
+        if strays:
+            raise InvalidInput(
+                f"a {source.pattern} under runs/ names run id(s) {', '.join(repr(r[0]) for r in strays)}, "
+                "which is not its directory's name",
+                "a run's directory is named after its run_id; rename the directory or restore the file",
+            )
+
+
+# -- connections ------------------------------------------------------------------------
+
+
+def _memory() -> DuckDBPyConnection:
+    import duckdb
+
+    con = duckdb.connect()
+    # DuckDB draws a progress bar on a terminal for long statements: not in our output.
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
+# The raw views that read files even with the rollup, and the views built on them.
+FILE_VIEWS = {
+    "raw_ci": "ci_runs",
+    "raw_phase_issues": "issues",
+    "raw_events": "events",
+    "raw_backlog_file": "backlog_file",
+}
+
+
+def _placeholders(query: str) -> dict[str, str]:
+    """Empty, typed stand-ins for the file-reading raw views that `query` does not name.
+
+    DuckDB lists a view's glob each time the view, or a view over it, is bound: ~45 ms per
+    statement at 10,000 runs (runs/* holds 10,000 entries), twice per file view. A query
+    cannot read a view without naming it (or its raw view), so unnamed ones stay empty.
+    """
+    words = set(re.findall(r"[a-z_][a-z0-9_]*", query.lower()))
+    empty = _sql_text(str(none_file()))
+    out = {}
+    for statement in split_statements(views_sql()):
+        m = _READ_VIEW.match(statement)
+        if m and m.group(1) in FILE_VIEWS and not words & {m.group(1), FILE_VIEWS[m.group(1)]}:
+            out[m.group(1)] = f"FROM {m.group(2)}({empty})"
+    return out
+
+
+@contextlib.contextmanager
+def connect(
+    workspace: Path, *, rollup: bool = True, refresh_first: bool = True, query: str | None = None
+) -> Iterator[DuckDBPyConnection]:
+    """An in-memory DuckDB connection with every view of views.sql defined over `workspace`.
+
+    With `rollup` (the default) the rollup is refreshed first (unless the caller just did)
+    and the rolled-up raw views read it, attached read-only so an ad-hoc query cannot damage
+    it; without, every view reads the files. Given the `query` to be run, the views that
+    read files and that it does not name are left empty (see `_placeholders`).
+    """
+    overrides: dict[str, str] = {}
+    con = _memory()
+    try:
+        if rollup and refresh_first:
+            try:
+                refresh(workspace)
+            except PermissionError:  # a read-only checkout: no cache, the views read the files
+                rollup = False
+        if rollup:
+            con.execute(f"ATTACH {_sql_text(str(Path(workspace) / ROLLUP_DB))} AS rollup (READ_ONLY)")
+            overrides = {s.view: f"FROM rollup.{s.view}" for s in SOURCES}
+            overrides["raw_attempts"] = "SELECT * EXCLUDE (run_id) FROM rollup.raw_attempts"
+        if query is not None:
+            overrides.update(_placeholders(query))
+        define_views(con, workspace, overrides)
+        yield con
+    finally:
+        con.close()
+
+
+@contextlib.contextmanager
+def connect_runs(workspace: Path, run_ids: Sequence[str]) -> Iterator[DuckDBPyConnection]:
+    """The views over just these runs' files (no rollup, no walk over runs/)."""
+    con = _memory()
+    try:
+        define_views(con, workspace, {}, runs=list(dict.fromkeys(run_ids)))  # a run named twice: once
+        yield con
+    finally:
+        con.close()
+
+
+def query_rows(con: DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """Rows of `sql` as dicts (column name -> value)."""
+    cur = con.execute(sql, list(params))
+    names = [d[0] for d in cur.description or []]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

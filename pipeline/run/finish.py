@@ -1,0 +1,184 @@
+"""Ending a run: tier cleanliness, promotion verdict, RUN_SUMMARY.md, tier pages, incident pack.
+
+Called once when a run reaches a terminal state.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import TYPE_CHECKING
+
+from pipeline.core.jsonio import canonical_json, write_text_atomic
+from pipeline.models.enums import PhaseState, RunState, TierState
+from pipeline.models.run import TierSummary
+
+if TYPE_CHECKING:
+    from pipeline.run.context import RunContext
+
+
+def finish_run(ctx: RunContext, state: RunState, reason: str) -> None:
+    _settle_leftovers(ctx, state)
+    tiers = [tier_cleanliness(ctx, t) for t in ctx.rec.run.tiers]
+    eligible, why = _promotion(state, tiers)
+    minor = sum(t.spend.minor_issues for t in tiers)
+    major = sum(t.spend.major_issues for t in tiers)
+    ctx.rec.run = ctx.rec.run.model_copy(
+        update={
+            "tiers": tiers,
+            "failure_reason": None if state == RunState.DONE_SUCCESS else reason,
+            "promotion_eligible_to_main": eligible,
+            "promotion_reasons": why,
+            "debt_status": "has_major_debt" if major else ("has_minor_debt" if minor else "clean"),
+            "current_phase": None,
+        }
+    )
+    ctx.rec.run_to(state, reason=reason, promotion_eligible=eligible)
+    for tier in ctx.rec.run.tiers:
+        write_text_atomic(ctx.store.tiers_dir / f"{tier.tier_id}.md", _tier_page(ctx, tier))
+    if state != RunState.DONE_SUCCESS:
+        _incident_pack(ctx, state, reason)
+    write_text_atomic(ctx.store.summary_md, _summary(ctx))
+
+
+def _settle_leftovers(ctx: RunContext, state: RunState) -> None:
+    """Phases never started are SKIPPED; tiers are closed so the record has no loose ends."""
+    for ps in ctx.rec.strategy.phases:
+        rec = ctx.rec.phase(ps.phase_id)
+        if rec.state == PhaseState.QUEUED:
+            ctx.rec.phase_to(ps.phase_id, PhaseState.SKIPPED, reason=f"run ended {state.value}")
+        elif not rec.state.terminal:
+            ctx.rec.phase_to(ps.phase_id, PhaseState.FAILED, reason=f"run ended {state.value}")
+    for tier in ctx.rec.run.tiers:
+        budget = next(t for t in ctx.rec.strategy.tiers if t.tier_id == tier.tier_id)
+        phase_states = {ctx.rec.phase(pid).state for pid in budget.phase_ids}
+        if tier.state == TierState.PENDING:
+            ctx.rec.tier_to(tier.tier_id, TierState.SKIPPED)
+        elif tier.state == TierState.IN_PROGRESS:
+            done = phase_states == {PhaseState.COMPLETE}
+            ctx.rec.tier_to(tier.tier_id, TierState.COMPLETE if done else TierState.FAILED)
+
+
+def tier_cleanliness(ctx: RunContext, tier: TierSummary) -> TierSummary:
+    budget = next(t for t in ctx.rec.strategy.tiers if t.tier_id == tier.tier_id)
+    reasons = []
+    if tier.state != TierState.COMPLETE:
+        reasons.append(f"tier is {tier.state.value}")
+    if tier.spend.major_issues > budget.max_major_issues:
+        reasons.append(f"{tier.spend.major_issues} major issue(s) > {budget.max_major_issues} tolerated")
+    if tier.spend.minor_issues > budget.max_minor_issues:
+        reasons.append(f"{tier.spend.minor_issues} minor issue(s) > {budget.max_minor_issues} tolerated")
+    if tier.spend.ci_runs > budget.ci_run_cap:
+        reasons.append(f"{tier.spend.ci_runs} CI runs > cap {budget.ci_run_cap}")
+    if tier.spend.tokens > budget.token_cap:
+        reasons.append(f"{tier.spend.tokens} tokens > cap {budget.token_cap}")
+    return tier.model_copy(update={"cleanliness": "not_clean" if reasons else "clean", "cleanliness_reasons": reasons})
+
+
+def _promotion(state: RunState, tiers: list[TierSummary]) -> tuple[bool, list[str]]:
+    reasons = []
+    if state != RunState.DONE_SUCCESS:
+        reasons.append(f"run ended {state.value}")
+    reasons += [
+        f"tier {t.tier_id} not_clean: {'; '.join(t.cleanliness_reasons)}" for t in tiers if t.cleanliness == "not_clean"
+    ]
+    if state == RunState.DONE_FAILED_BUDGET_EXHAUSTED:
+        reasons.append("a budget was exhausted")
+    return (not reasons), (reasons or ["DONE_SUCCESS, every tier clean, no budget failure"])
+
+
+def _tier_page(ctx: RunContext, tier: TierSummary) -> str:
+    budget = next(t for t in ctx.rec.strategy.tiers if t.tier_id == tier.tier_id)
+    rows = [
+        f"| {p.phase_id} | {p.name} | {p.state.value} | {p.attempts} | {p.tokens} | {p.tag or ''} |"
+        for p in ctx.rec.run.phases
+        if p.tier_id == tier.tier_id
+    ]
+    return "\n".join(
+        [
+            f"# Tier {tier.tier_id}: {tier.name}",
+            "",
+            f"State **{tier.state.value}**, cleanliness **{tier.cleanliness}**"
+            + (f" ({'; '.join(tier.cleanliness_reasons)})" if tier.cleanliness_reasons else ""),
+            "",
+            f"Tokens {tier.spend.tokens} of {budget.token_cap}; CI runs {tier.spend.ci_runs} of {budget.ci_run_cap}; "
+            f"minor issues {tier.spend.minor_issues} of {budget.max_minor_issues}; "
+            f"major issues {tier.spend.major_issues} of {budget.max_major_issues}.",
+            "",
+            "| phase | name | state | attempts | tokens | tag |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
+
+
+def _summary(ctx: RunContext) -> str:
+    run = ctx.rec.run
+    rows = [
+        f"| {p.phase_id} | {p.tier_id} | {p.name} | {p.state.value} | {p.attempts} | {p.tokens} | {p.tag or ''} |"
+        for p in run.phases
+    ]
+    issues = []
+    for ps in ctx.rec.strategy.phases:
+        for issue in ctx.rec.issues(ps.phase_id).issues:
+            issues.append(
+                f"- `{issue.issue_key}` ({issue.effective_severity.value}, {issue.source.value}) in "
+                f"{ps.phase_id}: {issue.message}"
+            )
+    verdict = "eligible" if run.promotion_eligible_to_main else "not eligible"
+    return "\n".join(
+        [
+            f"# Run {run.run_id}: {run.state.value}",
+            "",
+            f"Project `{run.project_id}`, branch `{run.branch}` from `{run.base_ref}` ({run.base_commit[:12]}).",
+            f"Safety profile {run.safety_profile.value}, scope {run.run_scope.value}.",
+            "",
+            f"**Outcome:** {run.state.value}" + (f" — {run.failure_reason}" if run.failure_reason else ""),
+            "",
+            f"**Promotion:** {verdict} — {'; '.join(run.promotion_reasons)}",
+            "",
+            f"Spend: {run.spend.tokens} tokens (cap {run.budgets.token_cap}), ${run.spend.cost_usd:.2f}, "
+            f"{run.spend.builder_attempts} builder attempts, {run.spend.ci_runs} CI runs, "
+            f"{run.spend.active_seconds:.0f}s active.",
+            "",
+            "| phase | tier | name | state | attempts | tokens | tag |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            "## Issues",
+            "",
+            *(issues or ["None."]),
+            "",
+        ]
+    )
+
+
+def _incident_pack(ctx: RunContext, state: RunState, reason: str) -> None:
+    """What failed and why, the last patch, gate and CI evidence, and how to inspect."""
+    incident = ctx.store.incident_dir
+    incident.mkdir(parents=True, exist_ok=True)
+    failed = [p for p in ctx.rec.strategy.phases if ctx.rec.phase(p.phase_id).state == PhaseState.FAILED]
+    ps = failed[-1] if failed else None
+    facts: dict[str, object] = {
+        "run_id": ctx.rec.run.run_id,
+        "state": state.value,
+        "reason": reason,
+        "phase_id": ps.phase_id if ps else None,
+        "inspect": f"git -C {ctx.rec.run.target_repo} log --stat {ctx.rec.run.branch}",
+        "worktree": ctx.rec.run.worktree,
+        "budgets": ctx.rec.run.budgets.model_dump(mode="json"),
+        "spend": ctx.rec.run.spend.model_dump(mode="json"),
+    }
+    write_text_atomic(incident / "incident.json", canonical_json(facts))
+    if ps is None:
+        return
+    rec = ctx.rec.phase(ps.phase_id)
+    phase_dir = ctx.rec.phase_dir(ps)
+    if rec.attempts:
+        adir = ctx.store.attempt_dir(ps.index, ps.phase_id, rec.attempts[-1].k)
+        for name in ("patch.diff", "builder.log", "gate.json"):
+            if (adir / name).exists():
+                shutil.copyfile(adir / name, incident / f"last-{name}")
+    for name in ("issues.json", "gate.json"):
+        if (phase_dir / name).exists():
+            shutil.copyfile(phase_dir / name, incident / name)

@@ -1,0 +1,323 @@
+"""What happens after an attempt: issues, failed attempts, escalation, phase failure.
+
+A decision that ends the run is
+raised as `EndRun` and turned into a terminal state by the runner.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.core.jsonio import read_model, write_model
+from pipeline.issues.rules import build_run_index, effective, record_issues
+from pipeline.models.enums import IssueSource, PhaseState, RunState, Severity
+from pipeline.models.issues import Issue
+from pipeline.models.results import AttemptOutcome, AttemptRecord, AuditRecord, SuggestedIssue
+from pipeline.models.run import PhaseRecord, Spend
+from pipeline.models.strategy import PhaseStrategy
+from pipeline.policy import budgets
+from pipeline.run.context import RunContext
+
+
+class EndRun(Exception):
+    """The phase decided the run must end in a terminal state."""
+
+    def __init__(self, state: RunState, reason: str) -> None:
+        super().__init__(reason)
+        self.state = state
+        self.reason = reason
+
+
+def attempt_dir(ctx: RunContext, ps: PhaseStrategy, k: int) -> Path:
+    path = ctx.store.attempt_dir(ps.index, ps.phase_id, k)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def with_attempt(rec: PhaseRecord, attempt: AttemptRecord) -> PhaseRecord:
+    others = [a for a in rec.attempts if a.k != attempt.k]
+    return rec.model_copy(update={"attempts": sorted([*others, attempt], key=lambda a: a.k)})
+
+
+def rel(ctx: RunContext, path: Path) -> str:
+    try:
+        return str(path.relative_to(ctx.store.run_dir))
+    except ValueError:
+        return str(path)
+
+
+def spends(ctx: RunContext) -> dict[str, Spend]:
+    return {p.phase_id: ctx.rec.phase(p.phase_id).spend for p in ctx.rec.strategy.phases}
+
+
+def add_phase_spend(ctx: RunContext, ps: PhaseStrategy, extra: Spend) -> PhaseRecord:
+    from pipeline.run.recorder import add_spend
+
+    rec = ctx.rec.phase(ps.phase_id)
+    return ctx.rec.save_phase(rec.model_copy(update={"spend": add_spend(rec.spend, extra)}))
+
+
+# -- issues ------------------------------------------------------------------------------
+
+
+def make_issue(
+    ctx: RunContext,
+    ps: PhaseStrategy,
+    *,
+    key: str,
+    source: IssueSource,
+    category: str,
+    severity: Severity | None,
+    evidence: list[str],
+    message: str,
+) -> Issue:
+    base = severity or ps.default_severity
+    run_id = ctx.rec.run.run_id
+    return Issue(
+        issue_key=key,
+        severity=base,
+        effective_severity=effective(base, key, ctx.rec.strategy.effective_severity),
+        source=source,
+        category=category,
+        task_category=ps.task_category,
+        complexity=ps.complexity,
+        first_seen_run=run_id,
+        last_seen_run=run_id,
+        evidence_refs=evidence,
+        message=message,
+    )
+
+
+def probe_issue(ctx: RunContext, ps: PhaseStrategy, kind: str, reason: str, log: Path, who: str = "builder") -> Issue:
+    return make_issue(
+        ctx,
+        ps,
+        key=f"{who}:{kind}",
+        source=IssueSource.probe,
+        category=f"{who}_{kind}",
+        severity=Severity.minor,
+        evidence=[rel(ctx, log)],
+        message=reason,
+    )
+
+
+def suggested_issues(
+    ctx: RunContext, ps: PhaseStrategy, suggested: list[SuggestedIssue], source: IssueSource, result: Path
+) -> list[Issue]:
+    return [
+        make_issue(
+            ctx,
+            ps,
+            key=s.issue_key,
+            source=source,
+            category=s.category,
+            severity=s.severity,
+            evidence=[*s.evidence_refs, rel(ctx, result)],
+            message=s.message,
+        )
+        for s in suggested
+    ]
+
+
+def save_issues(ctx: RunContext, ps: PhaseStrategy, issues: list[Issue]) -> None:
+    """Fold issues into the phase file, rebuild the run index, and enforce the run's minor cap."""
+    if not issues:
+        return
+    _store_issues(ctx, ps, issues)
+    exhausted = budgets.after_issues(ctx.rec.strategy, ctx.rec.run, spends(ctx))
+    if exhausted:
+        end_for_budget(ctx, ps, exhausted)
+
+
+def _store_issues(ctx: RunContext, ps: PhaseStrategy, issues: list[Issue]) -> None:
+    """Phase file, run index and the phase's issue counts, without any budget check."""
+    file = record_issues(ctx.rec.issues(ps.phase_id), issues)
+    ctx.rec.save_issues(file)
+    index = build_run_index(
+        ctx.rec.run.run_id, [(p.index, ctx.rec.issues(p.phase_id)) for p in ctx.rec.strategy.phases]
+    )
+    write_model(ctx.store.issue_index_path, index)
+    rec = ctx.rec.phase(ps.phase_id)
+    spend = rec.spend.model_copy(
+        update={"minor_issues": file.minor_issue_count, "major_issues": file.major_issue_count}
+    )
+    ctx.rec.save_phase(rec.model_copy(update={"spend": spend}))
+
+
+def end_for_budget(ctx: RunContext, ps: PhaseStrategy, exhausted: budgets.Exhaustion) -> None:
+    """Record the budget issue, fail the phase and end the run BUDGET_EXHAUSTED."""
+    issue = make_issue(
+        ctx,
+        ps,
+        key=f"budget:{exhausted.level}:{exhausted.budget}",
+        source=IssueSource.budget,
+        category="budget_exhausted",
+        severity=Severity.major,
+        evidence=[exhausted.slice],
+        message=exhausted.reason(),
+    )
+    # Through the run index and the phase's counts too (it used to reach the phase file
+    # only, leaving run_issue_index.json without it); no budget check: the run is ending.
+    _store_issues(ctx, ps, [issue])
+    ctx.rec.note(
+        ps.phase_id,
+        "budget_exhausted",
+        budget=exhausted.budget,
+        level=exhausted.level,
+        scope=exhausted.scope,
+        slice=exhausted.slice,
+    )
+    fail_phase(ctx, ps, exhausted.reason())
+    raise EndRun(RunState.DONE_FAILED_BUDGET_EXHAUSTED, exhausted.reason())
+
+
+def check_agent_budget(ctx: RunContext, ps: PhaseStrategy) -> None:
+    """A call that cannot fit in the remaining budgets is not made."""
+    exhausted = budgets.before_agent_call(ctx.rec.strategy, ctx.rec.run, spends(ctx), ps)
+    if exhausted:
+        end_for_budget(ctx, ps, exhausted)
+
+
+def record_agent_spend(ctx: RunContext, ps: PhaseStrategy, spend: Spend) -> None:
+    """Add what an agent call spent, then end the run if it overspent a hard cap."""
+    add_phase_spend(ctx, ps, spend)
+    exhausted = budgets.after_agent_call(ctx.rec.strategy, ctx.rec.run, spends(ctx), ps)
+    if exhausted:
+        end_for_budget(ctx, ps, exhausted)
+
+
+# -- attempts ----------------------------------------------------------------------------
+
+
+def mark_attempt(
+    ctx: RunContext, ps: PhaseStrategy, kind: AttemptOutcome, reason: str, fingerprint: str | None = None
+) -> None:
+    rec = ctx.rec.phase(ps.phase_id)
+    attempt = rec.attempts[-1].model_copy(update={"outcome": kind, "reason": reason, "fingerprint": fingerprint})
+    write_model(attempt_dir(ctx, ps, attempt.k) / "builder.json", attempt)
+    ctx.rec.save_phase(with_attempt(rec, attempt))
+
+
+def fail_phase(ctx: RunContext, ps: PhaseStrategy, reason: str) -> None:
+    rec = ctx.rec.phase(ps.phase_id)
+    if rec.state.terminal:
+        return
+    ctx.rec.phase_to(ps.phase_id, PhaseState.FAILED, reason=reason)
+    ctx.rec.save_phase(ctx.rec.phase(ps.phase_id).model_copy(update={"failure_reason": reason, "step": "done"}))
+
+
+def _repeats(rec: PhaseRecord) -> bool:
+    """The last two builder attempts failed the same way (or handed in the same patch)."""
+    tried = [a for a in rec.attempts if a.role != "auditor" and a.outcome not in ("running", "passed")]
+    if len(tried) < 2:
+        return False
+    a, b = tried[-2], tried[-1]
+    return bool(
+        (a.fingerprint and a.fingerprint == b.fingerprint) or (a.patch_sha256 and a.patch_sha256 == b.patch_sha256)
+    )
+
+
+def builder_attempts(rec: PhaseRecord) -> int:
+    return sum(1 for a in rec.attempts if a.role != "auditor")
+
+
+def auditor_attempts(rec: PhaseRecord) -> int:
+    """Every auditor call of the phase (reviews and escalations): numbers audit/<n>/."""
+    return rec.spend.auditor_attempts
+
+
+def audit_records(ctx: RunContext, ps: PhaseStrategy) -> list[AuditRecord]:
+    """The phase's auditor calls as recorded in audit/<n>/auditor.json, oldest first."""
+    records = []
+    for n in range(1, auditor_attempts(ctx.rec.phase(ps.phase_id)) + 1):
+        path = ctx.store.audit_dir(ps.index, ps.phase_id, n) / "auditor.json"
+        if path.exists():
+            records.append(read_model(path, AuditRecord))
+    return records
+
+
+def escalation_calls(records: list[AuditRecord]) -> int:
+    """Escalation calls made so far. `max_auditor_attempts` bounds these (and failed calls
+    in a row), not the pre-apply reviews, which come one per builder attempt of a
+    high-risk phase and are bounded by the builder attempts."""
+    return sum(1 for r in records if r.purpose == "escalation")
+
+
+def failed_attempt(
+    ctx: RunContext,
+    ps: PhaseStrategy,
+    kind: AttemptOutcome,
+    reason: str,
+    feedback: str,
+    issues: list[Issue],
+    *,
+    end: RunState | None = None,
+    fingerprint: str | None = None,
+) -> None:
+    """Record the failure and choose what comes next: another builder attempt, the
+    auditor (attempts spent, or the same failure twice), or the end of the phase."""
+    save_issues(ctx, ps, issues)
+    mark_attempt(ctx, ps, kind, reason, fingerprint)
+    rec = ctx.rec.phase(ps.phase_id)
+    ctx.git.reset_to(ctx.worktree, ctx.branch, rec.attempts[-1].base_commit or ctx.git.head(ctx.worktree))
+    if end is not None:
+        fail_phase(ctx, ps, reason)
+        raise EndRun(end, f"phase {ps.phase_id}: {reason}")
+    next_step = _next_step(ctx, ps, rec, reason)
+    if next_step is None:
+        return
+    k = rec.current_attempt + 1
+    ctx.rec.phase_to(ps.phase_id, PhaseState.EXECUTING, attempt=k, after=kind, next=next_step)
+    if ctx.rec.run.state != RunState.PHASE_EXECUTION:
+        ctx.rec.run_to(RunState.PHASE_EXECUTION, phase=ps.phase_id, attempt=k)
+    rec = ctx.rec.phase(ps.phase_id)
+    ctx.rec.save_phase(
+        rec.model_copy(
+            update={
+                "step": next_step,
+                "current_attempt": k,
+                "feedback": feedback,
+                "escalated": rec.escalated or next_step == "escalating",
+            }
+        )
+    )
+    commit_record(ctx, f"phase {ps.phase_id} attempt {k - 1} {kind}")
+
+
+def _next_step(ctx: RunContext, ps: PhaseStrategy, rec: PhaseRecord, reason: str) -> str | None:
+    """'building', 'escalating', or None when the phase failed (raises EndRun if the run must end)."""
+    if rec.escalated:
+        if escalation_calls(audit_records(ctx, ps)) < ps.max_auditor_attempts:
+            return "escalating"
+        fail_phase(ctx, ps, f"{reason}; {ps.max_auditor_attempts} auditor attempt(s) spent")
+        return None
+    spent = builder_attempts(rec) >= ps.max_builder_attempts
+    repeated = _repeats(rec)
+    if not spent and not repeated:
+        return "building"
+    why = (
+        f"{reason}; {builder_attempts(rec)} of {ps.max_builder_attempts} builder attempts spent"
+        if spent
+        else f"{reason}; the same failure repeated"
+    )
+    if ps.auditor is None or ps.max_auditor_attempts == 0:
+        fail_phase(ctx, ps, why)
+        missing = "no auditor is configured" if ps.auditor is None else "the category allows no auditor attempts"
+        raise EndRun(RunState.DONE_FAILED_REQUIRES_HUMAN_REVIEW, f"phase {ps.phase_id}: {why}; {missing}")
+    ctx.rec.note(ps.phase_id, "escalated", why=why)
+    return "escalating"
+
+
+# -- the record on the branch ------------------------------------------------------------
+
+
+def commit_record(ctx: RunContext, what: str) -> None:
+    """Record-only commit so the branch alone is a complete audit trail (docs/architecture.md, The run directory)."""
+    if not ctx.record_in_branch or not ctx.worktree.exists():
+        return
+    ctx.copy_record_into_worktree()
+    ctx.git.commit_changes(
+        ctx.worktree,
+        f"autopack: record {ctx.rec.run.run_id}: {what}",
+        {"Autopack-Run": ctx.rec.run.run_id, "Autopack-Event": str(ctx.rec.run.events_count)},
+    )

@@ -1,0 +1,224 @@
+"""Gate, CI and snapshot of the current attempt."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pipeline.ci import runner as ci
+from pipeline.core import failpoints
+from pipeline.core.errors import GitError
+from pipeline.core.jsonio import write_model
+from pipeline.gate.licence import external_issue_category
+from pipeline.gate.verdict import feedback_for, run_gate
+from pipeline.models.enums import IssueSource, PhaseState, RunState, Severity
+from pipeline.models.issues import Issue
+from pipeline.models.reports import GateReport
+from pipeline.models.run import Spend
+from pipeline.models.strategy import PhaseStrategy
+from pipeline.policy import budgets
+from pipeline.run.context import RunContext, tag_name
+from pipeline.run.outcomes import (
+    EndRun,
+    add_phase_spend,
+    attempt_dir,
+    end_for_budget,
+    fail_phase,
+    failed_attempt,
+    make_issue,
+    mark_attempt,
+    rel,
+    save_issues,
+    spends,
+)
+
+
+def gate_and_verify(ctx: RunContext, ps: PhaseStrategy) -> None:
+    rec = ctx.rec.phase(ps.phase_id)
+    k = rec.current_attempt
+    attempt = rec.attempts[-1]
+    adir = attempt_dir(ctx, ps, k)
+    patch_path = adir / "patch.diff"
+    ctx.git.reset_to(ctx.worktree, ctx.branch, attempt.base_commit or ctx.git.head(ctx.worktree))
+    if ctx.rec.run.state == RunState.PHASE_EXECUTION:
+        ctx.rec.run_to(RunState.GATE, phase=ps.phase_id, attempt=k)
+    if rec.state == PhaseState.EXECUTING:
+        ctx.rec.phase_to(ps.phase_id, PhaseState.GATE, attempt=k)
+    report = run_gate(
+        patch_text=patch_path.read_text(errors="surrogateescape"),
+        patch_path=patch_path,
+        worktree=ctx.worktree,
+        phase=ps,
+        protected_paths=ctx.rec.strategy.protected_paths,
+        static_checks=ctx.rec.strategy.ci_profiles[ps.ci_profile].static_checks,
+        git=ctx.git,
+        attempt=k,
+        log_dir=adir,
+    )
+    write_model(adir / "gate.json", report)
+    write_model(ctx.rec.phase_dir(ps) / "gate.json", report)
+    if report.verdict != "pass":
+        _gate_failed(ctx, ps, report, adir)
+        return
+    ctx.rec.save_phase(ctx.rec.phase(ps.phase_id).model_copy(update={"step": "gated"}))
+    _verify(ctx, ps, k)
+
+
+def _gate_fingerprint(report: GateReport) -> str:
+    failed = [f"{c.name}:{sorted(c.evidence)}" for c in report.checks if c.verdict == "fail"]
+    return hashlib.sha256("|".join(failed).encode()).hexdigest()
+
+
+def _gate_failed(ctx: RunContext, ps: PhaseStrategy, report: GateReport, adir: Path) -> None:
+    failed = [c for c in report.checks if c.verdict == "fail"]
+    check = failed[0] if failed else None
+    name = check.name if check else "gate"
+    message = check.message if check else "the gate refused the patch"
+    external = external_issue_category(ps.task_category, name, check.evidence if check else [])
+    issue = make_issue(
+        ctx,
+        ps,
+        key=f"gate:{name}",
+        source=IssueSource.gate,
+        category=external or f"gate_{name}",
+        severity=Severity.major if report.policy_violation or external else None,
+        evidence=[rel(ctx, adir / "gate.json"), *(check.evidence[:5] if check else [])],
+        message=message,
+    )
+    policy = report.policy_violation and ctx.rec.strategy.on_policy_violation == "fail_run"
+    failed_attempt(
+        ctx,
+        ps,
+        "policy_violation" if report.policy_violation else "gate_failed",
+        message,
+        feedback_for(report),
+        [issue],
+        end=RunState.DONE_FAILED_POLICY_VIOLATION if policy else None,
+        fingerprint=_gate_fingerprint(report),
+    )
+
+
+def _verify(ctx: RunContext, ps: PhaseStrategy, k: int) -> None:
+    exhausted = budgets.before_ci(ctx.rec.strategy, spends(ctx), ps)
+    if exhausted:
+        end_for_budget(ctx, ps, exhausted)
+    if ctx.rec.run.state == RunState.GATE:
+        ctx.rec.run_to(RunState.CI_RUNNING, phase=ps.phase_id, attempt=k)
+    ctx.rec.phase_to(ps.phase_id, PhaseState.CI_RUNNING, attempt=k)
+    out_dir = ctx.store.ci_dir(ps.index, ps.phase_id, k)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = ci.run_ci(
+        profile=ctx.rec.strategy.ci_profiles[ps.ci_profile],
+        profile_name=ps.ci_profile.value,
+        worktree=ctx.worktree,
+        out_dir=out_dir,
+        phase_id=ps.phase_id,
+        attempt=k,
+    )
+    write_model(out_dir / "ci.json", report)
+    add_phase_spend(ctx, ps, Spend(ci_runs=1))
+    evidence = rel(ctx, out_dir / "ci.json")
+    flaky = [
+        make_issue(
+            ctx,
+            ps,
+            key=f"flaky:{t}",
+            source=IssueSource.ci,
+            category="flaky_test",
+            severity=Severity.minor,
+            evidence=[evidence, t],
+            message=f"{t} failed, then passed on a retry",
+        )
+        for t in report.flaky_tests
+    ]
+    if report.environment_error:
+        save_issues(ctx, ps, flaky)
+        fail_phase(ctx, ps, f"CI environment: {report.environment_error}")
+        raise EndRun(RunState.DONE_FAILED_ENVIRONMENT, f"CI environment: {report.environment_error}")
+    if report.verdict != "pass":
+        feedback = ci.feedback_for(report, out_dir)
+        external = external_issue_category(ps.task_category, "ci", [feedback])
+
+        def ci_issue(key: str, source: IssueSource, category: str, refs: list[str], message: str) -> Issue:
+            """An issue of the red CI run; in an external code phase, of its external category, major."""
+            return make_issue(
+                ctx,
+                ps,
+                key=key,
+                source=source,
+                category=external or category,
+                severity=Severity.major if external else None,
+                evidence=refs,
+                message=message,
+            )
+
+        failing = [
+            ci_issue(f"test:{t}", IssueSource.test, "test_failure", [evidence, t], f"{t} failed")
+            for t in report.failing_tests
+        ] or [ci_issue(f"ci:{ps.ci_profile.value}", IssueSource.ci, "ci_failure", [evidence], "a CI step failed")]
+        failed_attempt(
+            ctx,
+            ps,
+            "ci_failed",
+            "CI failed",
+            feedback,
+            [*flaky, *failing],
+            fingerprint=ci.fingerprint(report),
+        )
+        return
+    save_issues(ctx, ps, flaky)
+    mark_attempt(ctx, ps, "passed", "gate and CI passed")
+    ctx.rec.save_phase(ctx.rec.phase(ps.phase_id).model_copy(update={"step": "ci_passed"}))
+
+
+def snapshot(ctx: RunContext, ps: PhaseStrategy) -> None:
+    rec = ctx.rec.phase(ps.phase_id)
+    attempt = rec.attempts[-1]
+    base = attempt.base_commit or ctx.git.head(ctx.worktree)
+    # A crash between `git commit` and recording it must not produce a second commit.
+    sha = ctx.git.find_commit_with_trailer(ctx.branch, "Autopack-Phase", ps.phase_id, since=base)
+    if sha is None:
+        # CI may have left build products behind; the snapshot is exactly the gated patch.
+        ctx.git.reset_to(ctx.worktree, ctx.branch, base)
+        applied = ctx.git.apply(ctx.worktree, attempt_dir(ctx, ps, attempt.k) / "patch.diff")
+        if not applied.ok:
+            raise GitError(
+                f"re-applying the verified patch of {ps.phase_id} failed: {applied.message}",
+                "inspect the worktree; the record is intact and a rerun retries",
+            )
+        ctx.copy_record_into_worktree()
+        sha = ctx.git.commit(
+            ctx.worktree,
+            f"{ps.phase_id}: {ps.name}\n\nAutopack run {ctx.rec.run.run_id}, phase {ps.phase_id}, attempt {attempt.k}.",
+            {
+                "Autopack-Run": ctx.rec.run.run_id,
+                "Autopack-Phase": ps.phase_id,
+                "Autopack-Event": str(ctx.rec.run.events_count + 1),
+            },
+        )
+    failpoints.hit("after_snapshot_commit")
+    if ctx.rec.run.state == RunState.CI_RUNNING:
+        ctx.rec.note_before_transition(ps.phase_id, "snapshot", commit=sha)
+    else:
+        ctx.rec.note(ps.phase_id, "snapshot", commit=sha)
+    ctx.rec.save_phase(rec.model_copy(update={"step": "committed", "commit": sha}))
+    ctx.rec.run = ctx.rec.run.model_copy(update={"last_snapshot": sha})
+    if ctx.rec.run.state == RunState.CI_RUNNING:
+        ctx.rec.run_to(RunState.SNAPSHOT_CREATED, phase=ps.phase_id, commit=sha)
+
+
+def complete(ctx: RunContext, ps: PhaseStrategy) -> None:
+    rec = ctx.rec.phase(ps.phase_id)
+    assert rec.commit is not None
+    tag = tag_name(ctx.rec.run.run_id, ps.phase_id)
+    ctx.git.tag(ctx.worktree, tag, rec.commit, f"Autopack run {ctx.rec.run.run_id} phase {ps.phase_id}: {ps.name}")
+    failpoints.hit("after_tag")
+    ctx.rec.save_phase(rec.model_copy(update={"tag": tag}))
+    ctx.rec.phase_to(ps.phase_id, PhaseState.COMPLETE, commit=rec.commit, tag=tag)
+    ctx.rec.save_phase(ctx.rec.phase(ps.phase_id).model_copy(update={"step": "done"}))
+    # One run.json write: the run leaves the phase with the transition that ends it.
+    ctx.rec.run = ctx.rec.run.model_copy(update={"current_phase": None})
+    if ctx.rec.run.state == RunState.SNAPSHOT_CREATED:
+        ctx.rec.run_to(RunState.PHASE_QUEUEING, completed=ps.phase_id)  # writes run.json
+    else:
+        ctx.rec.save_run()
