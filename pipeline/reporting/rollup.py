@@ -290,11 +290,15 @@ def code_version() -> str:
     return hashlib.sha256((ROLLUP_FORMAT + "\n" + views_sql()).encode()).hexdigest()[:16]
 
 
-def fingerprint(workspace: Path, extra: str = "") -> str:
-    """A cheap digest of everything reports read (stat calls only, no file is opened)."""
+def fingerprint(workspace: Path, extra: str = "", current: Mapping[str, str] | None = None) -> str:
+    """A cheap digest of everything reports read (stat calls only, no file is opened).
+
+    `current`: a `scan` the caller already made (`doit report` hands the one of its
+    up-to-date check to `refresh`: one scan per invocation, not two).
+    """
     digest = hashlib.sha256(f"{code_version()}\n{extra}\n".encode())
     digest.update(_stat_stamp(str(Path(workspace) / BACKLOG_FILE)).encode())
-    for run_id, stamp in sorted(scan(workspace).items()):
+    for run_id, stamp in sorted((scan(workspace) if current is None else current).items()):
         digest.update(f"\n{run_id} {stamp}".encode())
     return digest.hexdigest()
 
@@ -442,11 +446,13 @@ def _fresh_marker(db: Path, current: Mapping[str, str]) -> str:
     return f"{digest.hexdigest()} {_stat_stamp(str(db))} {_stat_stamp(str(wal))} {duckdb.__version__}"
 
 
-def refresh(workspace: Path) -> Refresh:
+def refresh(workspace: Path, current: Mapping[str, str] | None = None) -> Refresh:
     """Bring the rollup up to date with runs/: re-read changed runs, forget deleted ones.
 
     When nothing changed since the last refresh (`fresh` marker: a digest of every run's
-    stamp and of the rollup file's own stat) the rollup is not even opened.
+    stamp and of the rollup file's own stat) the rollup is not even opened. `current` is a
+    `scan` made moments before by the same command; a run that changed since then has a
+    newer stamp than the one recorded, so the next refresh re-reads it.
     """
     workspace = Path(workspace)
     db = workspace / ROLLUP_DB
@@ -454,7 +460,7 @@ def refresh(workspace: Path) -> Refresh:
     db.parent.mkdir(parents=True, exist_ok=True)
     # a cache: never committed, whatever the workspace's own .gitignore says
     write_text_atomic(db.parent / ".gitignore", "# the reports' rollup cache (doit report)\n*\n")
-    current = scan(workspace)
+    current = dict(scan(workspace) if current is None else current)
     with contextlib.suppress(FileNotFoundError):
         if marker.read_text(encoding="utf-8") == _fresh_marker(db, current):
             return Refresh(runs=len(current), reread=0, removed=0)
