@@ -202,25 +202,34 @@ def _pattern(workspace: Path, *parts: str) -> str:
 
 
 def _has_files(con: duckdb.DuckDBPyConnection, pattern: str) -> bool:
-    # read_json raises on a glob that matches nothing; an empty project is not an error.
     row = con.execute("SELECT count(*) FROM glob($p)", {"p": pattern}).fetchone()
     return bool(row and row[0])
 
 
+def _read(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> duckdb.DuckDBPyConnection | None:
+    """`con.execute(sql, params)`, or None when its glob matches no file (an empty project
+    is not an error). Asking DuckDB first (`glob()`) would list the tree twice: at 10,000
+    runs, listing runs/*/phases/*/ci/*/ci.json costs seconds."""
+    import duckdb
+
+    try:
+        return con.execute(sql, params)
+    except duckdb.IOException as exc:
+        if "No files found that match the pattern" in str(exc):
+            return None
+        raise
+
+
 def _load_runs(con: duckdb.DuckDBPyConnection, workspace: Path) -> int:
-    pattern = _pattern(workspace, "*", "run.json")
-    if not _has_files(con, pattern):
+    if _read(con, _RUNS_SQL, {"runs": _pattern(workspace, "*", "run.json")}) is None:
         return 0
-    con.execute(_RUNS_SQL, {"runs": pattern})
     row = con.execute("SELECT count(*) FROM runs").fetchone()
     return int(row[0]) if row else 0
 
 
 def _seen(con: duckdb.DuckDBPyConnection, workspace: Path) -> list[_Seen]:
-    pattern = _pattern(workspace, "*", "phases", "*", "issues.json")
-    if not _has_files(con, pattern):
-        return []
-    rows = con.execute(_KEYS_SQL, {"issues": pattern}).fetchall()
+    cur = _read(con, _KEYS_SQL, {"issues": _pattern(workspace, "*", "phases", "*", "issues.json")})
+    rows = cur.fetchall() if cur is not None else []
     return [
         _Seen(
             key=row[0],
@@ -259,10 +268,9 @@ def _green_tests(
 ) -> dict[str, list[tuple[int, str]]]:
     """test key -> [(run rank, "run/phase")] of the CI reports that saw that test pass."""
     pattern = _pattern(workspace, "*", "phases", "*", "ci", "*", "ci.json")
-    if not keys or not _has_files(con, pattern):
-        return {}
+    cur = _read(con, _GREEN_SQL, {"ci": pattern, "keys": keys}) if keys else None
     found: dict[str, list[tuple[int, str]]] = {}
-    for key, run_id, phase_id, rank in con.execute(_GREEN_SQL, {"ci": pattern, "keys": keys}).fetchall():
+    for key, run_id, phase_id, rank in cur.fetchall() if cur is not None else []:
         found.setdefault(key, []).append((int(rank), f"{run_id}/{phase_id}"))
     return found
 
