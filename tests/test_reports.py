@@ -706,7 +706,7 @@ def test_sql_defines_what_a_query_reaches_and_it_reads_the_same(ws: Path) -> Non
         expected = {v: scalar(full, f"SELECT count(*) FROM {v}") for v in _views()}
     assert len(expected) >= 15 and sum(expected.values()) > 0
     for view, n in expected.items():
-        assert reports.run_sql(ws, f"SELECT count(*) AS n FROM {view}", "csv") == f"n\n{n}\n", view
+        assert run_sql(ws, f"SELECT count(*) AS n FROM {view}", "csv") == f"n\n{n}\n", view
     needed = rollup.needed_statements(rollup.split_statements(rollup.views_sql()), "FROM runs")
     defined = {m.group(1) or m.group(2) for s in needed if (m := rollup._DEFINES.match(s))}
     assert {"runs", "raw_runs", "read_run_records", "run_files", "utc"} <= defined
@@ -717,6 +717,6 @@ def test_sql_defines_what_a_query_reaches_and_it_reads_the_same(ws: Path) -> Non
     "query", ["SHOW TABLES", "SELECT view_name FROM duckdb_views() WHERE NOT internal", "SELECT 1"]
 )
 def test_sql_catalog_queries_see_every_view(ws: Path, query: str) -> None:
-    out = reports.run_sql(ws, query, "csv")
+    out = run_sql(ws, query, "csv")
     if query != "SELECT 1":
         assert {"runs", "events", "backlog", "attempts", "run_issues"} <= set(out.split())

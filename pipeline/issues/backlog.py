@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.config.workspace import Workspace
 from pipeline.core.errors import InvalidInput
 from pipeline.core.jsonio import write_model
+from pipeline.issues.gathered import GATHERED_OPTIONS, gather, read_gathered, with_filename
 from pipeline.models.enums import SafetyProfile, Severity
 from pipeline.models.issues import BacklogEntry, BacklogStatus, ProjectBacklog
 from pipeline.models.ruleset import Ruleset
@@ -75,16 +75,6 @@ _STRATEGY_COLUMNS = (
 )
 _CI_COLUMNS = "{'tries': 'STRUCT(steps STRUCT(tests STRUCT(node_id VARCHAR, outcome VARCHAR)[])[])[]'}"
 
-# The deep globs (100,000 issues.json and more ci.json at 10,000 runs) are gathered by
-# Python into one newline-delimited file each, every document with its own path as
-# `filename`: DuckDB reads many small files at ~90 µs each, a plain read costs ~10 µs.
-_GATHERED_OPTIONS = "format = 'newline_delimited', hive_partitioning = false, maximum_object_size = 67108864"
-
-
-def _with_filename(columns: str) -> str:
-    return columns[:-1] + ", 'filename': 'VARCHAR'}"
-
-
 _RUNS_SQL = f"""
 CREATE TEMP TABLE runs AS
 SELECT run_id, created_at, seen_at, safety_profile, phases,
@@ -95,7 +85,7 @@ FROM (
            coalesce(finished_at, updated_at, created_at) AS seen_at,
            coalesce(safety_profile, 'normal') AS safety_profile,
            coalesce(phases, []) AS phases
-    FROM read_json($runs, columns = {_with_filename(_RUN_COLUMNS)}, {_GATHERED_OPTIONS})
+    FROM read_json($runs, columns = {with_filename(_RUN_COLUMNS)}, {GATHERED_OPTIONS})
 )
 """
 
@@ -105,7 +95,7 @@ WITH files AS (
                filename, '({_PART}){_SEP}phases{_SEP}([0-9]+)-{_PART}{_SEP}issues\\.json$',
                ['run_id', 'phase_index']) AS loc,
            phase_id, tier_id, issues
-    FROM read_json($issues, columns = {_with_filename(_ISSUE_COLUMNS)}, {_GATHERED_OPTIONS})
+    FROM read_json($issues, columns = {with_filename(_ISSUE_COLUMNS)}, {GATHERED_OPTIONS})
 ), hits AS (
     SELECT loc.run_id AS run_id, CAST(loc.phase_index AS BIGINT) AS phase_index, phase_id, tier_id,
            unnest(issues) AS issue
@@ -174,7 +164,7 @@ WITH reports AS (
                filename, '({_PART}){_SEP}phases{_SEP}([0-9]+)-({_PART}){_SEP}ci{_SEP}{_PART}{_SEP}ci\\.json$',
                ['run_id', 'phase_index', 'phase_id']) AS loc,
            tries
-    FROM read_json($ci, columns = {_with_filename(_CI_COLUMNS)}, {_GATHERED_OPTIONS})
+    FROM read_json($ci, columns = {with_filename(_CI_COLUMNS)}, {GATHERED_OPTIONS})
 ), tries AS (
     SELECT loc, unnest(tries) AS try FROM reports
 ), steps AS (
@@ -221,94 +211,20 @@ def _has_files(con: duckdb.DuckDBPyConnection, pattern: str) -> bool:
     return bool(row and row[0])
 
 
-def _files(root: str, parts: tuple[str, ...]) -> list[str]:
-    """The files under `root` matching `parts` (`*`: any directory), sorted as a glob."""
-    paths = [root]
-    for part in parts:
-        if part != "*":
-            paths = [f"{p}/{part}" for p in paths]
-            continue
-        found = []
-        for p in paths:
-            try:
-                with os.scandir(p) as entries:
-                    found += sorted(e.path for e in entries if e.is_dir())
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-        paths = found
-    return paths
-
-
-def _read_or_none(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        return None
-
-
-def _tagged(path: str, data: bytes) -> bytes:
-    """The document on one line with `"filename": path` first (a broken one stays broken)."""
-    body = data.translate(None, b"\r\n").strip()
-    if not body.startswith(b"{"):
-        return body or b"!"  # DuckDB refuses it; `_broken` names the file
-    rest = body[1:].lstrip()
-    tag = b'{"filename":' + json.dumps(path).encode()
-    return tag + (rest if rest.startswith(b"}") else b"," + rest)
-
-
-def _gather(workspace: Path, parts: tuple[str, ...], into: Path) -> tuple[Path, list[str]] | None:
-    """One newline-delimited file of every `runs/<parts>` file; None when there is none."""
-    paths = _files(str(Path(workspace).resolve() / "runs"), parts)
-    out, kept = into / f"{'-'.join(p for p in parts if p != '*')}.ndjson", []
-    with open(out, "wb") as f:
-        for path in paths:
-            data = _read_or_none(path)
-            if data is not None:
-                f.write(_tagged(path, data) + b"\n")
-                kept.append(path)
-    return (out, kept) if kept else None
-
-
-def _broken(paths: list[str]) -> str:
-    """The first file that is not one JSON object (looked for only after a read failed)."""
-    for path in paths:
-        data = _read_or_none(path)
-        try:
-            if data is not None and not isinstance(json.loads(data), dict):
-                return path
-        except ValueError:
-            return path
-    return ""
-
-
-def _read_gathered(
-    con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any], gathered: tuple[Path, list[str]]
-) -> duckdb.DuckDBPyConnection:
-    import duckdb
-
-    try:
-        return con.execute(sql, params)
-    except duckdb.Error as exc:
-        bad = _broken(gathered[1])
-        what = f"{bad}: not a JSON object" if bad else f"one of {len(gathered[1])} files like {gathered[1][0]}"
-        raise duckdb.InvalidInputException(f"{what} ({str(exc).splitlines()[0]})") from exc
-
-
 def _load_runs(con: duckdb.DuckDBPyConnection, workspace: Path, tmp: Path) -> int:
-    gathered = _gather(workspace, ("*", "run.json"), tmp)
+    gathered = gather(workspace, ("*", "run.json"), tmp)
     if gathered is None:
         return 0
-    _read_gathered(con, _RUNS_SQL, {"runs": str(gathered[0])}, gathered)
+    read_gathered(con, _RUNS_SQL, {"runs": str(gathered[0])}, gathered)
     row = con.execute("SELECT count(*) FROM runs").fetchone()
     return int(row[0]) if row else 0
 
 
 def _seen(con: duckdb.DuckDBPyConnection, workspace: Path, tmp: Path) -> list[_Seen]:
-    gathered = _gather(workspace, ("*", "phases", "*", "issues.json"), tmp)
+    gathered = gather(workspace, ("*", "phases", "*", "issues.json"), tmp)
     if gathered is None:
         return []
-    rows = _read_gathered(con, _KEYS_SQL, {"issues": str(gathered[0])}, gathered).fetchall()
+    rows = read_gathered(con, _KEYS_SQL, {"issues": str(gathered[0])}, gathered).fetchall()
     return [
         _Seen(
             key=row[0],
@@ -346,11 +262,11 @@ def _green_tests(
     con: duckdb.DuckDBPyConnection, workspace: Path, keys: list[str], tmp: Path
 ) -> dict[str, list[tuple[int, str]]]:
     """test key -> [(run rank, "run/phase")] of the CI reports that saw that test pass."""
-    gathered = _gather(workspace, ("*", "phases", "*", "ci", "*", "ci.json"), tmp) if keys else None
+    gathered = gather(workspace, ("*", "phases", "*", "ci", "*", "ci.json"), tmp) if keys else None
     if gathered is None:
         return {}
     found: dict[str, list[tuple[int, str]]] = {}
-    rows = _read_gathered(con, _GREEN_SQL, {"ci": str(gathered[0]), "keys": keys}, gathered).fetchall()
+    rows = read_gathered(con, _GREEN_SQL, {"ci": str(gathered[0]), "keys": keys}, gathered).fetchall()
     for key, run_id, phase_id, rank in rows:
         found.setdefault(key, []).append((int(rank), f"{run_id}/{phase_id}"))
     return found
