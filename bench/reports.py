@@ -521,7 +521,7 @@ def query_times(ws: Path) -> dict[str, float]:
 
 def backlog_time(ws: Path) -> float:
     """What start_run pays for the backlog when another run recorded issues (one try)."""
-    from pipeline import backlog
+    from pipeline.issues import backlog
 
     started = time.perf_counter()
     if backlog.other_runs_have_issues(ws, "no-such-run"):
