@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,19 +46,38 @@ def _files(root: str, parts: tuple[str, ...]) -> list[str]:
     return paths
 
 
+# DuckDB's own limit for one document (`maximum_object_size` above).
+_MAX_BYTES = 67108864
+# What stands for a file that is not a regular file or is too large: not JSON, so the
+# read fails and `_broken` names the file.
+_NOT_A_DOCUMENT = b"!"
+
+
 def _read_or_none(path: str) -> bytes | None:
+    """The file's bytes; None when it is missing. A FIFO, device or directory where an
+    artifact belongs (a record checked out from git can hold anything) is never waited
+    on or read without bound: it reads as `_NOT_A_DOCUMENT`."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError:
+        return _NOT_A_DOCUMENT
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return _NOT_A_DOCUMENT
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(_MAX_BYTES + 1)
+        return data if len(data) <= _MAX_BYTES else _NOT_A_DOCUMENT
+    finally:
+        os.close(fd)
 
 
 def _tagged(path: str, data: bytes) -> bytes:
     """The document on one line with `"filename": path` first (a broken one stays broken)."""
     body = data.translate(None, b"\r\n").strip()
     if not body.startswith(b"{"):
-        return body or b"!"  # DuckDB refuses it; `_broken` names the file
+        return body or _NOT_A_DOCUMENT  # DuckDB refuses it; `_broken` names the file
     rest = body[1:].lstrip()
     tag = b'{"filename":' + json.dumps(path).encode()
     return tag + (rest if rest.startswith(b"}") else b"," + rest)
