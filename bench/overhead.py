@@ -363,6 +363,92 @@ def report(phases: int, raw_times: tuple[float, float], sup: SupervisorTimes) ->
     return "\n".join(lines)
 
 
+# -- the issue's table ---------------------------------------------------------------------
+
+STARTUP_TARGETS = {"status": 0.2, "validate": 0.3}
+TARGET_GIT_CALLS = 9
+TARGET_FSYNCS = 12
+TARGET_PYTHON_MS = 20
+
+
+def startup(workspace: Path, repeat: int = 5) -> dict[str, tuple[float, float]]:
+    """(wall, CPU) seconds of `python -m pipeline status|validate --run bench`, each the best
+    of `repeat` (CPU: user + system of the child; on a loaded machine it moves far less than
+    the wall time)."""
+    import resource
+
+    out = {}
+    for command in STARTUP_TARGETS:
+        wall, cpu = float("inf"), float("inf")
+        for _ in range(repeat):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            started = time.perf_counter()
+            done = subprocess.run(
+                [sys.executable, "-m", "pipeline", command, "--run", RUN_ID],
+                cwd=workspace,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            wall = min(wall, time.perf_counter() - started)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = min(cpu, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+            if done.returncode != 0:
+                raise SystemExit(f"bench: `{command} --run {RUN_ID}` failed:\n{done.stdout}{done.stderr}")
+        out[command] = (wall, cpu)
+    return out
+
+
+def table(
+    phases: int, raw_times: tuple[float, float], sup: SupervisorTimes, starts: dict[str, tuple[float, float]]
+) -> str:
+    """The figures of issue 15's table that this bench measures: figure | now | target."""
+    raw_phase = raw_times[1] / phases
+    sup_phase = sup.loop / phases
+    n_git, _ = sup.children.total("git ")
+    _, t_children = sup.children.total()
+    python_ms = (sup.start + sup.loop - t_children) / phases * 1000
+    rows = [
+        (
+            f"supervisor per phase vs raw git per phase ({phases} phases)",
+            f"{sup_phase:.3f} s vs {raw_phase:.4f} s = {sup_phase / raw_phase:.1f}x",
+            f"<= {TARGET_RATIO:g}x",
+            sup_phase / raw_phase <= TARGET_RATIO,
+        ),
+        (
+            "git calls per phase (raw needs 7)",
+            f"{n_git / phases:.1f}",
+            f"<= {TARGET_GIT_CALLS}",
+            n_git / phases <= TARGET_GIT_CALLS,
+        ),
+        (
+            "fsyncs per phase",
+            f"{sup.children.fsyncs / phases:.1f}",
+            f"<= {TARGET_FSYNCS}",
+            sup.children.fsyncs / phases <= TARGET_FSYNCS,
+        ),
+        (
+            "Python time per phase outside child processes (fsync waits included)",
+            f"{python_ms:.0f} ms",
+            f"<= {TARGET_PYTHON_MS} ms",
+            python_ms <= TARGET_PYTHON_MS,
+        ),
+    ]
+    for command, target in STARTUP_TARGETS.items():
+        rows.append(
+            (
+                f"`doit {command} --run R` (best of 5, a fresh process)",
+                f"{starts[command][0]:.2f} s wall, {starts[command][1]:.2f} s CPU",
+                f"<= {target:g} s",
+                starts[command][0] <= target,
+            )
+        )
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'figure':<{width}}  {'now':<28}  target", f"{'-' * width}  {'-' * 28}  {'-' * 16}"]
+    lines += [f"{f:<{width}}  {now:<28}  {t} {'met' if ok else 'NOT met'}" for f, now, t, ok in rows]
+    return "\n".join(lines)
+
+
 def callers(phases: int, log: ChildLog) -> str:
     lines = [f"git calls by product caller -> GitCli method (git subcommand), per phase over {phases} phases:"]
     for (caller, method, kind), n in sorted(log.callers.items(), key=lambda item: (-item[1], item[0])):
@@ -399,7 +485,11 @@ def main(argv: list[str] | None = None) -> int:
         raw_times = raw(root / "a", args.phases)
         (root / "b").mkdir()
         sup = supervisor(root / "b", args.phases, args.agent, args.target, args.profile)
+        starts = startup(root / "b" / "ws") if sup.state == "DONE_SUCCESS" else {}
     print(report(args.phases, raw_times, sup))
+    if starts:
+        print(f"\nissue 15's figures (this run, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}):\n")
+        print(table(args.phases, raw_times, sup, starts))
     if sup.profile:
         print("\ncProfile of part (b), top 25 by cumulative time:\n")
         print(sup.profile)

@@ -8,6 +8,7 @@ a key use real runs (real git, a scripted builder, real CI commands).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,38 @@ def test_a_broken_issue_file_is_a_clear_error(tmp_path: Path) -> None:
         derive_backlog(tmp_path)
     assert "runs/r1/phases/01-P1/issues.json" in err.value.message
     assert "doit validate" in err.value.fix
+
+
+@pytest.mark.parametrize("text", ['{"run_id": "r1", "phases": [', "[]", ""])
+def test_a_broken_run_json_is_a_clear_error(tmp_path: Path, text: str) -> None:
+    """The files are gathered into one stream for DuckDB: a broken one is still named."""
+    one_key_run(tmp_path, "r1", 1)
+    (tmp_path / "runs/r1/run.json").write_text(text)
+    with pytest.raises(InvalidInput) as err:
+        derive_backlog(tmp_path)
+    assert "runs/r1/run.json" in err.value.message and "doit validate" in err.value.fix
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_an_issue_file_that_is_no_file_is_named_not_waited_on(tmp_path: Path, kind: str) -> None:
+    one_key_run(tmp_path, "r1", 1)
+    issues = tmp_path / "runs/r1/phases/01-P1/issues.json"
+    issues.unlink()
+    if kind == "fifo":
+        os.mkfifo(issues)  # opening it to read would block until a writer came
+    else:
+        issues.mkdir()
+    with pytest.raises(InvalidInput) as err:
+        derive_backlog(tmp_path)
+    assert "runs/r1/phases/01-P1/issues.json" in err.value.message
+
+
+def test_an_empty_issue_file_object_reads_as_no_issues(tmp_path: Path) -> None:
+    one_key_run(tmp_path, "r1", 1)
+    one_key_run(tmp_path, "r2", 2)
+    (tmp_path / "runs/r2/phases/01-P1/issues.json").write_text("{}\n")
+    got = entry(tmp_path)
+    assert (got.age_in_runs, got.first_seen_run_id, got.last_seen_run_id) == (1, "r1", "r1")
 
 
 def test_same_key_twice_in_a_phase_is_one_run_one_tier(tmp_path: Path) -> None:

@@ -693,3 +693,30 @@ def test_sql_reads_file_views_it_names(ws: Path) -> None:
     assert run_sql(ws, "SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM issues) AS n", "csv") == (
         "n\n17\n"
     )
+
+
+def _views() -> list[str]:
+    statements = rollup.split_statements(rollup.views_sql())
+    return [s.split()[4] for s in statements if s.startswith("CREATE OR REPLACE VIEW ")]
+
+
+def test_sql_defines_what_a_query_reaches_and_it_reads_the_same(ws: Path) -> None:
+    """A query gets only the statements it reaches; every view reads what it reads with all defined."""
+    with rollup.connect(ws) as full:
+        expected = {v: scalar(full, f"SELECT count(*) FROM {v}") for v in _views()}
+    assert len(expected) >= 15 and sum(expected.values()) > 0
+    for view, n in expected.items():
+        assert run_sql(ws, f"SELECT count(*) AS n FROM {view}", "csv") == f"n\n{n}\n", view
+    needed = rollup.needed_statements(rollup.split_statements(rollup.views_sql()), "FROM runs")
+    defined = {m.group(1) or m.group(2) for s in needed if (m := rollup._DEFINES.match(s))}
+    assert {"runs", "raw_runs", "read_run_records", "run_files", "utc"} <= defined
+    assert defined.isdisjoint({"events", "raw_events", "event_files", "backlog", "ci_runs"})
+
+
+@pytest.mark.parametrize(
+    "query", ["SHOW TABLES", "SELECT view_name FROM duckdb_views() WHERE NOT internal", "SELECT 1"]
+)
+def test_sql_catalog_queries_see_every_view(ws: Path, query: str) -> None:
+    out = run_sql(ws, query, "csv")
+    if query != "SELECT 1":
+        assert {"runs", "events", "backlog", "attempts", "run_issues"} <= set(out.split())

@@ -299,10 +299,18 @@ def task_init_ci_dashed() -> dict[str, Any]:
     return {**task_init_ci(), "basename": "init-ci", "doc": "the same as init_ci"}
 
 
-def _report() -> None:
+# The attribute of the report task that carries its up-to-date check's scan to its action
+# (the same doit invocation: the Task object is built per invocation).
+_SCAN_ATTR = "autopack_scan"
+
+
+def _report(task: Any) -> None:
     from pipeline.reporting.report import build_report
 
-    built = build_report(_workspace())
+    stamps = getattr(task, _SCAN_ATTR, None)  # None: doit ran the action without the check
+    if stamps is not None:
+        delattr(task, _SCAN_ATTR)
+    built = build_report(_workspace(), stamps)
     paths = " and ".join(str(p.relative_to(_workspace())) for p in built.paths)
     print(f"wrote {paths}: {built.runs} run(s), {built.reread} re-read into the rollup")
 
@@ -312,8 +320,11 @@ def _report_uptodate(task: Any, values: dict[str, Any]) -> bool:
     # opened, no duckdb import): fast at 10,000 runs, and it is computed only when the
     # report task is selected, unlike a file_dep list built at every task load.
     from pipeline.reporting.report import INDEX_HTML, INDEX_MD, fingerprint
+    from pipeline.reporting.rollup import scan
 
-    digest = fingerprint(_workspace())
+    stamps = scan(_workspace())
+    setattr(task, _SCAN_ATTR, stamps)  # the action refreshes the rollup from this scan
+    digest = fingerprint(_workspace(), stamps)
     task.value_savers.append(lambda: {"fingerprint": digest})
     current = values.get("fingerprint") == digest and all((_workspace() / p).is_file() for p in (INDEX_MD, INDEX_HTML))
     if current:

@@ -20,14 +20,18 @@ Thresholds come from the caller, or per key from the safety profile of the run t
 last seen in (`normal` 3 runs / 2 tiers, `safety_critical` 2 / 1 in the built-in ruleset).
 
 The JSON is read with explicit column types (never sampled), so a file whose first
-records happen to be empty still gives the same types; `union_by_name` lets records
-written before a field existed (e.g. `cleans`) read as NULL.
+records happen to be empty still gives the same types, and records written before a field
+existed (e.g. `cleans`) read NULL there. run.json, issues.json and ci.json are gathered by
+Python into one newline-delimited stream each (every document tagged with its path as
+`filename`) rather than globbed by DuckDB, which reads many small files ~9x slower than a
+plain read (1,000 runs on the 2-core machine: 5.4-5.8 s before, 0.9 s after).
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.config.workspace import Workspace
 from pipeline.core.errors import InvalidInput
 from pipeline.core.jsonio import write_model
+from pipeline.issues.gathered import GATHERED_OPTIONS, gather, read_gathered, with_filename
 from pipeline.models.enums import SafetyProfile, Severity
 from pipeline.models.issues import BacklogEntry, BacklogStatus, ProjectBacklog
 from pipeline.models.ruleset import Ruleset
@@ -80,7 +85,7 @@ FROM (
            coalesce(finished_at, updated_at, created_at) AS seen_at,
            coalesce(safety_profile, 'normal') AS safety_profile,
            coalesce(phases, []) AS phases
-    FROM read_json($runs, columns = {_RUN_COLUMNS}, {_READ_OPTIONS})
+    FROM read_json($runs, columns = {with_filename(_RUN_COLUMNS)}, {GATHERED_OPTIONS})
 )
 """
 
@@ -90,7 +95,7 @@ WITH files AS (
                filename, '({_PART}){_SEP}phases{_SEP}([0-9]+)-{_PART}{_SEP}issues\\.json$',
                ['run_id', 'phase_index']) AS loc,
            phase_id, tier_id, issues
-    FROM read_json($issues, columns = {_ISSUE_COLUMNS}, {_READ_OPTIONS})
+    FROM read_json($issues, columns = {with_filename(_ISSUE_COLUMNS)}, {GATHERED_OPTIONS})
 ), hits AS (
     SELECT loc.run_id AS run_id, CAST(loc.phase_index AS BIGINT) AS phase_index, phase_id, tier_id,
            unnest(issues) AS issue
@@ -159,7 +164,7 @@ WITH reports AS (
                filename, '({_PART}){_SEP}phases{_SEP}([0-9]+)-({_PART}){_SEP}ci{_SEP}{_PART}{_SEP}ci\\.json$',
                ['run_id', 'phase_index', 'phase_id']) AS loc,
            tries
-    FROM read_json($ci, columns = {_CI_COLUMNS}, {_READ_OPTIONS})
+    FROM read_json($ci, columns = {with_filename(_CI_COLUMNS)}, {GATHERED_OPTIONS})
 ), tries AS (
     SELECT loc, unnest(tries) AS try FROM reports
 ), steps AS (
@@ -202,25 +207,24 @@ def _pattern(workspace: Path, *parts: str) -> str:
 
 
 def _has_files(con: duckdb.DuckDBPyConnection, pattern: str) -> bool:
-    # read_json raises on a glob that matches nothing; an empty project is not an error.
     row = con.execute("SELECT count(*) FROM glob($p)", {"p": pattern}).fetchone()
     return bool(row and row[0])
 
 
-def _load_runs(con: duckdb.DuckDBPyConnection, workspace: Path) -> int:
-    pattern = _pattern(workspace, "*", "run.json")
-    if not _has_files(con, pattern):
+def _load_runs(con: duckdb.DuckDBPyConnection, workspace: Path, tmp: Path) -> int:
+    gathered = gather(workspace, ("*", "run.json"), tmp)
+    if gathered is None:
         return 0
-    con.execute(_RUNS_SQL, {"runs": pattern})
+    read_gathered(con, _RUNS_SQL, {"runs": str(gathered[0])}, gathered)
     row = con.execute("SELECT count(*) FROM runs").fetchone()
     return int(row[0]) if row else 0
 
 
-def _seen(con: duckdb.DuckDBPyConnection, workspace: Path) -> list[_Seen]:
-    pattern = _pattern(workspace, "*", "phases", "*", "issues.json")
-    if not _has_files(con, pattern):
+def _seen(con: duckdb.DuckDBPyConnection, workspace: Path, tmp: Path) -> list[_Seen]:
+    gathered = gather(workspace, ("*", "phases", "*", "issues.json"), tmp)
+    if gathered is None:
         return []
-    rows = con.execute(_KEYS_SQL, {"issues": pattern}).fetchall()
+    rows = read_gathered(con, _KEYS_SQL, {"issues": str(gathered[0])}, gathered).fetchall()
     return [
         _Seen(
             key=row[0],
@@ -255,14 +259,15 @@ def _debt_cleanings(con: duckdb.DuckDBPyConnection, workspace: Path) -> dict[str
 
 
 def _green_tests(
-    con: duckdb.DuckDBPyConnection, workspace: Path, keys: list[str]
+    con: duckdb.DuckDBPyConnection, workspace: Path, keys: list[str], tmp: Path
 ) -> dict[str, list[tuple[int, str]]]:
     """test key -> [(run rank, "run/phase")] of the CI reports that saw that test pass."""
-    pattern = _pattern(workspace, "*", "phases", "*", "ci", "*", "ci.json")
-    if not keys or not _has_files(con, pattern):
+    gathered = gather(workspace, ("*", "phases", "*", "ci", "*", "ci.json"), tmp) if keys else None
+    if gathered is None:
         return {}
     found: dict[str, list[tuple[int, str]]] = {}
-    for key, run_id, phase_id, rank in con.execute(_GREEN_SQL, {"ci": pattern, "keys": keys}).fetchall():
+    rows = read_gathered(con, _GREEN_SQL, {"ci": str(gathered[0]), "keys": keys}, gathered).fetchall()
+    for key, run_id, phase_id, rank in rows:
         found.setdefault(key, []).append((int(rank), f"{run_id}/{phase_id}"))
     return found
 
@@ -343,12 +348,15 @@ def derive_backlog(workspace: Path | Workspace, thresholds: tuple[int, int] | No
     ruleset = ws.ruleset.ruleset
     con = duckdb.connect()
     try:
-        runs_read = _load_runs(con, workspace)
-        if not runs_read:
-            return ProjectBacklog()
-        seen = _seen(con, workspace)
-        debt = _debt_cleanings(con, workspace)
-        green = _green_tests(con, workspace, [s.key for s in seen if s.key.startswith(TEST_PREFIX)])
+        con.execute("SET enable_progress_bar = false")  # no bar drawn over the command's output
+        with tempfile.TemporaryDirectory(prefix="autopack-backlog-") as tmp:
+            runs_read = _load_runs(con, workspace, Path(tmp))
+            if not runs_read:
+                return ProjectBacklog()
+            seen = _seen(con, workspace, Path(tmp))
+            debt = _debt_cleanings(con, workspace)
+            keys = [s.key for s in seen if s.key.startswith(TEST_PREFIX)]
+            green = _green_tests(con, workspace, keys, Path(tmp))
     except duckdb.Error as exc:
         # DuckDB names the file and the position; a broken artifact is the user's to repair.
         raise InvalidInput(

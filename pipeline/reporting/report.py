@@ -9,6 +9,7 @@ unchanged page.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,9 +43,9 @@ INDEX_HTML = rollup.REPORTS_DIR / "index.html"
 
 
 
-def fingerprint(workspace: Path) -> str:
+def fingerprint(workspace: Path, current: Mapping[str, str] | None = None) -> str:
     """What `doit report` compares to decide it is up to date (stat calls only)."""
-    return rollup.fingerprint(workspace, extra=f"report {REPORT_FORMAT}")
+    return rollup.fingerprint(workspace, extra=f"report {REPORT_FORMAT}", current=current)
 
 
 
@@ -60,14 +61,16 @@ class Built:
     paths: tuple[Path, ...]
 
 
-def build_report(workspace: Path) -> Built:
-    """Refresh the rollup, query it, write reports/index.md and reports/index.html."""
+def build_report(workspace: Path, current: Mapping[str, str] | None = None) -> Built:
+    """Refresh the rollup, query it, write reports/index.md and reports/index.html.
+
+    `current`: the runs' stamps (`rollup.scan`) when the caller just took them."""
     workspace = Path(workspace)
     reports_dir = workspace / rollup.REPORTS_DIR
     # The views file for `duckdb -init reports/views.sql`, and the empty file it falls back to.
     write_text_atomic(reports_dir / "views.sql", rollup.views_sql())
     write_text_atomic(reports_dir / "none.json", "")
-    refreshed = rollup.refresh(workspace)
+    refreshed = rollup.refresh(workspace, current)
     with rollup.connect(workspace, refresh_first=False, query="") as con:
         report = collect(con)
     md, html = workspace / INDEX_MD, workspace / INDEX_HTML

@@ -148,9 +148,16 @@ def _sql_text(value: str) -> str:
 
 
 def define_views(
-    con: DuckDBPyConnection, workspace: Path, overrides: Mapping[str, str], runs: Sequence[str] | None = None
+    con: DuckDBPyConnection,
+    workspace: Path,
+    overrides: Mapping[str, str],
+    runs: Sequence[str] | None = None,
+    needed_by: str | None = None,
 ) -> None:
     """Execute views.sql on `con` for `workspace`; `overrides` maps a raw view to its SQL.
+
+    With `needed_by` (a query), only the macros, variables and views that query can reach
+    are defined (see `needed_statements`).
 
     File patterns are made absolute unless the workspace is the current directory (DuckDB
     resolves relative paths against the process's), so `filename` stays relative in the
@@ -161,6 +168,8 @@ def define_views(
     if any(ch in base for ch in "*?[]{}"):
         raise InvalidInput(f"{workspace}: the path holds a glob character", "run the reports from the workspace itself")
     statements = split_statements(views_sql())
+    if needed_by is not None:
+        statements = needed_statements(statements, needed_by)
     skipped_vars = {m.group(2) for s in statements if (m := _RAW_VIEW.match(s)) and m.group(1) in overrides}
     for statement in statements:
         raw, files = _RAW_VIEW.match(statement), _SET_FILES.match(statement)
@@ -175,6 +184,58 @@ def define_views(
         elif statement.startswith("CREATE OR REPLACE MACRO files_or_none"):
             statement = statement.replace("'reports/none.json'", _sql_text(str(none_file())))
         con.execute(statement)
+
+
+_DEFINES = re.compile(r"^CREATE OR REPLACE (?:MACRO|VIEW) (\w+)|^SET VARIABLE (\w+)")
+_WORD = re.compile(r"[a-z_][a-z0-9_]*")
+# A query naming one of these looks at the catalog (`SHOW TABLES`, `FROM duckdb_views()`):
+# it gets every view.
+_CATALOG_WORDS = frozenset(
+    {"show", "describe", "summarize", "pragma", "information_schema", "pg_catalog", "sqlite_master"}
+)
+
+
+# What a statement of views.sql reads: a relation after FROM/JOIN, a macro call, a variable.
+_REFERENCE = re.compile(
+    r"getvariable\('([a-z_][a-z0-9_]*)'\)|\b(?:from|join)\s+([a-z_][a-z0-9_]*)|([a-z_][a-z0-9_]*)\s*\("
+)
+
+
+def _words(sql: str) -> set[str]:
+    return set(_WORD.findall(sql.lower()))
+
+
+def _references(statement: str) -> set[str]:
+    code = "\n".join(line.split("--", 1)[0] for line in statement.lower().splitlines())
+    return {next(g for g in m.groups() if g) for m in _REFERENCE.finditer(code)}
+
+
+def needed_statements(statements: Sequence[str], query: str) -> list[str]:
+    """The statements of views.sql that `query` reaches, in their order.
+
+    A query can only read a view, macro or variable it names (any word of the query counts;
+    a statement of views.sql reads what follows its FROM/JOIN, the macros it calls and
+    its getvariable() names), so the rest are left undefined: binding each of the ~35
+    statements costs DuckDB ~1 ms, more than the query itself over the rollup. A query
+    that names none of them, or looks at the catalog, gets them all.
+    """
+    defines: dict[str, int] = {}
+    for i, statement in enumerate(statements):
+        if m := _DEFINES.match(statement):
+            defines[(m.group(1) or m.group(2)).lower()] = i
+    words = _words(query)
+    if words & _CATALOG_WORDS or any(w.startswith("duckdb_") for w in words):
+        return list(statements)
+    todo = [defines[w] for w in words if w in defines]
+    if not todo:
+        return list(statements)
+    keep: set[int] = set()
+    while todo:
+        i = todo.pop()
+        if i not in keep:
+            keep.add(i)
+            todo += [defines[w] for w in _references(statements[i]) if w in defines and defines[w] != i]
+    return [st for i, st in enumerate(statements) if i in keep or not _DEFINES.match(st)]
 
 
 def _listed(workspace: Path, pattern: str, runs: Sequence[str]) -> str:
@@ -229,11 +290,15 @@ def code_version() -> str:
     return hashlib.sha256((ROLLUP_FORMAT + "\n" + views_sql()).encode()).hexdigest()[:16]
 
 
-def fingerprint(workspace: Path, extra: str = "") -> str:
-    """A cheap digest of everything reports read (stat calls only, no file is opened)."""
+def fingerprint(workspace: Path, extra: str = "", current: Mapping[str, str] | None = None) -> str:
+    """A cheap digest of everything reports read (stat calls only, no file is opened).
+
+    `current`: a `scan` the caller already made (`doit report` hands the one of its
+    up-to-date check to `refresh`: one scan per invocation, not two).
+    """
     digest = hashlib.sha256(f"{code_version()}\n{extra}\n".encode())
     digest.update(_stat_stamp(str(Path(workspace) / BACKLOG_FILE)).encode())
-    for run_id, stamp in sorted(scan(workspace).items()):
+    for run_id, stamp in sorted((scan(workspace) if current is None else current).items()):
         digest.update(f"\n{run_id} {stamp}".encode())
     return digest.hexdigest()
 
@@ -381,11 +446,13 @@ def _fresh_marker(db: Path, current: Mapping[str, str]) -> str:
     return f"{digest.hexdigest()} {_stat_stamp(str(db))} {_stat_stamp(str(wal))} {duckdb.__version__}"
 
 
-def refresh(workspace: Path) -> Refresh:
+def refresh(workspace: Path, current: Mapping[str, str] | None = None) -> Refresh:
     """Bring the rollup up to date with runs/: re-read changed runs, forget deleted ones.
 
     When nothing changed since the last refresh (`fresh` marker: a digest of every run's
-    stamp and of the rollup file's own stat) the rollup is not even opened.
+    stamp and of the rollup file's own stat) the rollup is not even opened. `current` is a
+    `scan` made moments before by the same command; a run that changed since then has a
+    newer stamp than the one recorded, so the next refresh re-reads it.
     """
     workspace = Path(workspace)
     db = workspace / ROLLUP_DB
@@ -393,7 +460,7 @@ def refresh(workspace: Path) -> Refresh:
     db.parent.mkdir(parents=True, exist_ok=True)
     # a cache: never committed, whatever the workspace's own .gitignore says
     write_text_atomic(db.parent / ".gitignore", "# the reports' rollup cache (doit report)\n*\n")
-    current = scan(workspace)
+    current = dict(scan(workspace) if current is None else current)
     with contextlib.suppress(FileNotFoundError):
         if marker.read_text(encoding="utf-8") == _fresh_marker(db, current):
             return Refresh(runs=len(current), reread=0, removed=0)
@@ -566,7 +633,7 @@ def connect(
             overrides["raw_attempts"] = "SELECT * EXCLUDE (run_id) FROM rollup.raw_attempts"
         if query is not None:
             overrides.update(_placeholders(query))
-        define_views(con, workspace, overrides)
+        define_views(con, workspace, overrides, needed_by=query or None)
         yield con
     finally:
         con.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.config.workspace import Workspace
 from pipeline.core.errors import InvalidInput, ValidationErrors
@@ -20,12 +21,12 @@ from pipeline.models.strategy import Strategy
 from pipeline.plan import file as planfile
 from pipeline.plan.chaining import next_in_chain, split_plan
 from pipeline.policy.strategy import agent_spec, compile_strategy
-from pipeline.run.context import branch_name, record_lives_in_branch, target_repo, worktree_path
 from pipeline.run.recorder import Recorder, initial_summaries
 from pipeline.store.events import utc_now
 from pipeline.store.rundir import RunStore
-from pipeline.vcs.adapter import GitAdapter
-from pipeline.vcs.remote import make_adapter
+
+if TYPE_CHECKING:  # git and the run context load only for start_run, not for `doit validate`
+    from pipeline.vcs.adapter import GitAdapter
 
 
 def load_valid_plan(ws: Workspace, store: RunStore) -> Plan:
@@ -105,6 +106,8 @@ def _add_debt_phases(workspace: Path, store: RunStore, plan: Plan, ruleset: Rule
     if ruleset.debt_cleanup != "auto" or not aging.aged or aging.backlog is None:
         return aging
     max_phases = min(ruleset.run_budgets.max_phases, plan.budgets.max_phases or ruleset.run_budgets.max_phases)
+    from pipeline.run.context import target_repo
+
     debt = plan_debt_phases(
         workspace,
         target_repo(workspace, plan.target.repo),
@@ -134,6 +137,9 @@ def _note_aging(rec: Recorder, run_id: str, aging: Aging) -> None:
 
 
 def start_run(workspace: Path | Workspace, run_id: str) -> RunRecord:
+    from pipeline.run.context import branch_name, record_lives_in_branch, target_repo, worktree_path
+    from pipeline.vcs.remote import make_adapter
+
     ws = Workspace.of(workspace)
     workspace = ws.root
     store = RunStore(workspace, run_id)
