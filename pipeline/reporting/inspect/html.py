@@ -18,6 +18,11 @@ def esc(value: object) -> str:
     return escape(str(value), quote=True)
 
 
+def esc_body(value: str) -> str:
+    """Escaped for element content (not attributes): quotes stay as they are, smaller."""
+    return escape(value, quote=False)
+
+
 def href(rel: str) -> str:
     return esc(quote(rel, safe="/-._~"))
 
@@ -54,27 +59,33 @@ def diff_block(excerpt: Excerpt | None) -> str:
         return '<p class="missing">no patch.diff</p>'
     if not excerpt.text.strip():
         return f'<p class="muted">{link(excerpt.rel)} is empty</p>'
-    lines = []
+    runs: list[tuple[str, list[str]]] = []  # consecutive lines of one kind share one span
     for line in excerpt.text.split("\n"):
-        if line.startswith(("+++", "---", "diff --git", "index ")):
-            cls = "df"
-        elif line.startswith("@@"):
-            cls = "dh"
-        elif line.startswith("+"):
-            cls = "da"
-        elif line.startswith("-"):
-            cls = "dd"
+        cls = _line_class(line)
+        if runs and runs[-1][0] == cls:
+            runs[-1][1].append(esc_body(line))
         else:
-            lines.append(esc(line))
-            continue
-        lines.append(f'<span class="{cls}">{esc(line)}</span>')
-    return f'<pre class="diff">{chr(10).join(lines)}</pre>{_cut_note(excerpt, "The first part")}'
+            runs.append((cls, [esc_body(line)]))
+    body = "\n".join(f'<span class="{cls}">{chr(10).join(ls)}</span>' if cls else "\n".join(ls) for cls, ls in runs)
+    return f'<pre class="diff">{body}</pre>{_cut_note(excerpt, "The first part")}'
+
+
+def _line_class(line: str) -> str:
+    if line.startswith(("+++", "---", "diff --git", "index ")):
+        return "df"
+    if line.startswith("@@"):
+        return "dh"
+    if line.startswith("+"):
+        return "da"
+    if line.startswith("-"):
+        return "dd"
+    return ""
 
 
 def text_block(excerpt: Excerpt | None, what: str = "The first part", cls: str = "text") -> str:
     if excerpt is None:
         return ""
-    return f'<pre class="{cls}">{esc(excerpt.text)}</pre>{_cut_note(excerpt, what)}'
+    return f'<pre class="{cls}">{esc_body(excerpt.text)}</pre>{_cut_note(excerpt, what)}'
 
 
 def fold(summary: str, body: str, open_: bool = False, cls: str = "") -> str:

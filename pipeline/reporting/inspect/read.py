@@ -203,6 +203,25 @@ class Limits:
     log_tail: int = 4_000
     spec: int = 12_000
 
+    @classmethod
+    def for_run(cls, final: int, superseded: int, ci_runs: int, phases: int) -> Limits:
+        """Shares of a page-wide budget (the page stays under 2 MB however big the run):
+        a final attempt's diff gets three times a superseded one's."""
+        unit = DIFF_BUDGET / max(3 * final + superseded, 1)
+        return cls(
+            diff_final=_clamp(3 * unit, 4_000, cls.diff_final),
+            diff_superseded=_clamp(unit, 1_500, cls.diff_superseded),
+            log_tail=_clamp(LOG_BUDGET / max(ci_runs, 1), 1_000, cls.log_tail),
+            spec=_clamp(SPEC_BUDGET / max(phases, 1), 2_000, cls.spec),
+        )
+
+
+DIFF_BUDGET, LOG_BUDGET, SPEC_BUDGET = 500_000, 200_000, 150_000
+
+
+def _clamp(value: float, low: int, high: int) -> int:
+    return int(min(max(value, low), high))
+
 
 def _numbered_dirs(parent: Path) -> list[tuple[int, Path]]:
     if not parent.is_dir():
@@ -312,10 +331,22 @@ def _final_attempts(run: dict[str, Any]) -> dict[str, int]:
     return {text(p, "phase_id"): int(num(p, "attempts") or 0) for p in items(run, "phases") if isinstance(p, dict)}
 
 
+def _limits(run_dir: Path) -> Limits:
+    """Limits for the number of attempts and CI runs found (directory listings only)."""
+    phases = _phase_dirs(run_dir)
+    final = superseded = ci_runs = 0
+    for _index, _pid, pdir in phases:
+        attempts = len(_numbered_dirs(pdir / "attempts"))
+        final += 1 if attempts else 0
+        superseded += max(attempts - 1, 0)
+        ci_runs += len(_numbered_dirs(pdir / "ci"))
+    return Limits.for_run(final, superseded, ci_runs, len(phases))
+
+
 def read_run(run_dir: Path, mask: Masker | None = None, limits: Limits | None = None) -> RunFiles:
     """Everything the inspector shows of `run_dir`, with a list of what was missing."""
     run_dir = Path(run_dir)
-    reader = _Reader(run_dir, mask or make_masker(), limits or Limits())
+    reader = _Reader(run_dir, mask or make_masker(), limits or _limits(run_dir))
     files = RunFiles(run_dir)
     files.run = reader.json(run_dir / "run.json")
     files.strategy = reader.json(run_dir / "strategy.json")
