@@ -85,7 +85,7 @@ def test_the_demo_run_writes_its_page_at_the_terminal_state(demo_run: Path) -> N
     assert p12.count('<details class="attempt">') == 1 and p12.count('<details open class="attempt">') == 1
     assert "(superseded)" in p12 and "ci_failed" in p12
     assert "tests/test_normalize.py::test_strip_punctuation_keeps_digits" in p12
-    assert "Feedback from the previous attempt" in p12
+    assert "Fed back from attempt 1:" in p12 and "The feedback it got" in p12
     assert 'href="phases/02-P1.2/ci/1/ci.json"' in p12 and 'href="phases/02-P1.2/ci/1/try3-tests.log"' in p12
     # spend against every budget, issues at every level, links to the files
     assert "13,390 of 5,000,000" in text and "T1 CI runs" in text and "P1.2 builder attempts" in text

@@ -38,9 +38,10 @@ def finish_run(ctx: RunContext, state: RunState, reason: str) -> None:
         write_text_atomic(ctx.store.tiers_dir / f"{tier.tier_id}.md", _tier_page(ctx, tier))
     if state != RunState.DONE_SUCCESS:
         _incident_pack(ctx, state, reason)
+    write_text_atomic(ctx.store.summary_md, _summary(ctx))
+    # Last, so nothing above depends on it; a step killed before it gets it on the next step.
     ctx.rec.flush()  # the page reads the record from disk
     write_inspect(ctx.store.run_dir)
-    write_text_atomic(ctx.store.summary_md, _summary(ctx))
 
 
 def _settle_leftovers(ctx: RunContext, state: RunState) -> None:

@@ -105,12 +105,12 @@ def fmt_usd(value: float | None) -> str:
     return f"${value:,.2f}" if abs(value) >= 1 else f"${value:,.4f}"
 
 
-BAR_W = 260
+BAR_W, SMALL = 260, 150
 
 
-def bar(parts: list[tuple[str, float]], cap: float | None, title: str) -> str:
+def bar(parts: list[tuple[str, float]], cap: float | None, title: str, width: int = BAR_W) -> str:
     """A horizontal bar of stacked parts (class names: reported, estimated, reserved,
-    used) against `cap`; past the cap the bar turns red and overflows its frame."""
+    used) against `cap` (a line); past the cap the frame turns red."""
     total = sum(v for _, v in parts)
     if cap is None:
         parts = [("nocap", total)] if total else []
@@ -120,18 +120,18 @@ def bar(parts: list[tuple[str, float]], cap: float | None, title: str) -> str:
     for cls, value in parts:
         if value <= 0:
             continue
-        w = BAR_W * value / top
+        w = width * value / top
         rects.append(f'<rect x="{x:.1f}" y="2" width="{max(w, 1):.1f}" height="12" class="b-{esc(cls)}"/>')
         x += w
     marks = ""
     if cap:
-        cx = BAR_W * cap / top
+        cx = width * cap / top
         marks = f'<line x1="{cx:.1f}" y1="0" x2="{cx:.1f}" y2="16" class="b-cap"/>'
     over = " over" if cap is not None and total > cap else ""
     return (
-        f'<svg class="bar{over}" width="{BAR_W}" height="16" viewBox="0 0 {BAR_W} 16" role="img" '
+        f'<svg class="bar{over}" width="{width}" height="16" viewBox="0 0 {width} 16" role="img" '
         f'aria-label="{esc(title)}"><title>{esc(title)}</title>'
-        f'<rect x="0" y="2" width="{BAR_W}" height="12" class="b-frame"/>{"".join(rects)}{marks}</svg>'
+        f'<rect x="0" y="2" width="{width}" height="12" class="b-frame"/>{"".join(rects)}{marks}</svg>'
     )
 
 

@@ -61,7 +61,7 @@ svg.bar{vertical-align:middle}.b-frame{fill:#f4f6f8;stroke:#d0d7de}.b-cap{stroke
 .b-reported,.b-used{fill:#4f7fc0}.b-nocap{fill:#c9d3e0}
 .b-estimated{fill:#9dbbe3}.b-reserved{fill:#fff;stroke:#4f7fc0;stroke-dasharray:3 2}
 svg.bar.over .b-frame{stroke:#d0453b;stroke-width:2}
-.legend{font-size:.82rem;color:#57606a}.legend svg{vertical-align:middle}
+.legend{font-size:.82rem;color:#57606a}.fig{font-size:.78rem;color:#57606a}.legend svg{vertical-align:middle}
 nav a{margin-right:.9rem}
 """
 

@@ -113,6 +113,20 @@ def _ci(ci: CiRun) -> str:
     return "".join(out)
 
 
+def _fed_back(phase: Phase, attempt: Attempt, final: bool) -> str:
+    """What the attempt was told about the one before it (the full text: the latest only)."""
+    before = next((a for a in phase.attempts if a.k == attempt.k - 1), None)
+    if before is None:
+        return ""
+    outcome = text(before.builder, "outcome", "unknown")
+    reason = esc(text(before.builder, "reason"))
+    line = f"<p>Fed back from attempt {before.k}: {badge(outcome, tone_of(outcome))} {reason}</p>"
+    feedback = text(phase.record, "feedback")
+    if final and feedback:
+        line += fold("The feedback it got", f'<pre class="text">{esc(feedback)}</pre>')
+    return line
+
+
 def _attempt(phase: Phase, attempt: Attempt, ci_runs: list[CiRun], final: bool) -> str:
     builder = attempt.builder
     outcome = text(builder, "outcome", "unknown")
@@ -137,6 +151,7 @@ def _attempt(phase: Phase, attempt: Attempt, ci_runs: list[CiRun], final: bool) 
             f"{esc(text(builder, 'started_at', '?'))} → {esc(text(builder, 'finished_at', '?'))}; "
             f"{esc(_usage(builder))}</p>"
         )
+    body.append(_fed_back(phase, attempt, final))
     notes = text(builder, "result_notes") or text(attempt.result, "notes")
     if notes:
         body.append(f'<p>Agent notes: <q class="notes">{esc(notes)}</q></p>')
@@ -196,9 +211,6 @@ def render_phase(files: RunFiles, phase: Phase) -> str:
         out.append(f'<p class="missing">{link(phase.rel + "/phase.json")} missing or unreadable</p>')
     if phase.spec is not None:
         out.append(fold("The spec the builder got (the latest attempt's)", text_block(phase.spec), cls="spec"))
-    feedback = text(record, "feedback")
-    if feedback:
-        out.append(fold("Feedback from the previous attempt", f'<pre class="text">{esc(feedback)}</pre>'))
     by_attempt = _ci_by_attempt(phase)
     last = max((a.k for a in phase.attempts), default=0)
     for attempt in phase.attempts:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.reporting.inspect.html import bar, esc, fmt_num, fmt_usd, link, table
+from pipeline.reporting.inspect.html import SMALL, bar, esc, fmt_num, fmt_usd, link, table
 from pipeline.reporting.inspect.read import Phase, RunFiles, items, num, obj, phase_strategy, text, tier_strategy
 
 LEGEND = (
@@ -50,16 +50,27 @@ def _token_parts(spend: dict[str, Any], estimated: float) -> list[tuple[str, flo
     return [("reported", used - estimated), ("estimated", estimated), ("reserved", reserved)]
 
 
-def _row(name: str, parts: list[tuple[str, float]], cap: float | None, fmt: Any, source: str) -> list[str]:
+def _figure(parts: list[tuple[str, float]], cap: float | None, fmt: Any) -> str:
     used = sum(v for cls, v in parts if cls != "reserved")
     reserved = sum(v for cls, v in parts if cls == "reserved")
     figure = f"{fmt(used)} of {fmt(cap) if cap is not None else 'no cap'}"
     if reserved:
         figure += f" (+{fmt(reserved)} reserved)"
-    split = ", ".join(f"{fmt(v)} {cls}" for cls, v in parts if v and cls in ("estimated",))
-    if split:
-        figure += f"; {split}"
+    estimated = sum(v for cls, v in parts if cls == "estimated")
+    if estimated:
+        figure += f"; {fmt(estimated)} estimated"
+    return figure
+
+
+def _row(name: str, parts: list[tuple[str, float]], cap: float | None, fmt: Any, source: str) -> list[str]:
+    figure = _figure(parts, cap, fmt)
     return [esc(name), bar(parts, cap, f"{name}: {figure}"), esc(figure), source]
+
+
+def _cell(name: str, parts: list[tuple[str, float]], cap: float | None, fmt: Any = fmt_num) -> str:
+    """A bar with its figure under it, for the one-row-per-tier/phase tables."""
+    figure = _figure(parts, cap, fmt)
+    return f'{bar(parts, cap, f"{name}: {figure}", SMALL)}<br><span class="fig">{esc(figure)}</span>'
 
 
 def _used(value: float | None) -> list[tuple[str, float]]:
@@ -91,60 +102,35 @@ def tier_rows(files: RunFiles) -> list[list[str]]:
         tier_id = text(tier, "tier_id", "?")
         caps, spend = tier_strategy(files, tier_id), obj(tier, "spend")
         est = sum(estimated.get(pid, 0.0) for pid in items(caps, "phase_ids") if isinstance(pid, str))
-        src = link("strategy.json", "caps") + " " + link("run.json", "spend")
-        rows += [
-            _row(f"{tier_id} tokens", _token_parts(spend, est), num(caps, "token_cap"), fmt_num, src),
-            _row(f"{tier_id} CI runs", _used(num(spend, "ci_runs")), num(caps, "ci_run_cap"), fmt_num, src),
-            _row(
-                f"{tier_id} minor issues",
-                _used(num(spend, "minor_issues")),
-                num(caps, "max_minor_issues"),
-                fmt_num,
-                src,
-            ),
-            _row(
-                f"{tier_id} major issues",
-                _used(num(spend, "major_issues")),
-                num(caps, "max_major_issues"),
-                fmt_num,
-                src,
-            ),
-        ]
+        rows.append(
+            [
+                esc(tier_id),
+                _cell(f"{tier_id} tokens", _token_parts(spend, est), num(caps, "token_cap")),
+                _cell(f"{tier_id} CI runs", _used(num(spend, "ci_runs")), num(caps, "ci_run_cap")),
+                _cell(f"{tier_id} minor issues", _used(num(spend, "minor_issues")), num(caps, "max_minor_issues")),
+                _cell(f"{tier_id} major issues", _used(num(spend, "major_issues")), num(caps, "max_major_issues")),
+                link("strategy.json", "caps") + " " + link("run.json", "spend"),
+            ]
+        )
     return rows
 
 
 def phase_rows(files: RunFiles) -> list[list[str]]:
     rows = []
     for phase in files.phases:
-        caps, spend = phase_strategy(files, phase.phase_id), obj(phase.record, "spend")
-        src = link(f"{phase.rel}/phase.json", "spend")
-        pid = phase.phase_id
-        rows += [
-            _row(
-                f"{pid} tokens",
-                _token_parts(spend, estimated_tokens(phase)),
-                num(caps, "incident_token_cap"),
-                fmt_num,
-                src,
-            ),
-            _row(
-                f"{pid} builder attempts",
-                _used(num(spend, "builder_attempts")),
-                num(caps, "max_builder_attempts"),
-                fmt_num,
-                src,
-            ),
-        ]
-        if num(spend, "auditor_attempts"):
-            rows.append(
-                _row(
-                    f"{pid} auditor calls",
-                    _used(num(spend, "auditor_attempts")),
-                    num(caps, "max_auditor_attempts"),
-                    fmt_num,
-                    src,
-                )
-            )
+        caps, spend, pid = phase_strategy(files, phase.phase_id), obj(phase.record, "spend"), phase.phase_id
+        auditor = num(spend, "auditor_attempts")
+        rows.append(
+            [
+                f'<a href="#phase-{esc(pid)}">{esc(pid)}</a>',
+                _cell(f"{pid} tokens", _token_parts(spend, estimated_tokens(phase)), num(caps, "incident_token_cap")),
+                _cell(
+                    f"{pid} builder attempts", _used(num(spend, "builder_attempts")), num(caps, "max_builder_attempts")
+                ),
+                _cell(f"{pid} auditor calls", _used(auditor), num(caps, "max_auditor_attempts")) if auditor else "—",
+                link(f"{phase.rel}/phase.json", "spend"),
+            ]
+        )
     return rows
 
 
@@ -156,10 +142,14 @@ def render_spend(files: RunFiles) -> str:
             "<h3>Run</h3>",
             table(headers, run_rows(files), "spend"),
             "<h3>Tiers</h3>",
-            table(headers, tier_rows(files), "spend"),
+            table(["tier", "tokens", "CI runs", "minor issues", "major issues", "from"], tier_rows(files), "spend"),
             "<h3>Phases</h3>",
             '<p class="muted">A phase\'s token cap is its incident cap: no agent call starts once the phase has '
             "spent it.</p>",
-            table(headers, phase_rows(files), "spend"),
+            table(
+                ["phase", "tokens (incident cap)", "builder attempts", "auditor calls", "from"],
+                phase_rows(files),
+                "spend",
+            ),
         ]
     )

@@ -205,6 +205,8 @@ def _axis(t0: float, t1: float, scale: float, y: int) -> str:
         t = t0 + total * n / 4
         x = _x(t, t0, scale)
         stamp = dt.datetime.fromtimestamp(t, dt.UTC).strftime("%H:%M:%S")
+        if total < 120 and n:  # a short run: offsets say more than repeated seconds
+            stamp = f"+{t - t0:.1f}s"
         anchor = "start" if n == 0 else ("end" if n == 4 else "middle")
         out.append(f'<line x1="{x:.1f}" y1="18" x2="{x:.1f}" y2="{y + 2}" class="tl-grid"/>')
         out.append(f'<text x="{x:.1f}" y="{y + 16}" text-anchor="{anchor}" class="tl-tick">{stamp}</text>')
