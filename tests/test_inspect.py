@@ -263,6 +263,28 @@ def test_usage_sources_are_shown_when_recorded(run_copy: Path) -> None:
     assert "3,050 estimated" in page and "(+250,000 reserved)" in page and 'class="b-reserved"' in page
 
 
+def test_auditor_calls_are_shown_with_their_verdicts(run_copy: Path) -> None:
+    audit = run_copy / "phases/02-P1.2/audit/1"
+    audit.mkdir(parents=True)
+    record = {
+        "k": 1,
+        "purpose": "review",
+        "profile": "codex",
+        "command": "codex exec",
+        "started_at": "2026-12-04T10:00:00Z",
+        "finished_at": "2026-12-04T10:00:30Z",
+        "verdict": "revise",
+        "notes": "keep <b>digits</b>",
+        "usage": {"tokens_in": 10, "tokens_out": 5, "cost_usd": 0.001, "turns": 1},
+    }
+    (audit / "auditor.json").write_text(json.dumps(record))
+    page = render_page(read_run(run_copy))
+    p12 = page.split('id="phase-P1.2"')[1].split('id="phase-P2.1"')[0]
+    assert "<h4>Auditor</h4>" in p12 and ">revise<" in p12 and "keep &lt;b&gt;digits&lt;/b&gt;" in p12
+    assert 'href="phases/02-P1.2/audit/1/auditor.json"' in p12
+    assert 'class="tl-auditor"' in page
+
+
 # -- killed while writing ------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ from pipeline.reporting.inspect.timeline import COLOURS, KINDS, render_timeline
 
 PAGE = "inspect.html"
 BACKLOG_SHOWN = 30
-CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
+CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:1.5rem auto;max-width:1120px;
@@ -153,10 +153,12 @@ def _issues(files: RunFiles) -> str:
                     esc(text(issue, "source")),
                     esc(text(issue, "message")),
                     esc(fmt_num(num(issue, "occurrence_count"))),
+                    esc(text(issue, "first_seen_run")),
                     evidence,
                 ]
             )
-    out = ["<h3>Phases</h3>", table(["phase", "key", "severity", "source", "message", "seen", "evidence"], rows)]
+    headers = ["phase", "key", "severity", "source", "message", "seen", "first seen (run)", "evidence"]
+    out = ["<h3>Phases</h3>", table(headers, rows)]
     index = obj(files.issue_index, "issues_by_key")
     run_rows = [
         [
