@@ -243,6 +243,15 @@ def test_secrets_are_masked_and_markup_is_escaped(run_copy: Path) -> None:
     assert "&quot;&gt;&lt;svg onload=alert(1)&gt;" in page
 
 
+def test_a_cut_log_shows_no_part_of_a_cut_secret(run_copy: Path) -> None:
+    """The tail of a log is whole lines: the end of a token cut in two is not shown."""
+    log = run_copy / "phases/02-P1.2/ci/1/try3-tests.log"
+    log.write_text("x" * 100 + GITHUB_TOKEN_SHAPE + "B" * 3990)  # one line, longer than the tail shown
+    page = render_page(read_run(run_copy))
+    assert GITHUB_TOKEN_SHAPE[-10:] not in page and "B" * 100 not in page
+    assert 'whole file: <a href="phases/02-P1.2/ci/1/try3-tests.log">' in page
+
+
 def test_the_terminal_page_masks_the_supervisors_secrets(run_copy: Path) -> None:
     _poison(run_copy)
     done = cli(run_copy.parent.parent, "inspect", "--run", "demo", env={"DEPLOY_TOKEN": SECRET_VALUE})

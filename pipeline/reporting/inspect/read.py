@@ -185,8 +185,9 @@ class _Reader:
             return None
         body = raw.decode("utf-8", errors="replace")
         truncated = size > limit
-        if truncated:  # whole lines only
-            body = body.split("\n", 1)[-1] if tail else body.rsplit("\n", 1)[0]
+        if truncated:  # whole lines only: a cut line could hold part of a secret, unmasked
+            cut = body.split("\n", 1) if tail else body.rsplit("\n", 1)
+            body = (cut[-1] if tail else cut[0]) if len(cut) == 2 else ""
         return Excerpt(self.rel(path), self.mask(body), size, truncated)
 
 
