@@ -123,6 +123,30 @@ def test_the_report_links_each_runs_page(run_copy: Path) -> None:
     assert "[demo](../runs/demo/inspect.html)" in (reports / "index.md").read_text()
 
 
+def test_the_backlog_entries_of_the_run_are_shown_with_their_age(run_copy: Path) -> None:
+    workspace = run_copy.parent.parent
+    done = cli(workspace, "backlog")
+    assert done.returncode == 0, done.stderr
+    page = render_page(read_run(run_copy))
+    backlog = page.split("<h3>Project backlog")[1]
+    assert 'href="../../reports/project_issue_backlog.json"' in backlog
+    assert "3 of the backlog's 3 issue key(s) concern this run" in backlog and "gate:scope" in backlog
+
+
+def test_a_run_in_progress_renders(tmp_path: Path) -> None:
+    from pipeline.commands.demo import prepare
+    from pipeline.run.start import start_run
+
+    _sample, workspace = prepare(tmp_path)
+    start_run(workspace, "demo")
+    assert cli(workspace, "run_phase", "--run", "demo").returncode == 0
+    done = cli(workspace, "inspect", "--run", "demo")
+    assert done.returncode == 0, done.stderr
+    page = (workspace / "runs" / "demo" / PAGE).read_text()
+    assert "PHASE_QUEUEING" in page and 'class="verdict warn"' in page and "Incident" not in page
+    assert 'id="phase-P1.1"' in page and "COMPLETE" in page
+
+
 # -- damaged run directories ---------------------------------------------------------------
 
 
@@ -402,6 +426,10 @@ def test_the_demo_page_loads_offline_in_a_headless_browser(run_copy: Path) -> No
         page, run_copy.parent / "chromium-shot", "--hide-scrollbars", "--window-size=1200,4000", f"--screenshot={shot}"
     )
     assert shot.stat().st_size > 50_000, "a blank page compresses to a few KB"
+    if os.environ.get("AUTOPACK_TEST_ARTIFACTS"):  # CI collects it from there
+        keep = Path(os.environ["AUTOPACK_TEST_ARTIFACTS"])
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, keep / "inspect-demo.png")
     print(f"screenshot: {shot}")
 
 
