@@ -86,6 +86,8 @@ def test_the_demo_run_writes_its_page_at_the_terminal_state(demo_run: Path) -> N
     assert "(superseded)" in p12 and "ci_failed" in p12
     assert "tests/test_normalize.py::test_strip_punctuation_keeps_digits" in p12
     assert "Fed back from attempt 1:" in p12 and "The feedback it got" in p12
+    fed = p12.split("Fed back from attempt 1:")[1].split("</p>")[0]
+    assert "failing: <code>tests/test_normalize.py::test_strip_punctuation_keeps_digits</code>" in fed
     assert 'href="phases/02-P1.2/ci/1/ci.json"' in p12 and 'href="phases/02-P1.2/ci/1/try3-tests.log"' in p12
     # spend against every budget, issues at every level, links to the files
     assert "13,390 of 5,000,000" in text and "T1 CI runs" in text and "P1.2 builder attempts" in text

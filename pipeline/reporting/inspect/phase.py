@@ -120,7 +120,15 @@ def _fed_back(phase: Phase, attempt: Attempt, final: bool) -> str:
         return ""
     outcome = text(before.builder, "outcome", "unknown")
     reason = esc(text(before.builder, "reason"))
-    line = f"<p>Fed back from attempt {before.k}: {badge(outcome, tone_of(outcome))} {reason}</p>"
+    failing = [
+        f"<code>{esc(t)}</code>"
+        for ci in phase.ci
+        if int(num(ci.report, "attempt") or ci.k) == before.k
+        for t in items(ci.report, "failing_tests")[:FAILING_TESTS_SHOWN]
+        if isinstance(t, str)
+    ]
+    tests = f" — failing: {', '.join(failing)}" if failing else ""
+    line = f"<p>Fed back from attempt {before.k}: {badge(outcome, tone_of(outcome))} {reason}{tests}</p>"
     feedback = text(phase.record, "feedback")
     if final and feedback:
         line += fold("The feedback it got", f'<pre class="text">{esc(feedback)}</pre>')
