@@ -442,3 +442,13 @@ def test_hostile_content_makes_no_request_in_a_headless_browser(run_copy: Path) 
     assert _console(page, run_copy.parent) == []
     probe = _probe(page, run_copy.parent)
     assert probe["errors"] == [] and probe["resources"] == [], probe
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_the_browser_check_sees_a_request_that_got_through(run_copy: Path) -> None:
+    """The check is live: markup that escaped the escaping is reported, twice over."""
+    page = run_copy / PAGE
+    page.write_text(page.read_text().replace("<h1>", '<img src="http://example.invalid/x.png"><h1>', 1))
+    assert any("example.invalid" in line for line in _console(page, run_copy.parent))
+    probe = _probe(page, run_copy.parent)
+    assert probe["resources"] == ["http://example.invalid/x.png"] and probe["errors"], probe
