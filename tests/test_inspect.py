@@ -217,6 +217,13 @@ def test_a_missing_artifact_is_named_and_the_rest_is_shown(run_copy: Path, rel: 
         assert "No phase directories" in page
 
 
+def test_a_missing_attempt_gate_falls_back_to_the_phases_latest(run_copy: Path) -> None:
+    (run_copy / "phases/04-P2.2/attempts/1/gate.json").unlink()
+    page = render_page(read_run(run_copy))
+    p22 = page.split('id="phase-P2.2"')[1]
+    assert "docs/notes.md (not allowed)" in p22 and 'href="phases/04-P2.2/gate.json"' in p22
+
+
 def test_an_empty_run_directory_still_renders(tmp_path: Path) -> None:
     run_dir = tmp_path / "runs" / "r1"
     run_dir.mkdir(parents=True)

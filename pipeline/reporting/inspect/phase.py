@@ -164,7 +164,10 @@ def _attempt(phase: Phase, attempt: Attempt, ci_runs: list[CiRun], final: bool) 
     if notes:
         body.append(f'<p>Agent notes: <q class="notes">{esc(notes)}</q></p>')
     body.append(diff_block(attempt.patch))
-    body.append(_gate(attempt.gate, f"{attempt.rel}/gate.json"))
+    if attempt.gate or not (final and num(phase.gate, "attempt") == attempt.k):
+        body.append(_gate(attempt.gate, f"{attempt.rel}/gate.json"))
+    else:  # the attempt's copy is gone; the phase's latest verdict is the same attempt's
+        body.append(_gate(phase.gate, f"{phase.rel}/gate.json"))
     for ci in ci_runs:
         body.append(_ci(ci))
     return fold(summary, "".join(body), open_=final, cls="attempt")
