@@ -39,3 +39,5 @@ def test_demo_task_prints_where_the_run_is(tmp_path: Path) -> None:
     assert "demo: as designed" in done.stdout and "run record:" in done.stdout
     assert "Traceback" not in done.stderr
     assert list(tmp_path.glob("autopack-demo-*/workspace/runs/demo/RUN_SUMMARY.md"))
+    page = done.stdout.split("inspect it: ")[1].split(" ")[0]
+    assert page.endswith("runs/demo/inspect.html") and Path(page).is_file()

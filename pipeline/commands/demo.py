@@ -19,6 +19,7 @@ from pipeline.core.errors import StepFailed
 from pipeline.core.jsonio import write_text_atomic
 from pipeline.core.overrides import builtin_path
 from pipeline.models.enums import RunState
+from pipeline.reporting.inspect.page import PAGE
 from pipeline.run.driver import run_to_end
 from pipeline.run.start import start_run
 from pipeline.vcs.local import LocalGitCli, init_repository
@@ -111,3 +112,4 @@ def _check(
     say("  (DONE_FAILED_POLICY_VIOLATION, incident pack written, not eligible for promotion).")
     say(f"  three tagged commits on {git.repo}: branch autonomous/{RUN_ID}; base branch main untouched.")
     say(f"  run record: {run_dir} (RUN_SUMMARY.md, events.jsonl, phases/, incident/)")
+    say(f"  inspect it: {run_dir / PAGE} (open it in a browser; it works offline)")

@@ -174,6 +174,12 @@ def _demo(keep: bool) -> None:
     run_demo(keep=keep)
 
 
+def _inspect(run: str) -> None:
+    from pipeline.commands.inspector import inspect_run
+
+    print(inspect_run(_workspace(), _need(run, "run", "doit inspect --run add-jitter")))
+
+
 def _init() -> None:
     from pipeline.commands.init import init_workspace
 
@@ -265,6 +271,14 @@ def task_demo() -> dict[str, Any]:
         "run the whole pipeline on the embedded sample in a temp dir",
         _demo,
         {"name": "keep", "long": "keep", "type": bool, "default": True, "help": "keep the temp dir"},
+    )
+
+
+def task_inspect() -> dict[str, Any]:
+    return _task(
+        "write runs/<run>/inspect.html: the run's whole story on one offline page (also at every terminal state)",
+        _inspect,
+        _RUN,
     )
 
 

@@ -24,7 +24,12 @@ def md_table(table: Table) -> list[str]:
     align = ["---:" if i in table.numeric else "---" for i in range(len(table.headers))]
     lines.append("| " + " | ".join(_md_cell(h) for h in table.headers) + " |")
     lines.append("| " + " | ".join(align) + " |")
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
+    for n, row in enumerate(table.rows):
+        cells = [_md_cell(c) for c in row]
+        for col, hrefs in table.links.items():
+            if hrefs[n]:
+                cells[col] = f"[{cells[col]}]({hrefs[n]})"
+        lines.append("| " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
@@ -73,8 +78,12 @@ def _html_table(table: Table) -> str:
     if table.caption:
         parts.append(f"<caption>{_html_text(table.caption)}</caption>")
     parts.append("<tr>" + "".join(f"<th{cls(i)}>{escape(h)}</th>" for i, h in enumerate(table.headers)) + "</tr>")
-    for row in table.rows:
-        parts.append("<tr>" + "".join(f"<td{cls(i)}>{escape(c)}</td>" for i, c in enumerate(row)) + "</tr>")
+    for n, row in enumerate(table.rows):
+        cells = [escape(c) for c in row]
+        for col, hrefs in table.links.items():
+            if hrefs[n]:
+                cells[col] = f'<a href="{escape(hrefs[n])}">{cells[col]}</a>'
+        parts.append("<tr>" + "".join(f"<td{cls(i)}>{c}</td>" for i, c in enumerate(cells)) + "</tr>")
     if not table.rows:
         parts.append(f'<tr><td colspan="{len(table.headers)}">(none)</td></tr>')
     parts.append("</table>")

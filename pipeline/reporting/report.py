@@ -13,18 +13,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from pipeline.core.jsonio import write_text_atomic
 from pipeline.reporting import rollup
 from pipeline.reporting.render import render_html, render_markdown
-from pipeline.reporting.sections import collect
+from pipeline.reporting.sections import Report, collect
 
 if TYPE_CHECKING:
     pass
 
 
 # Bump when the report's content or layout changes: an up-to-date report is rebuilt.
-REPORT_FORMAT = "1"
+REPORT_FORMAT = "2"
 
 
 INDEX_MD = rollup.REPORTS_DIR / "index.md"
@@ -73,7 +74,18 @@ def build_report(workspace: Path, current: Mapping[str, str] | None = None) -> B
     refreshed = rollup.refresh(workspace, current)
     with rollup.connect(workspace, refresh_first=False, query="") as con:
         report = collect(con)
+    _link_inspect_pages(workspace, report)
     md, html = workspace / INDEX_MD, workspace / INDEX_HTML
     write_text_atomic(md, render_markdown(report))
     write_text_atomic(html, render_html(report))
     return Built(report.runs, refreshed.reread, (md, html))
+
+
+def _link_inspect_pages(workspace: Path, report: Report) -> None:
+    """The run table's run ids link to each run's inspector page, where it was written."""
+    section = next(s for s in report.sections if s.anchor == "runs")
+    table = section.tables[-1]
+    table.links[0] = [
+        f"../runs/{quote(row[0])}/inspect.html" if (workspace / "runs" / row[0] / "inspect.html").is_file() else ""
+        for row in table.rows
+    ]

@@ -35,6 +35,7 @@ class Table:
     rows: list[list[str]]
     caption: str = ""
     numeric: frozenset[int] = frozenset()  # column positions right-aligned in HTML
+    links: dict[int, list[str]] = field(default_factory=dict)  # column -> per-row href ("" for none)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pipeline.models.enums import PhaseState, RunScope, RunState, TierState
 from pipeline.models.run import PhaseRecord, TierSummary
 from pipeline.models.strategy import PhaseStrategy
 from pipeline.plan.file import plan_sha256
+from pipeline.reporting.inspect.page import ensure_inspect
 from pipeline.run import audit as auditing
 from pipeline.run import build as building
 from pipeline.run import verify as verifying
@@ -132,6 +133,7 @@ def _run_phase_locked(ctx: RunContext, phase_id: str | None) -> StepOutcome:
     _check_frozen(ctx)
     run = ctx.rec.run
     if run.state.terminal:
+        ensure_inspect(ctx.store.run_dir)  # a step killed before writing the page: write it now
         return StepOutcome(run.run_id, None, None, run.state, f"run {run.run_id} is finished: {run.state.value}")
     ps = _strategy_phase(ctx, phase_id) if phase_id else _next_phase(ctx)
     if ps is None:

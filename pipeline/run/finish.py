@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from pipeline.core.jsonio import canonical_json, write_text_atomic
 from pipeline.models.enums import PhaseState, RunState, TierState
 from pipeline.models.run import TierSummary
+from pipeline.reporting.inspect.page import PAGE, write_inspect
 
 if TYPE_CHECKING:
     from pipeline.run.context import RunContext
@@ -38,6 +39,9 @@ def finish_run(ctx: RunContext, state: RunState, reason: str) -> None:
     if state != RunState.DONE_SUCCESS:
         _incident_pack(ctx, state, reason)
     write_text_atomic(ctx.store.summary_md, _summary(ctx))
+    # Last, so nothing above depends on it; a step killed before it gets it on the next step.
+    ctx.rec.flush()  # the page reads the record from disk
+    write_inspect(ctx.store.run_dir)
 
 
 def _settle_leftovers(ctx: RunContext, state: RunState) -> None:
@@ -136,6 +140,9 @@ def _summary(ctx: RunContext) -> str:
             f"**Outcome:** {run.state.value}" + (f" — {run.failure_reason}" if run.failure_reason else ""),
             "",
             f"**Promotion:** {verdict} — {'; '.join(run.promotion_reasons)}",
+            "",
+            f"**Inspect:** [{PAGE}]({PAGE}) — the whole run on one offline page: timeline, every attempt's "
+            "diff and gate checks, CI, spend against budgets, issues.",
             "",
             f"Spend: {run.spend.tokens} tokens (cap {run.budgets.token_cap}), ${run.spend.cost_usd:.2f}, "
             f"{run.spend.builder_attempts} builder attempts, {run.spend.ci_runs} CI runs, "
