@@ -61,7 +61,7 @@ SELECT * FROM read_json(files, format = 'unstructured', records = true, filename
     spend: 'STRUCT(active_seconds DOUBLE, auditor_attempts BIGINT, builder_attempts BIGINT, ci_runs BIGINT, cost_usd DOUBLE, major_issues BIGINT, minor_issues BIGINT, tokens BIGINT)',
     state: 'VARCHAR',
     target_repo: 'VARCHAR',
-    tiers: 'STRUCT(cleanliness VARCHAR, cleanliness_reasons VARCHAR[], name VARCHAR, spend STRUCT(active_seconds DOUBLE, auditor_attempts BIGINT, builder_attempts BIGINT, ci_runs BIGINT, cost_usd DOUBLE, major_issues BIGINT, minor_issues BIGINT, tokens BIGINT), state VARCHAR, tier_id VARCHAR)[]',
+    tiers: 'STRUCT(ci_cap_hit BOOLEAN, cleanliness VARCHAR, cleanliness_reasons VARCHAR[], major_issue_count BIGINT, minor_issue_count BIGINT, name VARCHAR, spend STRUCT(active_seconds DOUBLE, auditor_attempts BIGINT, builder_attempts BIGINT, ci_runs BIGINT, cost_usd DOUBLE, major_issues BIGINT, minor_issues BIGINT, tokens BIGINT), state VARCHAR, tier_id VARCHAR, token_cap_hit BOOLEAN)[]',
     updated_at: 'VARCHAR',
     worktree: 'VARCHAR'
 });

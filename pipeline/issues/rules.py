@@ -50,6 +50,24 @@ def record_issues(file: PhaseIssueFile, new_issues: Iterable[Issue]) -> PhaseIss
     )
 
 
+def worst_by_key(files: Iterable[PhaseIssueFile]) -> dict[str, Severity]:
+    """Each distinct issue_key of `files` with its worst effective severity."""
+    worst: dict[str, Severity] = {}
+    for file in files:
+        for issue in file.issues:
+            if worst.get(issue.issue_key) != Severity.major:
+                worst[issue.issue_key] = issue.effective_severity
+    return worst
+
+
+def distinct_counts(files: Iterable[PhaseIssueFile]) -> tuple[int, int]:
+    """(minor, major) counts of distinct issue_keys over `files` (playbook §5.2: tier and
+    run counts are of distinct keys; a key seen in two phases counts once, as its worst)."""
+    worst = worst_by_key(files)
+    minor = sum(1 for s in worst.values() if s == Severity.minor)
+    return minor, len(worst) - minor
+
+
 def effective(severity: Severity, key: str, raised: Mapping[str, Severity]) -> Severity:
     """Backlog aging may raise a key's severity for this run; it never lowers one."""
     return Severity.major if Severity.major in (severity, raised.get(key, severity)) else Severity.minor

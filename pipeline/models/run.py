@@ -47,6 +47,10 @@ class TierSummary(Frozen):
     cleanliness: Literal["clean", "not_clean"] | None = None
     cleanliness_reasons: list[str] = Field(default_factory=list)
     spend: Spend = Field(default_factory=Spend)
+    minor_issue_count: int = Field(default=0, ge=0, description="distinct minor issue_keys of the tier's phases")
+    major_issue_count: int = Field(default=0, ge=0, description="distinct major issue_keys of the tier's phases")
+    token_cap_hit: bool = Field(default=False, description="the tier spent more tokens than its cap")
+    ci_cap_hit: bool = Field(default=False, description="the tier used its whole CI-run cap")
 
 
 Step = Literal[

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.core.jsonio import read_model, write_model
-from pipeline.issues.rules import build_run_index, effective, record_issues
+from pipeline.issues.rules import build_run_index, distinct_counts, effective, record_issues
 from pipeline.models.enums import IssueSource, PhaseState, RunState, Severity
 from pipeline.models.issues import Issue
 from pipeline.models.results import AttemptOutcome, AttemptRecord, AuditRecord, SuggestedIssue
@@ -124,9 +124,16 @@ def save_issues(ctx: RunContext, ps: PhaseStrategy, issues: list[Issue]) -> None
     if not issues:
         return
     _store_issues(ctx, ps, issues)
-    exhausted = budgets.after_issues(ctx.rec.strategy, ctx.rec.run, spends(ctx))
+    minor, _ = run_issue_counts(ctx)
+    exhausted = budgets.after_issues(ctx.rec.strategy, ctx.rec.run, spends(ctx), minor)
     if exhausted:
         end_for_budget(ctx, ps, exhausted)
+
+
+def run_issue_counts(ctx: RunContext, phase_ids: list[str] | None = None) -> tuple[int, int]:
+    """(minor, major) distinct issue_keys of the run, or of the phases `phase_ids` (a tier)."""
+    wanted = phase_ids if phase_ids is not None else [p.phase_id for p in ctx.rec.strategy.phases]
+    return distinct_counts(ctx.rec.issues(pid) for pid in wanted)
 
 
 def _store_issues(ctx: RunContext, ps: PhaseStrategy, issues: list[Issue]) -> None:
