@@ -7,10 +7,19 @@ subprocesses, real CI steps) or compiles a real strategy, and reads the record i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
-from test_governance import finish, governed
+import pytest
+from test_governance import finish, governed, high_risk
 
+from pipeline import config, yamlio
+from pipeline.errors import InvalidInput
+from pipeline.models.plan import Plan
+from pipeline.models.strategy import Strategy
+from pipeline.strategy import compile_strategy
+from pipeline.yamlio import load_fast
 from testing.runs import phase
 
 # -- §5.2: counts are of distinct issue_keys ----------------------------------------------
@@ -47,3 +56,148 @@ def test_run_minor_issue_cap_counts_distinct_issue_keys(tmp_path: Path) -> None:
     assert run["state"] == "DONE_SUCCESS", run["failure_reason"]
     assert run["debt_status"] == "has_minor_debt"
     assert [t["minor_issue_count"] for t in run["tiers"]] == [4, 4]
+
+
+# -- §6, §8.2, §4.3: high-risk work, builder modes and safety_critical tighten ------------
+
+HIGH_RISK = [
+    "cross_cutting_refactor",
+    "index_registry_change",
+    "schema_contract_change",
+    "bulk_multi_file_operation",
+    "security_auth_change",
+    "external_feature_reuse",
+    "external_code_intake",
+]
+ORDINARY = ["feature_scaffolding", "feature_implementation", "bugfix", "tests", "performance", "dependency_update"]
+
+
+def _phase(phase_id: str, category: str, **fields: Any) -> dict[str, Any]:
+    return {"phase_id": phase_id, "name": f"Phase {phase_id}", "task_category": category, **fields}
+
+
+def _strategy(tmp_path: Path, phases: list[dict[str, Any]], ruleset: str | None = None, **plan: Any) -> Strategy:
+    if ruleset is not None:
+        (tmp_path / "profiles").mkdir(exist_ok=True)
+        (tmp_path / "profiles" / "ruleset.yaml").write_text(ruleset)
+    loaded = config.load_ruleset(tmp_path)
+    data: dict[str, Any] = {"run_id": "r1", "project_id": "sample", **plan}
+    data.setdefault("tiers", [{"tier_id": "T1", "name": "One", "phases": phases}])
+    model = Plan.model_validate(data)
+    return compile_strategy(
+        model,
+        loaded.ruleset,
+        plan_sha256="0" * 64,
+        ruleset_sha256=loaded.sha256,
+        ci_profiles=config.load_ci_profiles(tmp_path, model.ci),
+        overridden=loaded.overridden,
+    )
+
+
+def test_high_risk_categories_get_tighter_limits_than_ordinary_work(tmp_path: Path) -> None:
+    ordinary = [_strategy(tmp_path, [_phase("P1", c)]).phases[0] for c in ORDINARY]
+    for category in HIGH_RISK:
+        strategy = _strategy(tmp_path, [_phase("P1", category)])
+        (ps,), (tier,) = strategy.phases, strategy.tiers
+        assert ps.max_builder_attempts <= min(o.max_builder_attempts for o in ordinary), category
+        assert ps.incident_token_cap < max(o.incident_token_cap for o in ordinary), category
+        assert ps.max_auditor_attempts < ps.max_builder_attempts, category
+        assert ps.ci_max_retries == 1, category
+        assert tier.max_minor_issues == 1 and tier.max_major_issues == 0, category
+    # a high-risk phase tightens the tolerance of the tier it shares with ordinary work
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    raised = "tier_budgets:\n  max_major_issues: 2\n"
+    mixed = _strategy(ws, [_phase("A", "bugfix"), _phase("B", "security_auth")], ruleset=raised)
+    assert (mixed.tiers[0].max_minor_issues, mixed.tiers[0].max_major_issues) == (3, 0)
+    alone = _strategy(ws, [_phase("A", "bugfix")])
+    assert alone.tiers[0].max_major_issues == 2
+
+
+def test_high_risk_ci_retries_are_fewer_than_the_profile_gives(tmp_path: Path) -> None:
+    """A high-risk phase's red CI gets one retry (2 tries), not the profile's 3."""
+    setup = governed(
+        tmp_path,
+        builder='write("mod.py", "X = 100\\n")',
+        auditor='result(verdict="approve")',
+        phases=[high_risk("P1", "schema_change")],
+        preflight_attempts=3,
+        ruleset="tier_budgets:\n  ci_runs_per_phase: 5\n",
+    )
+    finish(setup)
+    report = json.loads((setup.phase_dir("P1") / "ci" / "1" / "ci.json").read_text())
+    assert report["verdict"] == "fail" and len(report["tries"]) == 2
+
+
+def test_builder_modes_never_add_attempts_where_the_playbook_tightens(tmp_path: Path) -> None:
+    for mode in ("refactor_heavy", "schema_heavy", "tweak_light"):
+        ps = _strategy(tmp_path, [_phase("P1", "feature_implementation", builder_mode=mode)]).phases[0]
+        assert ps.max_builder_attempts == 2, mode
+        assert ps.why["max_builder_attempts"] == "profile"
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    generous = "builder_modes:\n  refactor_heavy:\n    extra_attempts: 3\n    max_builder_attempts: 10\n"
+    hr = _strategy(ws, [_phase("P1", "cross_cutting_refactor")], ruleset=generous).phases[0]
+    assert hr.builder_mode.value == "refactor_heavy" and hr.max_builder_attempts == 2
+    ordinary = _strategy(ws, [_phase("P1", "bugfix", complexity="high")]).phases[0]
+    assert ordinary.max_builder_attempts == 6  # a project may loosen ordinary work explicitly
+
+
+def test_safety_critical_tightens_run_budgets_and_attempts(tmp_path: Path) -> None:
+    phases = [_phase("A", "feature_implementation"), _phase("B", "bugfix")]
+    normal = _strategy(tmp_path, phases)
+    critical = _strategy(tmp_path, phases, safety_profile="safety_critical")
+    assert normal.run_budget.max_minor_issues_total == 6
+    assert critical.run_budget.max_minor_issues_total == 2
+    assert [p.max_builder_attempts for p in normal.phases] == [3, 2]  # bugfix is low: tweak_light
+    assert [p.max_builder_attempts for p in critical.phases] == [2, 2]
+
+
+# -- §10.1: CI profile from complexity and builder mode ------------------------------------
+
+
+def test_ci_profile_is_strict_for_high_complexity_and_heavy_builder_modes(tmp_path: Path) -> None:
+    cases = [
+        ({"complexity": "high"}, "strict", "complexity"),
+        ({"builder_mode": "refactor_heavy"}, "strict", "profile"),
+        ({"builder_mode": "schema_heavy"}, "strict", "profile"),
+        ({"builder_mode": "scaffolding_heavy"}, "normal", "category"),
+        ({}, "normal", "category"),
+    ]
+    for fields, profile, why in cases:
+        ps = _strategy(tmp_path, [_phase("P1", "feature_implementation", **fields)]).phases[0]
+        assert (ps.ci_profile.value, ps.why["ci_profile"]) == (profile, why), fields
+
+
+# -- §6/§9: reuse budgets start from the greenfield budget; sources must be catalogued -----
+
+
+def test_a_reuse_budget_is_the_greenfield_budget_of_the_same_feature_reduced(tmp_path: Path) -> None:
+    from pipeline.planning import new_run
+
+    path = new_run(tmp_path, "r1", project_type="api_service", features="auth_basic,rate_limiting,rest_api_crud")
+    data = load_fast(path)
+    strategy = _strategy(tmp_path, [], tiers=data["tiers"])
+    ruleset = config.load_ruleset(tmp_path).ruleset
+    reused = [p for p in strategy.phases if p.reuse is not None and p.reuse.decision != "greenfield"]
+    assert reused
+    for ps in reused:
+        assert ps.reuse is not None
+        greenfield = ruleset.categories[ruleset.canonical_category(ps.reuse.greenfield_category) or ""]
+        assert ps.incident_token_cap == round(greenfield.incident_token_cap * (1 + ps.reuse.budget_modifier))
+        assert ps.incident_token_cap < greenfield.incident_token_cap, ps.phase_id
+
+
+def test_a_reuse_source_outside_the_curated_catalog_is_refused(tmp_path: Path) -> None:
+    from pipeline.checks import validate_run
+    from pipeline.planning import new_run
+    from pipeline.starting import start_run
+
+    path = new_run(tmp_path, "r1", project_type="api_service", features="auth_basic")
+    rt = yamlio.load_roundtrip(path)
+    yamlio.set_value(rt, ("tiers", 0, "phases", 0, "reuse", "source", "repo"), "https://example.invalid/not-reviewed")
+    yamlio.dump_roundtrip(rt, path)
+    problems = validate_run(tmp_path, "r1")
+    assert any("is not in the curated catalog for feature 'auth_basic'" in p for p in problems), problems
+    with pytest.raises(InvalidInput, match="not in the curated catalog"):
+        start_run(tmp_path, "r1")

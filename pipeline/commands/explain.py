@@ -18,6 +18,9 @@ _FIELDS = (
     "auditor_profile",
     "max_builder_attempts",
     "max_auditor_attempts",
+    "ci_max_retries",
+    "minors_tolerated",
+    "majors_tolerated",
     "incident_token_cap",
     "budget_modifier",
 )

@@ -99,9 +99,23 @@ def _check_events(store: RunStore) -> None:
 
 def _reuse_problems(plan: Plan, store: RunStore) -> None:
     """A reuse phase the strategy would refuse at start_run (refused licence, no source)."""
-    from pipeline.policy.strategy import reuse_problems
+    from pipeline.config.catalog import load_workspace
+    from pipeline.policy.strategy import reuse_problems, uncatalogued_sources
 
     problems = [f"{store.plan_path}: {p}" for _, phase in plan.phases() for p in reuse_problems(phase)]
+    if any(phase.reuse is not None and phase.reuse.source is not None for _, phase in plan.phases()):
+        try:
+            catalog = load_workspace(store.workspace).catalog
+        except AutopackError:
+            catalog = None  # its own problems are reported by the catalog checks
+        if catalog is not None:
+            # One problem per phase: a refused licence is the first thing to fix.
+            reported = {f"phase {phase.phase_id}:" for _, phase in plan.phases() if reuse_problems(phase)}
+            problems += [
+                f"{store.plan_path}: {p}"
+                for p in uncatalogued_sources(plan, catalog)
+                if not any(p.startswith(r) for r in reported)
+            ]
     if problems:
         raise ValidationErrors(problems, "pick a whitelisted catalog source for the phase, or make it greenfield")
 

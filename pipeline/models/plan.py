@@ -91,6 +91,11 @@ class PlanReuse(Frozen):
     )
     source: ReuseSource | None = None
     adapt: str = Field(default="", description="what to adapt")
+    greenfield_category: str = Field(
+        default="feature_implementation",
+        min_length=1,
+        description="task_category of the feature built from scratch: its incident cap is what the modifier applies to",
+    )
 
 
 class PlanStack(Frozen):

@@ -20,7 +20,15 @@ class CategoryRule(Frozen):
     max_builder_attempts: int = Field(ge=1, le=20)
     max_auditor_attempts: int = Field(ge=0, le=10)
     incident_token_cap: int = Field(ge=1)
-    majors_tolerated: int = Field(default=0, ge=0)
+    majors_tolerated: int | None = Field(
+        default=None, ge=0, description="major issues tolerated in a tier holding this category (None: tier_budgets)"
+    )
+    minors_tolerated_per_phase: int | None = Field(
+        default=None, ge=0, description="tier minor issues per phase of this category (None: the safety profile's)"
+    )
+    ci_max_retries: int | None = Field(
+        default=None, ge=0, le=9, description="CI retries after a red try (None: the CI profile's preflight_attempts)"
+    )
 
 
 class BuilderModeRule(Frozen):
@@ -28,6 +36,8 @@ class BuilderModeRule(Frozen):
     max_changed_lines: int | None = Field(default=None, ge=1)
     builder_timeout_s: int = Field(default=1800, ge=1)
     extra_attempts: int = Field(default=0, ge=-5, le=5)
+    max_builder_attempts: int | None = Field(default=None, ge=1, le=20, description="cap on a phase's attempts")
+    ci_profile: CiProfileName = CiProfileName.normal
 
 
 class SafetyProfileRule(Frozen):
@@ -36,6 +46,10 @@ class SafetyProfileRule(Frozen):
     ci_profile_floor: CiProfileName
     tier_minor_per_phase: int = Field(ge=0)
     stop_on_not_clean_tier: bool
+    max_builder_attempts: int | None = Field(default=None, ge=1, le=20, description="cap on every phase's attempts")
+    minor_issues_per_phase: int | None = Field(
+        default=None, ge=0, description="run minor-issue cap per phase (None: run_budgets.minor_issues_per_phase)"
+    )
 
 
 class RunBudgetRule(Frozen):

@@ -270,6 +270,7 @@ def _phase(phase_id: str, name: str, feature: Feature, profile: StackProfile, d:
         "decision": d.decision,
         "match": d.match,
         "budget_modifier": d.budget_modifier,
+        "greenfield_category": feature.task_category,
     }
     if d.source is None:
         phase: dict[str, Any] = {

@@ -56,6 +56,20 @@ def compile_for(
     )
 
 
+def check_reuse_catalogued(ws: Workspace, store: RunStore, plan: Plan) -> None:
+    """Every reuse source must be one the workspace's curated catalog lists."""
+    if not any(phase.reuse is not None and phase.reuse.source is not None for _, phase in plan.phases()):
+        return
+    from pipeline.policy.strategy import uncatalogued_sources
+
+    problems = uncatalogued_sources(plan, ws.catalog.catalog)
+    if problems:
+        raise InvalidInput(
+            f"{store.plan_path}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+            "review the source (`doit catalog_scan`) and add it to catalog/features.yaml, or make the phase greenfield",
+        )
+
+
 def check_agents(ws: Workspace, plan: Plan) -> None:
     """Every phase's builder and auditor resolve (known preset, a command where needed),
     so a typo fails at start, not in the middle of an unattended run."""
@@ -151,6 +165,7 @@ def start_run(workspace: Path | Workspace, run_id: str) -> RunRecord:
             )
         plan = load_valid_plan(ws, store)
         check_agents(ws, plan)
+        check_reuse_catalogued(ws, store, plan)
         ruleset = ws.ruleset.ruleset
         aging = _add_debt_phases(workspace, store, plan, ruleset, _aging(ws, run_id, plan, ruleset))
         max_phases = min(ruleset.run_budgets.max_phases, plan.budgets.max_phases or ruleset.run_budgets.max_phases)

@@ -107,8 +107,11 @@ def _verify(ctx: RunContext, ps: PhaseStrategy, k: int) -> None:
     ctx.rec.phase_to(ps.phase_id, PhaseState.CI_RUNNING, attempt=k)
     out_dir = ctx.store.ci_dir(ps.index, ps.phase_id, k)
     out_dir.mkdir(parents=True, exist_ok=True)
+    profile = ctx.rec.strategy.ci_profiles[ps.ci_profile]
+    if ps.ci_max_retries is not None and ps.ci_max_retries + 1 < profile.preflight_attempts:
+        profile = profile.model_copy(update={"preflight_attempts": ps.ci_max_retries + 1})
     report = ci.run_ci(
-        profile=ctx.rec.strategy.ci_profiles[ps.ci_profile],
+        profile=profile,
         profile_name=ps.ci_profile.value,
         worktree=ctx.worktree,
         out_dir=out_dir,
