@@ -201,3 +201,33 @@ def test_a_reuse_source_outside_the_curated_catalog_is_refused(tmp_path: Path) -
     assert any("is not in the curated catalog for feature 'auth_basic'" in p for p in problems), problems
     with pytest.raises(InvalidInput, match="not in the curated catalog"):
         start_run(tmp_path, "r1")
+
+
+# -- §5.1/§10.3: an issue fixed within the run is resolved ---------------------------------
+
+
+def test_an_issue_fixed_by_a_later_attempt_is_resolved_and_does_not_count(tmp_path: Path) -> None:
+    # attempt 1 writes outside its scope (a major gate issue); attempt 2 stays inside and
+    # passes. A safety_critical run tolerates no major issue: the fixed one must not count.
+    builder = 'write(f"{PHASE}.py", "X = 2\\n")\nif ATTEMPT == 1:\n    write("elsewhere.py", "B = 1\\n")'
+    tiers = [
+        {"tier_id": "T1", "name": "One", "phases": [phase("P1", scope={"allow": ["P1.py"]})]},
+        {"tier_id": "T2", "name": "Two", "phases": [phase("P2", scope={"allow": ["P2.py"]})]},
+    ]
+    setup = governed(
+        tmp_path,
+        builder=builder,
+        tiers=tiers,
+        plan={"safety_profile": "safety_critical"},
+        ruleset="on_policy_violation: retry\n",
+    )
+    run = finish(setup)
+    assert run["state"] == "DONE_SUCCESS", run["failure_reason"]
+    issues = setup.issues("P1")
+    (scope,) = [i for i in issues["issues"] if i["issue_key"].startswith("gate:")]
+    assert scope["effective_severity"] == "major"
+    assert (scope["status"], scope["seen_in_attempts"], scope["resolved_in_attempt"]) == ("resolved", [1], 2)
+    assert issues["major_issue_count"] == 0 and issues["issue_state"] == "no_issues"
+    assert [t["cleanliness"] for t in run["tiers"]] == ["clean", "clean"]
+    assert setup.run_index()["issues_by_key"][scope["issue_key"]]["status"] == "resolved"
+    assert run["promotion_eligible_to_main"] is True

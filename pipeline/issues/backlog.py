@@ -68,7 +68,7 @@ _RUN_COLUMNS = (
 _ISSUE_COLUMNS = (
     "{'phase_id': 'VARCHAR', 'tier_id': 'VARCHAR', 'issues': "
     "'STRUCT(issue_key VARCHAR, severity VARCHAR, category VARCHAR, message VARCHAR, "
-    "evidence_refs VARCHAR[])[]'}"
+    "evidence_refs VARCHAR[], status VARCHAR, task_category VARCHAR)[]'}"
 )
 _STRATEGY_COLUMNS = (
     "{'phases': 'STRUCT(phase_id VARCHAR, \"index\" BIGINT, task_category VARCHAR, cleans VARCHAR[])[]'}"
@@ -122,7 +122,8 @@ SELECT issue.issue_key AS issue_key,
        max(ord) AS last_ord,
        list_sort(list_distinct(flatten(list(evidence)))) AS evidence_refs
 FROM seen
-WHERE issue.issue_key IS NOT NULL
+-- an issue resolved within its run (fixed by a later attempt) does not age
+WHERE issue.issue_key IS NOT NULL AND coalesce(issue.status, 'open') <> 'resolved'
 GROUP BY issue.issue_key
 ORDER BY issue_key
 """

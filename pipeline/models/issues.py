@@ -24,6 +24,11 @@ class Issue(Frozen):
     last_seen_run: str
     evidence_refs: list[str] = Field(default_factory=list)
     message: str = ""
+    status: Literal["open", "resolved"] = Field(
+        default="open", description="resolved: gone from the accepted attempt's gate and CI results"
+    )
+    seen_in_attempts: list[int] = Field(default_factory=list, description="attempts (k) that recorded it")
+    resolved_in_attempt: int | None = Field(default=None, description="the accepted attempt it was absent from")
 
 
 IssueState = Literal["no_issues", "has_minor_issues", "has_major_issues"]
@@ -48,6 +53,7 @@ class RunIssueEntry(Frozen):
     occurrence_count: int
     seen_in_tiers: list[str]
     seen_in_phases: list[str]
+    status: Literal["open", "resolved"] = Field(default="open", description="resolved: in every phase it was seen in")
 
 
 class RunIssueIndex(Frozen):

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.core.jsonio import read_model, write_model
-from pipeline.issues.rules import build_run_index, distinct_counts, effective, record_issues
+from pipeline.issues.rules import build_run_index, distinct_counts, effective, record_issues, resolve_fixed
 from pipeline.models.enums import IssueSource, PhaseState, RunState, Severity
-from pipeline.models.issues import Issue
+from pipeline.models.issues import Issue, PhaseIssueFile
 from pipeline.models.results import AttemptOutcome, AttemptRecord, AuditRecord, SuggestedIssue
 from pipeline.models.run import PhaseRecord, Spend
 from pipeline.models.strategy import PhaseStrategy
@@ -73,7 +73,9 @@ def make_issue(
 ) -> Issue:
     base = severity or ps.default_severity
     run_id = ctx.rec.run.run_id
+    k = ctx.rec.phase(ps.phase_id).current_attempt
     return Issue(
+        seen_in_attempts=[k] if k else [],
         issue_key=key,
         severity=base,
         effective_severity=effective(base, key, ctx.rec.strategy.effective_severity),
@@ -136,9 +138,11 @@ def run_issue_counts(ctx: RunContext, phase_ids: list[str] | None = None) -> tup
     return distinct_counts(ctx.rec.issues(pid) for pid in wanted)
 
 
-def _store_issues(ctx: RunContext, ps: PhaseStrategy, issues: list[Issue]) -> None:
+def _store_issues(
+    ctx: RunContext, ps: PhaseStrategy, issues: list[Issue], file: PhaseIssueFile | None = None
+) -> None:
     """Phase file, run index and the phase's issue counts, without any budget check."""
-    file = record_issues(ctx.rec.issues(ps.phase_id), issues)
+    file = record_issues(file or ctx.rec.issues(ps.phase_id), issues)
     ctx.rec.save_issues(file)
     index = build_run_index(
         ctx.rec.run.run_id, [(p.index, ctx.rec.issues(p.phase_id)) for p in ctx.rec.strategy.phases]
@@ -149,6 +153,18 @@ def _store_issues(ctx: RunContext, ps: PhaseStrategy, issues: list[Issue]) -> No
         update={"minor_issues": file.minor_issue_count, "major_issues": file.major_issue_count}
     )
     ctx.rec.save_phase(rec.model_copy(update={"spend": spend}))
+
+
+def resolve_fixed_issues(ctx: RunContext, ps: PhaseStrategy, accepted: int) -> None:
+    """The accepted attempt passed gate and CI: what earlier attempts recorded from their
+    gate and CI and this one did not is resolved (fixed within the run)."""
+    file = ctx.rec.issues(ps.phase_id)
+    resolved = resolve_fixed(file, accepted)
+    if resolved == file:
+        return
+    keys = sorted(i.issue_key for i in resolved.issues if i.resolved_in_attempt == accepted)
+    ctx.rec.note(ps.phase_id, "issues_resolved", attempt=accepted, issue_keys=keys)
+    _store_issues(ctx, ps, [], file=resolved)
 
 
 def end_for_budget(ctx: RunContext, ps: PhaseStrategy, exhausted: budgets.Exhaustion) -> None:

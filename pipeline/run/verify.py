@@ -28,6 +28,7 @@ from pipeline.run.outcomes import (
     make_issue,
     mark_attempt,
     rel,
+    resolve_fixed_issues,
     save_issues,
     spends,
 )
@@ -170,6 +171,7 @@ def _verify(ctx: RunContext, ps: PhaseStrategy, k: int) -> None:
         )
         return
     save_issues(ctx, ps, flaky)
+    resolve_fixed_issues(ctx, ps, k)
     mark_attempt(ctx, ps, "passed", "gate and CI passed")
     ctx.rec.save_phase(ctx.rec.phase(ps.phase_id).model_copy(update={"step": "ci_passed"}))
 
