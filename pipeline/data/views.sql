@@ -127,7 +127,7 @@ CREATE OR REPLACE MACRO read_phase_issue_files(files) AS TABLE
 SELECT * FROM read_json(files, format = 'unstructured', records = true, filename = true,
     hive_partitioning = false, maximum_object_size = 67108864, columns = {
     issue_state: 'VARCHAR',
-    issues: 'STRUCT(category VARCHAR, complexity VARCHAR, effective_severity VARCHAR, evidence_refs VARCHAR[], expected_fail BOOLEAN, first_seen_run VARCHAR, issue_key VARCHAR, last_seen_run VARCHAR, message VARCHAR, occurrence_count BIGINT, severity VARCHAR, source VARCHAR, task_category VARCHAR)[]',
+    issues: 'STRUCT(category VARCHAR, complexity VARCHAR, effective_severity VARCHAR, evidence_refs VARCHAR[], expected_fail BOOLEAN, first_seen_run VARCHAR, issue_key VARCHAR, last_seen_run VARCHAR, message VARCHAR, occurrence_count BIGINT, resolved_in_attempt BIGINT, seen_in_attempts BIGINT[], severity VARCHAR, source VARCHAR, status VARCHAR, task_category VARCHAR)[]',
     major_issue_count: 'BIGINT',
     minor_issue_count: 'BIGINT',
     phase_id: 'VARCHAR',
@@ -138,7 +138,7 @@ SELECT * FROM read_json(files, format = 'unstructured', records = true, filename
 CREATE OR REPLACE MACRO read_run_issue_indexes(files) AS TABLE
 SELECT * FROM read_json(files, format = 'unstructured', records = true, filename = true,
     hive_partitioning = false, maximum_object_size = 67108864, columns = {
-    issues_by_key: 'MAP(VARCHAR, STRUCT(category VARCHAR, effective_severity VARCHAR, first_phase_index BIGINT, last_phase_index BIGINT, occurrence_count BIGINT, seen_in_phases VARCHAR[], seen_in_tiers VARCHAR[], severity VARCHAR))',
+    issues_by_key: 'MAP(VARCHAR, STRUCT(category VARCHAR, effective_severity VARCHAR, first_phase_index BIGINT, last_phase_index BIGINT, occurrence_count BIGINT, seen_in_phases VARCHAR[], seen_in_tiers VARCHAR[], severity VARCHAR, status VARCHAR))',
     run_id: 'VARCHAR',
     schema_version: 'BIGINT'
 });
