@@ -431,7 +431,7 @@ result(verdict="revise", patch=str(patch), notes="set X to 7")
     assert "builder attempts spent" in notes(setup, "escalated")[0]["data"]["why"]
 
 
-def test_auditor_patch_failing_ci_fails_the_phase_and_a_multi_tier_run_continues(tmp_path: Path) -> None:
+def test_auditor_patch_failing_ci_fails_the_phase_and_ends_the_run(tmp_path: Path) -> None:
     builder = """
 if PHASE == "P1":
     write("mod.py", f"X = {100 + ATTEMPT}\\n")
@@ -446,18 +446,17 @@ else:
     setup = governed(tmp_path, builder=builder, auditor=auditor, tiers=tiers)
     run = finish(setup)
     assert run["state"] == "DONE_FAILED_REQUIRES_HUMAN_REVIEW"
-    assert run["failure_reason"] == "phase(s) P1 failed after the auditor"
+    assert run["failure_reason"] == "phase P1: CI failed; 1 auditor attempt(s) spent"
     p1 = setup.phase_json("P1")
     assert p1["state"] == "FAILED"
     assert "1 auditor attempt(s) spent" in p1["failure_reason"]
     assert [a["role"] for a in p1["attempts"]] == ["builder", "auditor"]
     assert p1["attempts"][-1]["outcome"] == "ci_failed"
-    # multi_tier: the run went on past the failed tier
-    assert setup.phase_json("P2")["state"] == "COMPLETE"
+    # a failed escalation ends the run (playbook §9.3), even multi_tier: P2 never runs
+    assert setup.phase_json("P2")["state"] == "SKIPPED"
     tiers_out = {t["tier_id"]: t for t in run["tiers"]}
     assert tiers_out["T1"]["state"] == "FAILED" and tiers_out["T1"]["cleanliness"] == "not_clean"
-    assert tiers_out["T2"]["cleanliness"] == "clean"
-    assert any("tier T1 not_clean" in r for r in run["promotion_reasons"])
+    assert tiers_out["T2"]["state"] == "SKIPPED"
     assert "not_clean" in (setup.run_dir / "tiers" / "T1.md").read_text()
 
 

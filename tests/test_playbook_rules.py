@@ -231,3 +231,60 @@ def test_an_issue_fixed_by_a_later_attempt_is_resolved_and_does_not_count(tmp_pa
     assert [t["cleanliness"] for t in run["tiers"]] == ["clean", "clean"]
     assert setup.run_index()["issues_by_key"][scope["issue_key"]]["status"] == "resolved"
     assert run["promotion_eligible_to_main"] is True
+
+
+# -- §2.3: the auditor is invoked when major issues appear --------------------------------
+
+APPROVE_AND_LOG = """
+purpose = os.environ.get("AUTOPACK_AUDIT_PURPOSE", "")
+with open(Path(__file__).parent / "auditor-calls.txt", "a") as log:
+    log.write(f"{PHASE} {ATTEMPT} {purpose}\\n")
+result(verdict="approve", notes="looked at the major issue")
+"""
+
+
+def _auditor_calls(setup: Any) -> list[str]:
+    path = setup.agent.parent / "auditor-calls.txt"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_a_builder_reported_major_issue_gets_an_auditor_review_before_apply(tmp_path: Path) -> None:
+    major = [{"issue_key": "self_doubt:race", "severity": "major", "message": "may race"}]
+    builder = f'write(f"{{PHASE}}.py", "X = 2\\n")\nif PHASE == "P1":\n    result(suggested_issues={major!r})'
+    tiers = [{"tier_id": "T1", "name": "One", "phases": [phase("P1"), phase("P2")]}]
+    setup = governed(tmp_path, builder=builder, auditor=APPROVE_AND_LOG, tiers=tiers)
+    run = finish(setup)
+    assert _auditor_calls(setup) == ["P1 1 review"], "reviewed once, before apply; P2 had no major issue"
+    assert setup.phase_json("P1")["approved_attempt"] == 1
+    assert setup.phase_json("P1")["state"] == "COMPLETE"
+    assert run["state"] == "DONE_SUCCESS"
+
+
+def test_a_gate_major_issue_gets_an_auditor_review_of_the_next_attempt(tmp_path: Path) -> None:
+    builder = 'write("mod.py", "X = 2\\n")\nif ATTEMPT == 1:\n    write("elsewhere.py", "B = 1\\n")'
+    setup = governed(
+        tmp_path,
+        builder=builder,
+        auditor=APPROVE_AND_LOG,
+        phases=[phase("P1", scope={"allow": ["mod.py"]})],
+        ruleset="on_policy_violation: retry\n",
+    )
+    finish(setup)
+    assert _auditor_calls(setup) == ["P1 2 review"]
+    assert setup.phase_json("P1")["approved_attempt"] == 2
+
+
+# -- §9.3: repeated low-signal auditor attempts end the run -------------------------------
+
+
+def test_a_failed_auditor_escalation_ends_the_run_at_that_phase(tmp_path: Path) -> None:
+    builder = 'write(f"{PHASE}.py", "Y = 1\\n")\nif PHASE == "P1":\n    write("mod.py", "X = 100\\n")'
+    auditor = 'write("mod.py", "X = 500\\n")\nresult(verdict="revise")'
+    phases = [phase("P1", max_builder_attempts=1), phase("P2")]
+    setup = governed(tmp_path, builder=builder, auditor=auditor, phases=phases)
+    run = finish(setup)
+    assert run["state"] == "DONE_FAILED_REQUIRES_HUMAN_REVIEW"
+    assert run["failure_reason"].startswith("phase P1:") and "auditor attempt(s) spent" in run["failure_reason"]
+    assert setup.phase_json("P2")["state"] == "SKIPPED"
+    assert setup.commits_with_trailer("Autopack-Phase", "P2") == []
+    assert (setup.run_dir / "incident" / "incident.json").is_file()

@@ -23,7 +23,7 @@ from pipeline.run import build as building
 from pipeline.run import verify as verifying
 from pipeline.run.context import RunContext, open_context
 from pipeline.run.finish import finish_run, tier_cleanliness
-from pipeline.run.outcomes import EndRun, commit_record, fail_phase
+from pipeline.run.outcomes import EndRun, commit_record, fail_phase, needs_review
 from pipeline.store.rundir import RunStore
 
 
@@ -227,7 +227,7 @@ def _drive_phase(ctx: RunContext, ps: PhaseStrategy, clock: _ActiveClock) -> Non
         elif rec.step == "escalating":
             auditing.escalate(ctx, ps)
         elif rec.step in ("built", "gated"):
-            if _needs_review(ps, rec):
+            if needs_review(ctx, ps, rec):
                 ctx.rec.save_phase(rec.model_copy(update={"step": "reviewing"}))
             else:
                 verifying.gate_and_verify(ctx, ps)
@@ -237,10 +237,6 @@ def _drive_phase(ctx: RunContext, ps: PhaseStrategy, clock: _ActiveClock) -> Non
             verifying.complete(ctx, ps)
         else:
             return
-
-
-def _needs_review(ps: PhaseStrategy, rec: PhaseRecord) -> bool:
-    return not ps.auto_apply and rec.approved_attempt != rec.current_attempt
 
 
 def _drive_and_finish(ctx: RunContext, ps: PhaseStrategy) -> StepOutcome:

@@ -167,6 +167,19 @@ def resolve_fixed_issues(ctx: RunContext, ps: PhaseStrategy, accepted: int) -> N
     _store_issues(ctx, ps, [], file=resolved)
 
 
+def needs_review(ctx: RunContext, ps: PhaseStrategy, rec: PhaseRecord) -> bool:
+    """Does the current attempt need the auditor's review before apply? When the phase
+    may not auto-apply, and (playbook §2.3: the auditor is invoked when major issues
+    appear) when the phase has an open major issue and an auditor that may be called."""
+    if rec.approved_attempt == rec.current_attempt:
+        return False
+    if not ps.auto_apply:
+        return True
+    if ps.auditor is None or ps.max_auditor_attempts == 0:
+        return False
+    return ctx.rec.issues(ps.phase_id).major_issue_count > 0
+
+
 def end_for_budget(ctx: RunContext, ps: PhaseStrategy, exhausted: budgets.Exhaustion) -> None:
     """Record the budget issue, fail the phase and end the run BUDGET_EXHAUSTED."""
     issue = make_issue(
@@ -312,8 +325,11 @@ def _next_step(ctx: RunContext, ps: PhaseStrategy, rec: PhaseRecord, reason: str
     if rec.escalated:
         if escalation_calls(audit_records(ctx, ps)) < ps.max_auditor_attempts:
             return "escalating"
-        fail_phase(ctx, ps, f"{reason}; {ps.max_auditor_attempts} auditor attempt(s) spent")
-        return None
+        # Playbook §9.3: repeated low-signal auditor attempts end the run with an incident;
+        # later phases are not run on top of a phase nobody could make pass.
+        why = f"{reason}; {ps.max_auditor_attempts} auditor attempt(s) spent"
+        fail_phase(ctx, ps, why)
+        raise EndRun(RunState.DONE_FAILED_REQUIRES_HUMAN_REVIEW, f"phase {ps.phase_id}: {why}")
     spent = builder_attempts(rec) >= ps.max_builder_attempts
     repeated = _repeats(rec)
     if not spent and not repeated:
