@@ -114,8 +114,8 @@ def test_same_key_in_two_tiers_of_one_run_ages_by_tiers(tmp_path: Path) -> None:
     write_run(tmp_path, "r1", ts(1), [SynPhase("P1", "T1", issue), SynPhase("P2", "T2", issue)])
     got = entry(tmp_path)
     assert (got.age_in_runs, got.age_in_tiers) == (1, 2)
-    assert got.status == "open"  # normal needs 3 runs as well as 2 tiers
-    assert aged_keys(derive_backlog(tmp_path), 1, 2) == {KEY: Severity.major}
+    assert got.status == "needs_cleanup"  # normal: 3 runs OR 2 tiers (playbook §5.3)
+    assert aged_keys(derive_backlog(tmp_path), 3, 3) == {}
     assert got.last_seen_phase_id == "P2"
     # Two phases of one tier are one tier.
     write_run(tmp_path, "r1", ts(1), [SynPhase("P1", "T1", issue), SynPhase("P2", "T1", issue)])
@@ -129,7 +129,7 @@ def test_ages_count_distinct_runs_and_order_by_creation(tmp_path: Path) -> None:
     one_key_run(tmp_path, "aa", 3)
     write_run(tmp_path, "mm", ts(2), [SynPhase("P1", issues=(SynIssue("other"),))])
     got = entry(tmp_path, thresholds=(3, 2))
-    assert (got.age_in_runs, got.age_in_tiers) == (2, 2)
+    assert (got.age_in_runs, got.age_in_tiers) == (2, 1)  # tiers: distinct tier ids, not (run, tier)
     assert (got.first_seen_run_id, got.last_seen_run_id, got.status) == ("zz", "aa", "open")
     one_key_run(tmp_path, "bb", 4)
     got = entry(tmp_path, thresholds=(3, 2))
@@ -152,8 +152,8 @@ def test_thresholds_follow_the_safety_profile_of_the_last_run(tmp_path: Path) ->
     backlog = derive_backlog(tmp_path)
     assert backlog.issues["a"].status == "needs_cleanup"  # safety_critical: 2 runs / 1 tier
     assert backlog.issues["b"].status == "open"  # normal: 1 run, 1 tier
-    assert aged_keys(backlog, 2, 1) == {"a": Severity.major}  # b: 1 run
-    assert aged_keys(backlog, 1, 1) == {"a": Severity.major, "b": Severity.major}
+    assert aged_keys(backlog, 2, 2) == {"a": Severity.major}  # b: 1 run, 1 tier
+    assert aged_keys(backlog, 1, 5) == {"a": Severity.major, "b": Severity.major}
     assert aged_keys(backlog, 3, 2) == {}
 
 
@@ -223,7 +223,7 @@ def test_doit_backlog_writes_the_file_and_prints_top_keys(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert "2 issue key(s) from 4 run(s); 1 needs_cleanup, 1 open, 0 resolved" in lines[0]
-    assert lines[2].split()[:5] == [KEY, "needs_cleanup", "minor", "3", "3"]
+    assert lines[2].split()[:5] == [KEY, "needs_cleanup", "minor", "3", "1"]  # 3 runs, one tier id
     assert lines[3].split()[:2] == ["rare", "open"]
     assert (tmp_path / BACKLOG_PATH).is_file()
 

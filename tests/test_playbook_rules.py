@@ -15,12 +15,15 @@ import pytest
 from test_governance import finish, governed, high_risk
 
 from pipeline import config, yamlio
+from pipeline.backlog import derive_backlog
 from pipeline.errors import InvalidInput
+from pipeline.models.enums import Severity
 from pipeline.models.plan import Plan
 from pipeline.models.strategy import Strategy
 from pipeline.strategy import compile_strategy
 from pipeline.yamlio import load_fast
 from testing.runs import phase
+from testing.synthetic import SynIssue, SynPhase, write_run
 
 # -- §5.2: counts are of distinct issue_keys ----------------------------------------------
 
@@ -288,3 +291,66 @@ def test_a_failed_auditor_escalation_ends_the_run_at_that_phase(tmp_path: Path) 
     assert setup.phase_json("P2")["state"] == "SKIPPED"
     assert setup.commits_with_trailer("Autopack-Phase", "P2") == []
     assert (setup.run_dir / "incident" / "incident.json").is_file()
+
+
+# -- §5.3: aging: runs OR tiers, per strategy slice; aged issues route as major ------------
+
+
+def _day(n: int) -> str:
+    return f"2020-01-{n:02d}T00:00:00Z"
+
+
+def test_an_issue_ages_when_its_runs_or_its_distinct_tiers_reach_the_threshold(tmp_path: Path) -> None:
+    spread = SynIssue("spread")  # two tiers of one run: spread across the plan
+    persistent = SynIssue("persistent")  # three runs, one tier: persistence
+    young = SynIssue("young")  # two runs, one tier: neither
+    write_run(
+        tmp_path, "r1", _day(1), [SynPhase("P1", "T1", (spread, persistent, young)), SynPhase("P2", "T2", (spread,))]
+    )
+    write_run(tmp_path, "r2", _day(2), [SynPhase("P1", "T1", (persistent, young))])
+    write_run(tmp_path, "r3", _day(3), [SynPhase("P1", "T1", (persistent,))])
+    backlog = derive_backlog(tmp_path)
+    got = {k: (e.age_in_runs, e.age_in_tiers, e.status) for k, e in backlog.issues.items()}
+    assert got == {
+        "spread": (1, 2, "needs_cleanup"),
+        "persistent": (3, 1, "needs_cleanup"),
+        "young": (2, 1, "open"),
+    }
+
+
+def test_aging_thresholds_are_configurable_per_strategy_slice(tmp_path: Path) -> None:
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "ruleset.yaml").write_text("categories:\n  bugfix:\n    aging_runs: 1\n")
+    write_run(
+        tmp_path,
+        "r1",
+        _day(1),
+        [
+            SynPhase("P1", issues=(SynIssue("fix-slice"),), task_category="bugfix"),
+            SynPhase("P2", issues=(SynIssue("feature-slice"),)),
+        ],
+    )
+    backlog = derive_backlog(tmp_path)
+    assert backlog.issues["fix-slice"].status == "needs_cleanup"
+    assert backlog.issues["feature-slice"].status == "open"
+
+
+def test_an_aged_issue_routes_its_debt_phase_to_strict_ci_and_the_auditor(tmp_path: Path) -> None:
+    loaded = config.load_ruleset(tmp_path)
+    debt = _phase("D1", "debt_cleanup", cleans=["lint:aged"], scope={"allow": ["src/**"]})
+    other = _phase("D2", "bugfix", cleans=["lint:young"])
+    model = Plan.model_validate(
+        {"run_id": "r1", "project_id": "p", "tiers": [{"tier_id": "T1", "name": "One", "phases": [debt, other]}]}
+    )
+    strategy = compile_strategy(
+        model,
+        loaded.ruleset,
+        plan_sha256="0" * 64,
+        ruleset_sha256=loaded.sha256,
+        ci_profiles=config.load_ci_profiles(tmp_path, model.ci),
+        aged_issue_keys={"lint:aged": Severity.major},
+    )
+    d1, d2 = strategy.phases
+    assert (d1.ci_profile.value, d1.auto_apply, d1.why["ci_profile"]) == ("strict", False, "aging")
+    assert (d2.ci_profile.value, d2.auto_apply) == ("normal", True)
+    assert strategy.effective_severity == {"lint:aged": Severity.major}

@@ -26,6 +26,8 @@ class CategoryRule(Frozen):
     minors_tolerated_per_phase: int | None = Field(
         default=None, ge=0, description="tier minor issues per phase of this category (None: the safety profile's)"
     )
+    aging_runs: int | None = Field(default=None, ge=1, description="backlog aging in runs (None: the profile's)")
+    aging_tiers: int | None = Field(default=None, ge=1, description="backlog aging in tiers (None: the profile's)")
     ci_max_retries: int | None = Field(
         default=None, ge=0, le=9, description="CI retries after a red try (None: the CI profile's preflight_attempts)"
     )

@@ -305,6 +305,15 @@ def compile_budgets(plan: Plan, ruleset: Ruleset, phases: list[PhaseStrategy]) -
     return run_budget, tiers
 
 
+def _route_aged(ps: PhaseStrategy, aged: Mapping[str, Severity]) -> PhaseStrategy:
+    """A debt phase that cleans an aged issue (major for routing, playbook §5.3) runs strict
+    CI and goes to the auditor before apply."""
+    if not any(key in aged for key in ps.cleans):
+        return ps
+    why = {**ps.why, "ci_profile": "aging", "auto_apply": "aging"}
+    return ps.model_copy(update={"ci_profile": CiProfileName.strict, "auto_apply": False, "why": why})
+
+
 def compile_strategy(
     plan: Plan,
     ruleset: Ruleset,
@@ -325,6 +334,8 @@ def compile_strategy(
             f"plan {plan.run_id} has {len(phases)} phases; max_phases is {run_budget.max_phases}",
             "start_run splits such a plan into chained runs by tier; compile the strategy after the split",
         )
+    aged = dict(aged_issue_keys or {})
+    phases = [_route_aged(ps, aged) for ps in phases]
     profile = ruleset.safety_profiles[plan.safety_profile]
     return Strategy(
         run_id=plan.run_id,

@@ -110,8 +110,8 @@ def _aging(ws: Workspace, run_id: str, plan: Plan, ruleset: Ruleset) -> Aging:
     thresholds = (profile.aging_runs, profile.aging_tiers)
     if not backlog.other_runs_have_issues(ws.root, run_id):
         return Aging(thresholds)
-    derived = backlog.derive_backlog(ws)
-    return Aging(thresholds, backlog.aged_keys(derived, *thresholds), derived)
+    derived = backlog.derive_backlog(ws, profile=plan.safety_profile)
+    return Aging(thresholds, backlog.needs_cleanup_keys(derived), derived)
 
 
 def _add_debt_phases(workspace: Path, store: RunStore, plan: Plan, ruleset: Ruleset, aging: Aging) -> Aging:
