@@ -354,3 +354,48 @@ def test_an_aged_issue_routes_its_debt_phase_to_strict_ci_and_the_auditor(tmp_pa
     assert (d1.ci_profile.value, d1.auto_apply, d1.why["ci_profile"]) == ("strict", False, "aging")
     assert (d2.ci_profile.value, d2.auto_apply) == ("normal", True)
     assert strategy.effective_severity == {"lint:aged": Severity.major}
+
+
+# -- §4.3: single_tier runs one tier; projects get defaults --------------------------------
+
+
+CHAIN_AGENT = 'write(f"{PHASE}.txt", f"{PHASE}\\n")'
+
+
+def test_a_single_tier_run_executes_exactly_one_tier_and_chains_the_rest(tmp_path: Path) -> None:
+    from pipeline.promote import check_promotion
+    from pipeline.runner import run_to_end
+    from testing.runs import make_workspace
+
+    tiers = [{"tier_id": f"T{n}", "name": f"Tier {n}", "phases": [phase(f"P{n}")]} for n in (1, 2, 3)]
+    setup = make_workspace(tmp_path, agent_body=CHAIN_AGENT, tiers=tiers)
+    setup.plan_path.write_text(setup.plan_path.read_text().replace("run_scope: multi_tier", "run_scope: single_tier"))
+    setup.start()
+    strategy = json.loads((setup.run_dir / "strategy.json").read_text())
+    assert [t["tier_id"] for t in strategy["tiers"]] == ["T1"]
+    part2 = (setup.workspace / "runs/r1-part2/plan.yaml").read_text()
+    assert "single_tier runs handle one tier each" in part2
+    assert "starts as soon as" in part2 and "Edit before this run starts" not in part2
+    outcomes = run_to_end(setup.workspace, setup.run_id)
+    assert [o.run_id for o in outcomes if o.run_state.terminal] == ["r1", "r1-part2", "r1-part3"]
+    for run_id, tier in (("r1", "T1"), ("r1-part2", "T2"), ("r1-part3", "T3")):
+        run = json.loads((setup.workspace / f"runs/{run_id}/run.json").read_text())
+        assert [t["tier_id"] for t in run["tiers"]] == [tier] and run["state"] == "DONE_SUCCESS"
+    # a chained run is promoted to the chain's base, not to the previous run's branch
+    assert check_promotion(setup.workspace, "r1-part3").into == "main"
+
+
+def test_new_run_writes_the_projects_safety_profile_and_run_scope(tmp_path: Path) -> None:
+    from pipeline.planning import new_run
+
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "ruleset.yaml").write_text(
+        "project_defaults:\n  safety_profile: safety_critical\n  default_run_scope: single_tier\n"
+        "projects:\n  other:\n    safety_profile: normal\n"
+    )
+    data = load_fast(new_run(tmp_path, "r1"))
+    assert (data["safety_profile"], data["run_scope"]) == ("safety_critical", "single_tier")
+    plan = load_fast(new_run(tmp_path, "r2", project_type="api_service", features="rest_api_crud"))
+    assert (plan["safety_profile"], plan["run_scope"]) == ("safety_critical", "single_tier")
+    ruleset = config.load_ruleset(tmp_path).ruleset
+    assert ruleset.defaults_for("other").default_run_scope.value == "multi_tier"

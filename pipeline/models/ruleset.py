@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from pipeline.models.base import Frozen
-from pipeline.models.enums import BuilderMode, CiProfileName, Complexity, SafetyProfile, Severity
+from pipeline.models.enums import BuilderMode, CiProfileName, Complexity, RunScope, SafetyProfile, Severity
 
 
 class CategoryRule(Frozen):
@@ -68,6 +68,13 @@ class TierBudgetRule(Frozen):
     max_major_issues: int = Field(ge=0)
 
 
+class ProjectDefaults(Frozen):
+    """Playbook §4.3: per project, the run scope and safety profile new plans start with."""
+
+    safety_profile: SafetyProfile = SafetyProfile.normal
+    default_run_scope: RunScope = RunScope.multi_tier
+
+
 class Ruleset(Frozen):
     version: int = 1
     categories: dict[str, CategoryRule]
@@ -80,6 +87,13 @@ class Ruleset(Frozen):
     protected_paths: list[str]
     on_policy_violation: Literal["fail_run", "retry"] = "fail_run"
     debt_cleanup: Literal["off", "auto"] = "off"
+    project_defaults: ProjectDefaults = Field(default_factory=ProjectDefaults)
+    projects: dict[str, ProjectDefaults] = Field(
+        default_factory=dict, description="project_id -> its own defaults (a workspace holding several projects)"
+    )
+
+    def defaults_for(self, project_id: str | None) -> ProjectDefaults:
+        return self.projects.get(project_id or "", self.project_defaults)
 
     def canonical_category(self, name: str) -> str | None:
         """The category key for a category or a playbook alias, else None."""

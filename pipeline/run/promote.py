@@ -89,7 +89,39 @@ def verdict(workspace: Path, run_id: str) -> tuple[Recorder, list[str]]:
     reasons = _refusal_reasons(rec.run)
     if not reasons:
         _check_log_agrees(rec)
+        reasons = _chain_reasons(workspace, rec.run)
     return rec, reasons
+
+
+def _chain(workspace: Path, run: RunRecord) -> list[RunRecord]:
+    """The runs `run` continues, nearest first (a chained run's branch stacks on theirs)."""
+    from pipeline.jsonio import read_model
+
+    found: list[RunRecord] = []
+    parent = run.chained_from
+    while parent is not None and len(found) < 100:
+        path = RunStore(workspace, parent).run_json
+        if not path.exists():
+            break
+        found.append(read_model(path, RunRecord))
+        parent = found[-1].chained_from
+    return found
+
+
+def _chain_reasons(workspace: Path, run: RunRecord) -> list[str]:
+    """A chained run's merge brings every earlier run of the chain with it: each must be eligible."""
+    return [
+        f"run {r.run_id} before it in the chain is not eligible ({'; '.join(r.promotion_reasons)})"
+        for r in _chain(workspace, run)
+        if not r.promotion_eligible_to_main
+    ]
+
+
+def default_target(workspace: Path, run: RunRecord) -> str:
+    """Where a run is promoted by default: its base, or for a chained run the base of the
+    first run of its chain (its own base is the previous run's integration branch)."""
+    chain = _chain(workspace, run)
+    return chain[-1].base_ref if chain else run.base_ref
 
 
 def _refuse(run_id: str, reasons: list[str]) -> StepFailed:
@@ -105,7 +137,7 @@ def check_promotion(workspace: Path, run_id: str, into: str | None = None) -> Pr
     rec, reasons = verdict(workspace, run_id)
     if reasons:
         raise _refuse(run_id, reasons)
-    target = into or rec.run.base_ref
+    target = into or default_target(workspace, rec.run)
     why = "; ".join(rec.run.promotion_reasons)
     message = f"run {run_id} is eligible for promotion to {target}: {why}"
     return PromoteOutcome(run_id, target, "eligible", None, message)
@@ -218,7 +250,7 @@ def promote(workspace: Path, run_id: str, into: str | None = None) -> PromoteOut
         if reasons:
             raise _refuse(run_id, reasons)
         run = rec.run
-        target = into or run.base_ref
+        target = into or default_target(workspace, run)
         git = make_adapter(Path(run.target_repo))
         git.check_available()
         tip = _require_refs(git, run, target)
