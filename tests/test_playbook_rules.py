@@ -14,14 +14,15 @@ from typing import Any
 import pytest
 from test_governance import finish, governed, high_risk
 
-from pipeline import config, yamlio
-from pipeline.backlog import derive_backlog
-from pipeline.errors import InvalidInput
+from pipeline.config.profiles import load_ci_profiles, load_ruleset
+from pipeline.core import yamlio
+from pipeline.core.errors import InvalidInput
+from pipeline.core.yamlio import load_fast
+from pipeline.issues.backlog import derive_backlog
 from pipeline.models.enums import Severity
 from pipeline.models.plan import Plan
 from pipeline.models.strategy import Strategy
-from pipeline.strategy import compile_strategy
-from pipeline.yamlio import load_fast
+from pipeline.policy.strategy import compile_strategy
 from testing.runs import phase
 from testing.synthetic import SynIssue, SynPhase, write_run
 
@@ -83,7 +84,7 @@ def _strategy(tmp_path: Path, phases: list[dict[str, Any]], ruleset: str | None 
     if ruleset is not None:
         (tmp_path / "profiles").mkdir(exist_ok=True)
         (tmp_path / "profiles" / "ruleset.yaml").write_text(ruleset)
-    loaded = config.load_ruleset(tmp_path)
+    loaded = load_ruleset(tmp_path)
     data: dict[str, Any] = {"run_id": "r1", "project_id": "sample", **plan}
     data.setdefault("tiers", [{"tier_id": "T1", "name": "One", "phases": phases}])
     model = Plan.model_validate(data)
@@ -92,7 +93,7 @@ def _strategy(tmp_path: Path, phases: list[dict[str, Any]], ruleset: str | None 
         loaded.ruleset,
         plan_sha256="0" * 64,
         ruleset_sha256=loaded.sha256,
-        ci_profiles=config.load_ci_profiles(tmp_path, model.ci),
+        ci_profiles=load_ci_profiles(tmp_path, model.ci),
         overridden=loaded.overridden,
     )
 
@@ -176,12 +177,12 @@ def test_ci_profile_is_strict_for_high_complexity_and_heavy_builder_modes(tmp_pa
 
 
 def test_a_reuse_budget_is_the_greenfield_budget_of_the_same_feature_reduced(tmp_path: Path) -> None:
-    from pipeline.planning import new_run
+    from pipeline.plan.generate import new_run
 
     path = new_run(tmp_path, "r1", project_type="api_service", features="auth_basic,rate_limiting,rest_api_crud")
     data = load_fast(path)
     strategy = _strategy(tmp_path, [], tiers=data["tiers"])
-    ruleset = config.load_ruleset(tmp_path).ruleset
+    ruleset = load_ruleset(tmp_path).ruleset
     reused = [p for p in strategy.phases if p.reuse is not None and p.reuse.decision != "greenfield"]
     assert reused
     for ps in reused:
@@ -192,9 +193,9 @@ def test_a_reuse_budget_is_the_greenfield_budget_of_the_same_feature_reduced(tmp
 
 
 def test_a_reuse_source_outside_the_curated_catalog_is_refused(tmp_path: Path) -> None:
-    from pipeline.checks import validate_run
-    from pipeline.planning import new_run
-    from pipeline.starting import start_run
+    from pipeline.commands.validate import validate_run
+    from pipeline.plan.generate import new_run
+    from pipeline.run.start import start_run
 
     path = new_run(tmp_path, "r1", project_type="api_service", features="auth_basic")
     rt = yamlio.load_roundtrip(path)
@@ -336,7 +337,7 @@ def test_aging_thresholds_are_configurable_per_strategy_slice(tmp_path: Path) ->
 
 
 def test_an_aged_issue_routes_its_debt_phase_to_strict_ci_and_the_auditor(tmp_path: Path) -> None:
-    loaded = config.load_ruleset(tmp_path)
+    loaded = load_ruleset(tmp_path)
     debt = _phase("D1", "debt_cleanup", cleans=["lint:aged"], scope={"allow": ["src/**"]})
     other = _phase("D2", "bugfix", cleans=["lint:young"])
     model = Plan.model_validate(
@@ -347,7 +348,7 @@ def test_an_aged_issue_routes_its_debt_phase_to_strict_ci_and_the_auditor(tmp_pa
         loaded.ruleset,
         plan_sha256="0" * 64,
         ruleset_sha256=loaded.sha256,
-        ci_profiles=config.load_ci_profiles(tmp_path, model.ci),
+        ci_profiles=load_ci_profiles(tmp_path, model.ci),
         aged_issue_keys={"lint:aged": Severity.major},
     )
     d1, d2 = strategy.phases
@@ -363,8 +364,8 @@ CHAIN_AGENT = 'write(f"{PHASE}.txt", f"{PHASE}\\n")'
 
 
 def test_a_single_tier_run_executes_exactly_one_tier_and_chains_the_rest(tmp_path: Path) -> None:
-    from pipeline.promote import check_promotion
-    from pipeline.runner import run_to_end
+    from pipeline.run.driver import run_to_end
+    from pipeline.run.promote import check_promotion
     from testing.runs import make_workspace
 
     tiers = [{"tier_id": f"T{n}", "name": f"Tier {n}", "phases": [phase(f"P{n}")]} for n in (1, 2, 3)]
@@ -386,7 +387,7 @@ def test_a_single_tier_run_executes_exactly_one_tier_and_chains_the_rest(tmp_pat
 
 
 def test_new_run_writes_the_projects_safety_profile_and_run_scope(tmp_path: Path) -> None:
-    from pipeline.planning import new_run
+    from pipeline.plan.generate import new_run
 
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "ruleset.yaml").write_text(
@@ -397,5 +398,5 @@ def test_new_run_writes_the_projects_safety_profile_and_run_scope(tmp_path: Path
     assert (data["safety_profile"], data["run_scope"]) == ("safety_critical", "single_tier")
     plan = load_fast(new_run(tmp_path, "r2", project_type="api_service", features="rest_api_crud"))
     assert (plan["safety_profile"], plan["run_scope"]) == ("safety_critical", "single_tier")
-    ruleset = config.load_ruleset(tmp_path).ruleset
+    ruleset = load_ruleset(tmp_path).ruleset
     assert ruleset.defaults_for("other").default_run_scope.value == "multi_tier"

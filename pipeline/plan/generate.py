@@ -494,17 +494,15 @@ def new_run(
         data = default_plan(run_id)
     if text:
         data["description"] = text
-    _apply_project_defaults(workspace, data)
+    _apply_project_defaults(ws, data)
     write_new_plan(store.plan_path, data, header=header)
     return store.plan_path
 
 
-def _apply_project_defaults(workspace: Path, data: dict[str, Any]) -> None:
+def _apply_project_defaults(ws: Workspace, data: dict[str, Any]) -> None:
     """The project's safety_profile and run scope from the ruleset (playbook §4.3), where
     the plan's source (template, markdown, bootstrap) left the built-in default."""
-    from pipeline import config
-
-    defaults = config.load_ruleset(Path(workspace)).ruleset.defaults_for(data.get("project_id"))
+    defaults = ws.ruleset.ruleset.defaults_for(data.get("project_id"))
     if data.get("safety_profile", "normal") == "normal":
         data["safety_profile"] = defaults.safety_profile.value
     if data.get("run_scope", "multi_tier") == "multi_tier":

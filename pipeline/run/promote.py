@@ -95,7 +95,7 @@ def verdict(workspace: Path, run_id: str) -> tuple[Recorder, list[str]]:
 
 def _chain(workspace: Path, run: RunRecord) -> list[RunRecord]:
     """The runs `run` continues, nearest first (a chained run's branch stacks on theirs)."""
-    from pipeline.jsonio import read_model
+    from pipeline.core.jsonio import read_model
 
     found: list[RunRecord] = []
     parent = run.chained_from
