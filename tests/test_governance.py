@@ -577,7 +577,13 @@ else:
     assert t1["state"] == "COMPLETE" and t1["cleanliness"] == "not_clean"
     assert f"{minor} minor issue(s) > {minor - 1} tolerated" in t1["cleanliness_reasons"]
     assert setup.phase_json("P1")["state"] == "COMPLETE"
-    if stops:
+    if stops and run_scope == "single_tier":
+        # a single_tier run holds one tier (T2 was chained into r1-part2), and stops there
+        assert run["state"] == "DONE_FAILED_REQUIRES_HUMAN_REVIEW"
+        assert "tier T1 is not clean" in run["failure_reason"]
+        assert [t["tier_id"] for t in run["tiers"]] == ["T1"]
+        assert not (setup.workspace / "runs" / "r1-part2" / "run.json").exists(), "the chain stops"
+    elif stops:
         assert run["state"] == "DONE_FAILED_REQUIRES_HUMAN_REVIEW"
         assert "tier T1 is not clean" in run["failure_reason"]
         assert f"{run_scope}/{safety} runs stop at a not-clean tier" in run["failure_reason"]

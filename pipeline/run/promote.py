@@ -26,6 +26,7 @@ from typing import Literal
 from pipeline.core.errors import GitError, IntegrityError, InvalidInput, StepFailed
 from pipeline.models.enums import PhaseState
 from pipeline.models.run import RunRecord
+from pipeline.run import promote_record
 from pipeline.run.context import WORKTREES_DIR
 from pipeline.run.recorder import Recorder
 from pipeline.store.events import utc_now
@@ -186,13 +187,22 @@ def _live_record_hint(holder: Path, run: RunRecord) -> str:
     return ""
 
 
-def _merge(git: GitAdapter, workspace: Path, run: RunRecord, into: str) -> tuple[str, str]:
+def _merge(git: GitAdapter, workspace: Path, run: RunRecord, into: str, tip: str) -> tuple[str, str]:
     """(merge commit, where it was made)."""
     message = _merge_message(run, into)
     holder = git.checked_out_in(into)
     if holder is None:
         temp = _promote_worktree(workspace, run.run_id)
         return _merge_in_temp_worktree(git, temp, into, run.branch, message), "a temporary worktree"
+    aside = promote_record.set_aside(git, workspace, holder, run, tip) if git.is_dirty(holder) else None
+    if aside is not None:
+        try:
+            commit = git.merge_no_ff(into, run.branch, message, holder)
+        except BaseException:
+            promote_record.restore_aside(workspace, run.run_id)
+            raise
+        promote_record.drop_aside(aside)
+        return commit, f"{holder}, its live record runs/{run.run_id}/ now tracked"
     if git.is_dirty(holder):
         raise StepFailed(
             f"refusing to promote run {run.run_id}: '{into}' is checked out in {holder}, which has "
@@ -243,6 +253,7 @@ def _record(rec: Recorder, commit: str | None, into: str, where: str) -> None:
 def promote(workspace: Path, run_id: str, into: str | None = None) -> PromoteOutcome:
     """Merge the run's branch into `into` (default: its base) when the verdict allows."""
     store = RunStore(workspace, run_id)
+    promote_record.restore_aside(Path(workspace), run_id)  # a promote killed mid-way
     if not store.run_json.exists():
         _open(workspace, run_id)  # raises the "not started" error
     with store.lock():
@@ -257,7 +268,7 @@ def promote(workspace: Path, run_id: str, into: str | None = None) -> PromoteOut
         _drop_stale_promote_worktree(git, _promote_worktree(Path(workspace), run_id))
         if git.is_ancestor(tip, f"refs/heads/{target}"):
             return _already_merged(rec, git, target)
-        commit, where = _merge(git, Path(workspace), run, target)
+        commit, where = _merge(git, Path(workspace), run, target, tip)
         _record(rec, commit, target, where)
         return PromoteOutcome(
             run_id,
