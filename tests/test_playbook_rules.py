@@ -400,3 +400,71 @@ def test_new_run_writes_the_projects_safety_profile_and_run_scope(tmp_path: Path
     assert (plan["safety_profile"], plan["run_scope"]) == ("safety_critical", "single_tier")
     ruleset = load_ruleset(tmp_path).ruleset
     assert ruleset.defaults_for("other").default_run_scope.value == "multi_tier"
+
+
+# -- test changes: declared per phase, or approved by the auditor with a reason ------------
+
+TEST_FILE = "import mod\n\n\ndef test_x():\n    assert hasattr(mod, 'X')\n    assert mod.X < 100\n"
+# a refactor that drops a redundant assert beside its code change
+DROP_ASSERT = (
+    'write("mod.py", "X = 2\\n")\n'
+    "write(\"tests/test_mod.py\", \"import mod\\n\\n\\ndef test_x():\\n    mod.X\\n\")"
+)
+
+
+def _tampering_setup(tmp_path: Path, auditor: str | None = None, **phase_fields: Any) -> Any:
+    from testing.runs import pytest_step
+
+    return governed(
+        tmp_path,
+        builder=DROP_ASSERT,
+        auditor=auditor,
+        phases=[phase("P1", max_builder_attempts=1, **phase_fields)],
+        files={"mod.py": "X = 1\n", "tests/test_mod.py": TEST_FILE},
+        ci_steps=[pytest_step("tests", "tests")],
+    )
+
+
+def _tampering_check(setup: Any) -> dict[str, Any]:
+    return next(c for c in setup.gate_json("P1")["checks"] if c["name"] == "test_tampering")
+
+
+def test_a_phase_declaring_tests_may_change_has_its_test_changes_recorded_not_refused(tmp_path: Path) -> None:
+    setup = _tampering_setup(tmp_path, tests="may_change")
+    ps = json.loads((setup.run_dir / "strategy.json").read_text())["phases"][0]
+    assert ps["tests_may_change"] is True and ps["why"]["tests_may_change"] == "plan"
+    run = finish(setup)
+    assert run["state"] == "DONE_SUCCESS", run["failure_reason"]
+    check = _tampering_check(setup)
+    assert check["verdict"] == "pass"
+    assert "declared in the plan: tests: may_change" in check["message"]
+    assert check["evidence"] == ["tests/test_mod.py: removes 2 assert line(s) and adds none"]
+
+
+def test_without_a_declaration_test_changes_are_refused(tmp_path: Path) -> None:
+    setup = _tampering_setup(tmp_path)
+    run = finish(setup)
+    assert run["state"] == "DONE_FAILED_REQUIRES_HUMAN_REVIEW"
+    assert _tampering_check(setup)["verdict"] == "fail"
+
+
+def test_the_auditor_may_approve_test_changes_with_a_recorded_reason(tmp_path: Path) -> None:
+    auditor = 'result(verdict="approve", notes="the asserts were redundant with the type checks")'
+    setup = _tampering_setup(tmp_path, auditor=auditor)
+    run = finish(setup)
+    assert run["state"] == "DONE_SUCCESS", run["failure_reason"]
+    rec = setup.phase_json("P1")
+    assert rec["tampering_approved_attempt"] == 1
+    assert rec["tampering_reason"] == "the asserts were redundant with the type checks"
+    check = _tampering_check(setup)
+    assert check["verdict"] == "pass"
+    assert "approved by the auditor: the asserts were redundant" in check["message"]
+    assert check["evidence"] == ["tests/test_mod.py: removes 2 assert line(s) and adds none"]
+
+
+def test_an_auditor_approval_of_test_changes_without_a_reason_does_not_count(tmp_path: Path) -> None:
+    setup = _tampering_setup(tmp_path, auditor='result(verdict="approve")')
+    run = finish(setup)
+    assert run["state"] == "DONE_FAILED_REQUIRES_HUMAN_REVIEW"
+    assert setup.phase_json("P1")["tampering_approved_attempt"] is None
+    assert setup.commits_with_trailer("Autopack-Phase", "P1") == []

@@ -85,6 +85,9 @@ SELECT * FROM read_json(files, format = 'unstructured', records = true, filename
     state: 'VARCHAR',
     step: 'VARCHAR',
     tag: 'VARCHAR',
+    tampering_approved_attempt: 'BIGINT',
+    tampering_reason: 'VARCHAR',
+    tampering_review_attempt: 'BIGINT',
     tier_id: 'VARCHAR'
 });
 
@@ -339,7 +342,7 @@ WITH seen AS (
     FROM run_issues AS i JOIN runs AS r USING (run_id)
 ),
 tiers_seen AS (
-    SELECT project_id, issue_key, count(DISTINCT run_id || '/' || tier_id) AS age_in_tiers
+    SELECT project_id, issue_key, count(DISTINCT tier_id) AS age_in_tiers
     FROM (SELECT project_id, issue_key, run_id, unnest(seen_in_tiers) AS tier_id FROM seen)
     GROUP BY ALL
 ),

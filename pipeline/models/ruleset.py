@@ -20,6 +20,7 @@ class CategoryRule(Frozen):
     max_builder_attempts: int = Field(ge=1, le=20)
     max_auditor_attempts: int = Field(ge=0, le=10)
     incident_token_cap: int = Field(ge=1)
+    tests_may_change: bool = Field(default=False, description="phases of this category may change tests")
     majors_tolerated: int | None = Field(
         default=None, ge=0, description="major issues tolerated in a tier holding this category (None: tier_budgets)"
     )

@@ -73,6 +73,13 @@ class PhaseRecord(Frozen):
     feedback: str | None = None
     escalated: bool = Field(default=False, description="builder attempts gave way to the auditor")
     approved_attempt: int | None = Field(default=None, description="attempt the auditor approved for apply")
+    tampering_review_attempt: int | None = Field(
+        default=None, description="attempt whose test changes (gate test_tampering) went to the auditor"
+    )
+    tampering_approved_attempt: int | None = Field(
+        default=None, description="attempt whose test changes the auditor approved, with tampering_reason"
+    )
+    tampering_reason: str | None = Field(default=None, description="the auditor's recorded reason for the approval")
     commit: str | None = None
     tag: str | None = None
     failure_reason: str | None = None

@@ -32,6 +32,9 @@ class PhaseStrategy(Frozen):
     auditor_profile: str | None
     max_builder_attempts: int
     max_auditor_attempts: int
+    tests_may_change: bool = Field(
+        default=False, description="declared (plan `tests: may_change`) or by category: test changes are recorded"
+    )
     ci_max_retries: int | None = Field(default=None, description="CI retries after a red try (None: the profile's)")
     minors_tolerated: int = Field(default=2, ge=0, description="minor issues this phase adds to its tier's tolerance")
     majors_tolerated: int | None = Field(default=None, description="its tier's major tolerance (None: default)")

@@ -81,6 +81,8 @@ def compile_phase(
         if phase.auto_apply is False and rule.auto_apply
         else _origin(overridden, f"{key}.auto_apply", "category")
     )
+    tests_may_change = phase.tests == "may_change" or (phase.tests is None and rule.tests_may_change)
+    why["tests_may_change"] = "plan" if phase.tests else _origin(overridden, f"{key}.tests_may_change", "category")
     profile = ruleset.safety_profiles[plan.safety_profile]
     attempts, why["max_builder_attempts"] = _builder_attempts(phase, rule, mode_rule, profile, overridden, key)
     minors = profile.tier_minor_per_phase
@@ -115,6 +117,7 @@ def compile_phase(
         auditor_profile=rule.auditor_profile,
         max_builder_attempts=attempts,
         ci_max_retries=rule.ci_max_retries,
+        tests_may_change=tests_may_change,
         minors_tolerated=minors,
         majors_tolerated=rule.majors_tolerated,
         max_auditor_attempts=rule.max_auditor_attempts,

@@ -54,13 +54,36 @@ def review(ctx: RunContext, ps: PhaseStrategy) -> None:
     if verdict is None:
         _retry_or_fail(ctx, ps, "review")
         return
-    if verdict.verdict == "approve":
+    if verdict.verdict == "approve" and rec.tampering_review_attempt == k:
+        _approve_test_changes(ctx, ps, k, verdict)
+    elif verdict.verdict == "approve":
         ctx.rec.note(ps.phase_id, "auditor_approved", attempt=k)
         ctx.rec.save_phase(ctx.rec.phase(ps.phase_id).model_copy(update={"step": "built", "approved_attempt": k}))
     elif verdict.verdict == "revise" and patch:
         _adopt_patch(ctx, ps, k + 1, patch, verdict)
     else:
         _rejected(ctx, ps, verdict)
+
+
+def _approve_test_changes(ctx: RunContext, ps: PhaseStrategy, k: int, verdict: AuditorResult) -> None:
+    """The auditor approved an attempt the gate refused for changing tests: with a reason
+    (its notes), the attempt is gated again with the change recorded; without one, the
+    approval does not count and the attempt failed."""
+    reason = verdict.notes.strip()
+    if not reason:
+        failed_attempt(
+            ctx,
+            ps,
+            "gate_failed",
+            "the auditor approved the test changes without a reason",
+            "the patch deletes, skips or weakens tests; fix the code, not the tests",
+            [],
+            fingerprint="test_tampering:no_reason",
+        )
+        return
+    ctx.rec.note(ps.phase_id, "test_changes_approved", attempt=k, reason=reason)
+    update = {"step": "built", "approved_attempt": k, "tampering_approved_attempt": k, "tampering_reason": reason}
+    ctx.rec.save_phase(ctx.rec.phase(ps.phase_id).model_copy(update=update))
 
 
 def escalate(ctx: RunContext, ps: PhaseStrategy) -> None:
