@@ -45,7 +45,7 @@ def one_key_run(
 
 
 def entry(workspace: Path, key: str = KEY, thresholds: tuple[int, int] | None = None) -> BacklogEntry:
-    return derive_backlog(workspace, thresholds).issues[key]
+    return derive_backlog(workspace, thresholds).issues_by_key[key]
 
 
 # -- counting ------------------------------------------------------------------------------
@@ -54,7 +54,7 @@ def entry(workspace: Path, key: str = KEY, thresholds: tuple[int, int] | None = 
 def test_empty_workspace_has_an_empty_backlog(tmp_path: Path) -> None:
     assert derive_backlog(tmp_path) == ProjectBacklog()
     (tmp_path / "runs" / "r1").mkdir(parents=True)  # a run not started: nothing to read
-    assert derive_backlog(tmp_path).issues == {}
+    assert derive_backlog(tmp_path).issues_by_key == {}
 
 
 def test_a_broken_issue_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -150,8 +150,8 @@ def test_thresholds_follow_the_safety_profile_of_the_last_run(tmp_path: Path) ->
     one_key_run(tmp_path, "r2", 2, key="a", profile=CRITICAL)
     one_key_run(tmp_path, "r3", 3, key="b")
     backlog = derive_backlog(tmp_path)
-    assert backlog.issues["a"].status == "needs_cleanup"  # safety_critical: 2 runs / 1 tier
-    assert backlog.issues["b"].status == "open"  # normal: 1 run, 1 tier
+    assert backlog.issues_by_key["a"].status == "needs_cleanup"  # safety_critical: 2 runs / 1 tier
+    assert backlog.issues_by_key["b"].status == "open"  # normal: 1 run, 1 tier
     assert aged_keys(backlog, 2, 2) == {"a": Severity.major}  # b: 1 run, 1 tier
     assert aged_keys(backlog, 1, 5) == {"a": Severity.major, "b": Severity.major}
     assert aged_keys(backlog, 3, 2) == {}
@@ -205,7 +205,7 @@ def test_write_backlog_is_canonical_and_validates(tmp_path: Path) -> None:
     assert path == tmp_path / BACKLOG_PATH
     text = path.read_text()
     data = json.loads(text)
-    assert list(data["issues"]) == ["k1", "k2", "k3"]
+    assert list(data["issues_by_key"]) == ["k1", "k2", "k3"]
     assert text == json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
     assert validate_instance(data, schema_for(ProjectBacklog), source=str(path)) == []
     mtime = path.stat().st_mtime_ns
@@ -394,7 +394,7 @@ def test_restart_after_an_interrupted_start_adds_no_second_debt_tier(tmp_path: P
 
 
 def backlog_of(entries: dict[str, BacklogEntry]) -> ProjectBacklog:
-    return ProjectBacklog(issues=entries)
+    return ProjectBacklog(issues_by_key=entries)
 
 
 def make_entry(category: str = "lint", evidence: list[str] | None = None) -> BacklogEntry:
@@ -418,7 +418,7 @@ def test_more_than_three_keys_of_a_category_share_one_phase(tmp_path: Path) -> N
     lint = {f"lint:{i}": make_entry(evidence=[f"src/m{i}.py"]) for i in range(GROUP_OVER + 1)}
     other = {"doc:x": make_entry("docs", ["README.md"]), "doc:y": make_entry("docs", ["docs/a.md:4"])}
     backlog = backlog_of({**lint, **other})
-    aged = dict.fromkeys(backlog.issues, Severity.major)
+    aged = dict.fromkeys(backlog.issues_by_key, Severity.major)
     debt = plan_debt_phases(tmp_path, tmp_path, simple_plan(), backlog, aged, thresholds=(3, 2), max_phases=25)
     # "DEBT.1" is taken by the plan itself: ids skip it.
     assert [(p.phase_id, p.cleans) for p in debt.phases] == [

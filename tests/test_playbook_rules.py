@@ -8,13 +8,14 @@ subprocesses, real CI steps) or compiles a real strategy, and reads the record i
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_governance import finish, governed, high_risk
 
-from pipeline.config.profiles import load_ci_profiles, load_ruleset
+from pipeline.config.profiles import builtin_path, load_ci_profiles, load_ruleset
 from pipeline.core import yamlio
 from pipeline.core.errors import InvalidInput
 from pipeline.core.yamlio import load_fast
@@ -468,3 +469,57 @@ def test_an_auditor_approval_of_test_changes_without_a_reason_does_not_count(tmp
     assert run["state"] == "DONE_FAILED_REQUIRES_HUMAN_REVIEW"
     assert setup.phase_json("P1")["tampering_approved_attempt"] is None
     assert setup.commits_with_trailer("Autopack-Phase", "P1") == []
+
+
+# -- names the playbook uses ---------------------------------------------------------------
+
+CI_STEPS = [{"name": "x", "run": f"{sys.executable} -c 'import mod; assert mod.X < 100'", "timeout_s": 60}]
+
+
+def _compile_step() -> dict[str, Any]:
+    return {"name": "compile", "run": f"{sys.executable} -m py_compile mod.py", "timeout_s": 60}
+
+
+
+def test_the_orchestrator_category_has_the_orchestrator_review_auditor(tmp_path: Path) -> None:
+    ps = _strategy(tmp_path, [_phase("P1", "orchestrator")]).phases[0]
+    assert (ps.task_category, ps.auditor_profile) == ("orchestrator", "orchestrator_review")
+    assert ps.complexity.value == "high" and ps.ci_profile.value == "strict" and ps.max_builder_attempts == 2
+    assert builtin_path("auditors/orchestrator_review.md").is_file()
+
+
+def test_ruleset_severity_upgrades_make_matching_issues_major(tmp_path: Path) -> None:
+    issues = [
+        {"issue_key": "perf:slow-path", "severity": "minor", "category": "performance"},
+        {"issue_key": "style:naming", "severity": "minor", "category": "style"},
+        {"issue_key": "known:flaky-io", "severity": "minor", "expected_fail": True},
+    ]
+    builder = f'write("mod.py", "X = 2\\n")\nresult(suggested_issues={issues!r})'
+    setup = governed(
+        tmp_path,
+        builder=builder,
+        ruleset="severity_upgrades:\n  - {category: perf*, task_category: feature_*}\n",
+    )
+    finish(setup)
+    got = {i["issue_key"]: i for i in setup.issues("P1")["issues"]}
+    assert (got["perf:slow-path"]["severity"], got["perf:slow-path"]["effective_severity"]) == ("minor", "major")
+    assert got["style:naming"]["effective_severity"] == "minor"
+    assert got["known:flaky-io"]["expected_fail"] is True
+
+
+def test_a_failed_static_check_is_a_static_check_issue(tmp_path: Path) -> None:
+    setup = governed(
+        tmp_path,
+        builder='write("mod.py", "X = 2\\n" if ATTEMPT == 2 else "X = (\\n")',
+        plan={"ci": {"normal": {"steps": CI_STEPS, "static_checks": [_compile_step()]}}},
+    )
+    finish(setup)
+    (issue,) = [i for i in setup.issues("P1")["issues"] if i["issue_key"] == "gate:static_checks"]
+    assert issue["source"] == "static_check" and issue["status"] == "resolved"
+
+
+def test_every_start_run_writes_the_project_backlog_with_project_id_and_issues_by_key(tmp_path: Path) -> None:
+    setup = governed(tmp_path, builder='write("mod.py", "X = 2\\n")')
+    data = json.loads((setup.workspace / "reports" / "project_issue_backlog.json").read_text())
+    assert data["project_id"] == setup.run_json()["project_id"]
+    assert data["issues_by_key"] == {} and data["runs_read"] == 0

@@ -451,7 +451,8 @@ def test_backlog_file_view_reads_the_materialised_backlog(ws: Path) -> None:
         last_seen_at="2026-01-02T02:00:00Z",
         status="needs_cleanup",
     )
-    write_model(ws / "reports" / "project_issue_backlog.json", ProjectBacklog(issues={TEST_X: entry}, runs_read=3))
+    backlog = ProjectBacklog(issues_by_key={TEST_X: entry}, runs_read=3)
+    write_model(ws / "reports" / "project_issue_backlog.json", backlog)
     with rollup.connect(ws) as con:
         got = rows(con, "SELECT issue_key, status, age_in_runs, runs_read FROM backlog_file")
     assert got == [{"issue_key": TEST_X, "status": "needs_cleanup", "age_in_runs": 3, "runs_read": 3}]

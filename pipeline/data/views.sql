@@ -162,7 +162,8 @@ SELECT * FROM read_json(files, format = 'newline_delimited', records = true, fil
 CREATE OR REPLACE MACRO read_project_backlogs(files) AS TABLE
 SELECT * FROM read_json(files, format = 'unstructured', records = true, filename = true,
     hive_partitioning = false, maximum_object_size = 268435456, columns = {
-    issues: 'MAP(VARCHAR, STRUCT(age_in_runs BIGINT, age_in_tiers BIGINT, base_severity VARCHAR, category VARCHAR, evidence_refs VARCHAR[], first_seen_run_id VARCHAR, last_seen_at VARCHAR, last_seen_phase_id VARCHAR, last_seen_run_id VARCHAR, message VARCHAR, resolved_by VARCHAR, status VARCHAR))',
+    issues_by_key: 'MAP(VARCHAR, STRUCT(age_in_runs BIGINT, age_in_tiers BIGINT, base_severity VARCHAR, category VARCHAR, evidence_refs VARCHAR[], first_seen_run_id VARCHAR, last_seen_at VARCHAR, last_seen_phase_id VARCHAR, last_seen_run_id VARCHAR, message VARCHAR, resolved_by VARCHAR, status VARCHAR))',
+    project_id: 'VARCHAR',
     runs_read: 'BIGINT',
     schema_version: 'BIGINT'
 });
@@ -381,4 +382,4 @@ SELECT
     utc(e.value.last_seen_at) AS last_seen_at, e.value.last_seen_phase_id AS last_seen_phase_id,
     e.value.status AS status, e.value.resolved_by AS resolved_by, e.value.message AS message,
     e.value.evidence_refs AS evidence_refs, runs_read, filename
-FROM (SELECT runs_read, filename, unnest(map_entries(issues)) AS e FROM raw_backlog_file);
+FROM (SELECT runs_read, filename, unnest(map_entries(issues_by_key)) AS e FROM raw_backlog_file);

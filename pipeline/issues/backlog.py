@@ -384,13 +384,14 @@ def derive_backlog(
     entries = {
         s.key: _entry(s, _resolution(s, debt, green), _thresholds_for(s, ruleset, thresholds, profile)) for s in seen
     }
-    return ProjectBacklog(issues=dict(sorted(entries.items())), runs_read=runs_read)
+    return ProjectBacklog(issues_by_key=dict(sorted(entries.items())), runs_read=runs_read)
 
 
 def needs_cleanup_keys(backlog: ProjectBacklog) -> dict[str, Severity]:
     """Keys the backlog marked needs_cleanup (each under its own slice's thresholds) ->
     major: their effective severity in the next run, for routing and thresholds."""
-    return {key: Severity.major for key, entry in sorted(backlog.issues.items()) if entry.status == "needs_cleanup"}
+    entries = sorted(backlog.issues_by_key.items())
+    return {key: Severity.major for key, entry in entries if entry.status == "needs_cleanup"}
 
 
 def aged_keys(backlog: ProjectBacklog, aging_runs: int, aging_tiers: int) -> dict[str, Severity]:
@@ -398,7 +399,7 @@ def aged_keys(backlog: ProjectBacklog, aging_runs: int, aging_tiers: int) -> dic
     severity for the next run, docs/architecture.md, Issues)."""
     return {
         key: Severity.major
-        for key, entry in sorted(backlog.issues.items())
+        for key, entry in sorted(backlog.issues_by_key.items())
         if is_aged(entry, aging_runs, aging_tiers)
     }
 
@@ -435,7 +436,7 @@ def top_keys(backlog: ProjectBacklog, limit: int = 10) -> list[tuple[str, Backlo
     """The keys most worth a look: needing cleanup first, then open, oldest first."""
     order = {"needs_cleanup": 0, "open": 1, "resolved": 2}
     ranked = sorted(
-        backlog.issues.items(),
+        backlog.issues_by_key.items(),
         key=lambda item: (order[item[1].status], -item[1].age_in_runs, -item[1].age_in_tiers, item[0]),
     )
     return ranked[:limit]

@@ -86,5 +86,6 @@ class BacklogEntry(Frozen):
 
 class ProjectBacklog(Frozen):
     schema_version: int = SCHEMA_VERSION
-    issues: dict[str, BacklogEntry] = Field(default_factory=dict)
+    project_id: str | None = Field(default=None, description="the project of the run that wrote it")
+    issues_by_key: dict[str, BacklogEntry] = Field(default_factory=dict)
     runs_read: int = Field(default=0, ge=0, description="started runs the backlog was derived from")

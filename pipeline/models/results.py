@@ -16,6 +16,9 @@ class SuggestedIssue(Frozen):
     category: str = "builder_self_doubt"
     message: str = ""
     evidence_refs: list[str] = Field(default_factory=list)
+    expected_fail: bool = Field(
+        default=False, description="a known failure the phase is not meant to fix (recorded, counted, not a surprise)"
+    )
 
 
 class Usage(Frozen):

@@ -69,6 +69,22 @@ class TierBudgetRule(Frozen):
     max_major_issues: int = Field(ge=0)
 
 
+class SeverityUpgrade(Frozen):
+    """Playbook §7.1: a rule that makes matching issues major (fnmatch globs; every field
+    given must match)."""
+
+    issue_key: str | None = Field(default=None, min_length=1, description="glob on the issue_key")
+    category: str | None = Field(default=None, min_length=1, description="glob on the issue category")
+    task_category: str | None = Field(default=None, min_length=1, description="glob on the phase's task_category")
+
+    def matches(self, issue_key: str, category: str, task_category: str) -> bool:
+        import fnmatch
+
+        pairs = ((self.issue_key, issue_key), (self.category, category), (self.task_category, task_category))
+        given = [(glob, value) for glob, value in pairs if glob is not None]
+        return bool(given) and all(fnmatch.fnmatchcase(value, glob) for glob, value in given)
+
+
 class ProjectDefaults(Frozen):
     """Playbook §4.3: per project, the run scope and safety profile new plans start with."""
 
@@ -88,6 +104,9 @@ class Ruleset(Frozen):
     protected_paths: list[str]
     on_policy_violation: Literal["fail_run", "retry"] = "fail_run"
     debt_cleanup: Literal["off", "auto"] = "off"
+    severity_upgrades: list[SeverityUpgrade] = Field(
+        default_factory=list, description="issues matching a rule are major (effective severity)"
+    )
     project_defaults: ProjectDefaults = Field(default_factory=ProjectDefaults)
     projects: dict[str, ProjectDefaults] = Field(
         default_factory=dict, description="project_id -> its own defaults (a workspace holding several projects)"

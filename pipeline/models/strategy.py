@@ -14,6 +14,7 @@ from pipeline.models.enums import (
     Severity,
 )
 from pipeline.models.plan import AgentSpec, CiProfile, PlanReuse
+from pipeline.models.ruleset import SeverityUpgrade
 
 
 class PhaseStrategy(Frozen):
@@ -88,6 +89,9 @@ class Strategy(Frozen):
     aging_runs: int
     aging_tiers: int
     stop_on_not_clean_tier: bool
+    severity_upgrades: list[SeverityUpgrade] = Field(
+        default_factory=list, description="the ruleset's rules that make matching issues major"
+    )
     effective_severity: dict[str, Severity] = Field(
         default_factory=dict, description="issue_key -> severity raised by backlog aging"
     )

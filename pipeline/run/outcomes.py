@@ -70,15 +70,18 @@ def make_issue(
     severity: Severity | None,
     evidence: list[str],
     message: str,
+    expected_fail: bool = False,
 ) -> Issue:
     base = severity or ps.default_severity
     run_id = ctx.rec.run.run_id
     k = ctx.rec.phase(ps.phase_id).current_attempt
+    upgraded = any(u.matches(key, category, ps.task_category) for u in ctx.rec.strategy.severity_upgrades)
     return Issue(
         seen_in_attempts=[k] if k else [],
+        expected_fail=expected_fail,
         issue_key=key,
         severity=base,
-        effective_severity=effective(base, key, ctx.rec.strategy.effective_severity),
+        effective_severity=Severity.major if upgraded else effective(base, key, ctx.rec.strategy.effective_severity),
         source=source,
         category=category,
         task_category=ps.task_category,
@@ -116,6 +119,7 @@ def suggested_issues(
             severity=s.severity,
             evidence=[*s.evidence_refs, rel(ctx, result)],
             message=s.message,
+            expected_fail=s.expected_fail,
         )
         for s in suggested
     ]

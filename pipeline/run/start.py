@@ -109,8 +109,12 @@ def _aging(ws: Workspace, run_id: str, plan: Plan, ruleset: Ruleset) -> Aging:
     profile = ruleset.safety_profiles[plan.safety_profile]
     thresholds = (profile.aging_runs, profile.aging_tiers)
     if not backlog.other_runs_have_issues(ws.root, run_id):
+        runs = sum(1 for p in (ws.root / "runs").glob("*/run.json") if p.parent.name != run_id)
+        backlog.write_backlog(ws.root, ProjectBacklog(project_id=plan.project_id, runs_read=runs))
         return Aging(thresholds)
     derived = backlog.derive_backlog(ws, profile=plan.safety_profile)
+    derived = derived.model_copy(update={"project_id": plan.project_id})
+    backlog.write_backlog(ws.root, derived)  # playbook §5.3: the backlog as this run saw it
     return Aging(thresholds, backlog.needs_cleanup_keys(derived), derived)
 
 

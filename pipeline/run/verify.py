@@ -109,7 +109,7 @@ def _gate_failed(ctx: RunContext, ps: PhaseStrategy, report: GateReport, adir: P
         ctx,
         ps,
         key=f"gate:{name}",
-        source=IssueSource.gate,
+        source=IssueSource.static_check if name == "static_checks" else IssueSource.gate,
         category=external or f"gate_{name}",
         severity=Severity.major if report.policy_violation or external else None,
         evidence=[rel(ctx, adir / "gate.json"), *(check.evidence[:5] if check else [])],
