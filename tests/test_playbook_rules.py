@@ -523,3 +523,61 @@ def test_every_start_run_writes_the_project_backlog_with_project_id_and_issues_b
     data = json.loads((setup.workspace / "reports" / "project_issue_backlog.json").read_text())
     assert data["project_id"] == setup.run_json()["project_id"]
     assert data["issues_by_key"] == {} and data["runs_read"] == 0
+
+
+# -- smaller: incident packs, tier cap flags, validate, superseded attempts ----------------
+
+
+def test_an_incident_pack_holds_the_last_patch_and_the_ci_and_auditor_evidence(tmp_path: Path) -> None:
+    # attempt 1 breaks CI; the escalation's revision breaks it again: the run ends there
+    setup = governed(
+        tmp_path,
+        builder='write("mod.py", "X = 100\\n")',
+        auditor='write("mod.py", "X = 500\\n")\nresult(verdict="revise", notes="try 500")',
+        phases=[phase("P1", max_builder_attempts=1)],
+    )
+    run = finish(setup)
+    assert run["state"] == "DONE_FAILED_REQUIRES_HUMAN_REVIEW"
+    incident = setup.run_dir / "incident"
+    assert "X = 500" in (incident / "last-patch.diff").read_text()
+    assert json.loads((incident / "last-ci" / "ci.json").read_text())["verdict"] == "fail"
+    assert json.loads((incident / "last-audit" / "auditor.json").read_text())["verdict"] == "revise"
+    assert (incident / "last-audit" / "auditor.log").is_file()
+
+
+def test_tier_summaries_carry_cap_flags(tmp_path: Path) -> None:
+    setup = governed(
+        tmp_path,
+        builder='write("mod.py", "X = 100\\n" if ATTEMPT == 1 else "X = 2\\n")',
+        phases=[phase("P1")],
+    )
+    run = finish(setup)
+    (tier,) = run["tiers"]
+    assert (tier["ci_cap_hit"], tier["token_cap_hit"]) == (True, False)  # 2 CI runs of 2
+    assert "CI-run cap hit" in (setup.run_dir / "tiers" / "T1.md").read_text()
+
+
+def test_validate_reports_each_plan_problem_once(tmp_path: Path) -> None:
+    from pipeline.commands.validate import validate_run
+
+    plan = tmp_path / "runs" / "r1" / "plan.yaml"
+    plan.parent.mkdir(parents=True)
+    plan.write_text(
+        "run_id: r1\nproject_id: p\ntiers:\n  - tier_id: T1\n    name: x\n    phases:\n"
+        "      - {phase_id: P1, name: a, task_category: nope}\n"
+    )
+    problems = validate_run(tmp_path, "r1")
+    assert len(problems) == 1 and "unknown task_category 'nope'" in problems[0]
+
+
+def test_an_attempt_replaced_by_the_auditors_revision_is_superseded(tmp_path: Path) -> None:
+    setup = governed(
+        tmp_path,
+        builder='write("mod.py", "X = 2\\n")',
+        auditor='write("mod.py", "X = 7\\n")\nresult(verdict="revise", notes="7 is better")',
+        phases=[high_risk("P1", "schema_change")],
+    )
+    run = finish(setup)
+    assert run["state"] == "DONE_SUCCESS", run["failure_reason"]
+    attempts = setup.phase_json("P1")["attempts"]
+    assert [(a["role"], a["outcome"]) for a in attempts] == [("builder", "superseded"), ("auditor", "passed")]

@@ -63,9 +63,14 @@ def validate_run(workspace: Path | Workspace, run_id: str) -> list[str]:
     store = RunStore(ws.root, run_id)
     if not store.plan_path.exists() and not store.run_json.exists():
         return [f"{store.run_dir}: no plan.yaml and no run.json (create it with `doit new_run --run {run_id}`)"]
-    problems = _problems_of(lambda: _reuse_problems(load_valid_plan(ws, store), store))
-    if not store.run_json.exists():
-        problems += _problems_of(lambda: check_agents(ws, load_valid_plan(ws, store)))
+    # The plan is loaded once: its problems are reported once (they used to be reported by
+    # the reuse check and again by the agents check).
+    plans: list[Plan] = []
+    problems = _problems_of(lambda: plans.append(load_valid_plan(ws, store)))
+    if plans:
+        problems += _problems_of(lambda: _reuse_problems(plans[0], store))
+    if plans and not store.run_json.exists():
+        problems += _problems_of(lambda: check_agents(ws, plans[0]))
     if not store.run_json.exists():
         return problems
     for path in sorted(store.run_dir.rglob("*.json")):

@@ -62,6 +62,7 @@ AttemptOutcome = Literal[
     "policy_violation",
     "ci_failed",
     "passed",
+    "superseded",  # the auditor's review replaced it with its own revision (the next attempt)
 ]
 
 

@@ -200,7 +200,14 @@ def _suggested_patch(ctx: RunContext, result: AuditorResult | None, worktree_pat
 
 
 def _adopt_patch(ctx: RunContext, ps: PhaseStrategy, k: int, patch: str, result: AuditorResult) -> None:
-    """The auditor's revision becomes attempt k, approved, and goes to the gate."""
+    """The auditor's revision becomes attempt k, approved, and goes to the gate; a reviewed
+    attempt it replaces is superseded (it no longer stays "running")."""
+    rec = ctx.rec.phase(ps.phase_id)
+    replaced = next((a for a in rec.attempts if a.k == k - 1 and a.outcome == "running"), None)
+    if replaced is not None:
+        done = replaced.model_copy(update={"outcome": "superseded", "reason": f"replaced by the auditor's attempt {k}"})
+        write_model(attempt_dir(ctx, ps, done.k) / "builder.json", done)
+        ctx.rec.save_phase(with_attempt(rec, done))
     _record_attempt(ctx, ps, k, patch, result)
     ctx.rec.save_phase(
         ctx.rec.phase(ps.phase_id).model_copy(update={"step": "built", "current_attempt": k, "approved_attempt": k})

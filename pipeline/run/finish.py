@@ -6,6 +6,7 @@ Called once when a run reaches a terminal state.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.core.jsonio import canonical_json, write_text_atomic
@@ -188,11 +189,27 @@ def _incident_pack(ctx: RunContext, state: RunState, reason: str) -> None:
         return
     rec = ctx.rec.phase(ps.phase_id)
     phase_dir = ctx.rec.phase_dir(ps)
-    if rec.attempts:
-        adir = ctx.store.attempt_dir(ps.index, ps.phase_id, rec.attempts[-1].k)
-        for name in ("patch.diff", "builder.log", "gate.json"):
-            if (adir / name).exists():
-                shutil.copyfile(adir / name, incident / f"last-{name}")
+    # The newest of each: an attempt stopped before its agent ran (a budget refused the
+    # call) has no patch, so older attempts are looked at too.
+    for name in ("patch.diff", "builder.log", "gate.json"):
+        for attempt in reversed(rec.attempts):
+            path = ctx.store.attempt_dir(ps.index, ps.phase_id, attempt.k) / name
+            if path.is_file() and path.stat().st_size:
+                shutil.copyfile(path, incident / f"last-{name}")
+                break
+    for kind in ("ci", "audit"):
+        _copy_newest(phase_dir / kind, incident / f"last-{kind}")
     for name in ("issues.json", "gate.json"):
         if (phase_dir / name).exists():
             shutil.copyfile(phase_dir / name, incident / name)
+
+
+def _copy_newest(root: Path, dest: Path) -> None:
+    """The newest numbered folder under `root` (ci/<k>, audit/<n>: reports and logs)."""
+    numbered = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit()] if root.is_dir() else []
+    if not numbered:
+        return
+    newest = max(numbered, key=lambda p: int(p.name))
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(newest, dest)
