@@ -8,6 +8,7 @@ subprocesses, real CI steps) or compiles a real strategy, and reads the record i
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -312,7 +313,7 @@ def test_an_issue_ages_when_its_runs_or_its_distinct_tiers_reach_the_threshold(t
     write_run(tmp_path, "r2", _day(2), [SynPhase("P1", "T1", (persistent, young))])
     write_run(tmp_path, "r3", _day(3), [SynPhase("P1", "T1", (persistent,))])
     backlog = derive_backlog(tmp_path)
-    got = {k: (e.age_in_runs, e.age_in_tiers, e.status) for k, e in backlog.issues.items()}
+    got = {k: (e.age_in_runs, e.age_in_tiers, e.status) for k, e in backlog.issues_by_key.items()}
     assert got == {
         "spread": (1, 2, "needs_cleanup"),
         "persistent": (3, 1, "needs_cleanup"),
@@ -333,8 +334,8 @@ def test_aging_thresholds_are_configurable_per_strategy_slice(tmp_path: Path) ->
         ],
     )
     backlog = derive_backlog(tmp_path)
-    assert backlog.issues["fix-slice"].status == "needs_cleanup"
-    assert backlog.issues["feature-slice"].status == "open"
+    assert backlog.issues_by_key["fix-slice"].status == "needs_cleanup"
+    assert backlog.issues_by_key["feature-slice"].status == "open"
 
 
 def test_an_aged_issue_routes_its_debt_phase_to_strict_ci_and_the_auditor(tmp_path: Path) -> None:
@@ -581,3 +582,15 @@ def test_an_attempt_replaced_by_the_auditors_revision_is_superseded(tmp_path: Pa
     assert run["state"] == "DONE_SUCCESS", run["failure_reason"]
     attempts = setup.phase_json("P1")["attempts"]
     assert [(a["role"], a["outcome"]) for a in attempts] == [("builder", "superseded"), ("auditor", "passed")]
+
+
+def test_doit_strategy_states_the_rules_chosen_where_the_playbook_is_ambiguous(tmp_path: Path) -> None:
+    from pipeline.commands.explain import CHOICES, explain_strategy
+
+    setup = governed(tmp_path, builder='write("mod.py", "X = 2\\n")', phases=[phase("P1", tests="may_change")])
+    out = explain_strategy(setup.workspace, setup.run_id)
+    assert "rules chosen where the playbook is ambiguous (docs/governance.md):" in out
+    assert all(f"  - {choice}" in out for choice in CHOICES)
+    assert re.search(r"^\s+tests_may_change\s+True\s+\(plan\)$", out, re.M)
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "governance.md").read_text()
+    assert "## Where the playbook is ambiguous" in doc
