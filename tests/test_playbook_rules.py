@@ -594,3 +594,29 @@ def test_doit_strategy_states_the_rules_chosen_where_the_playbook_is_ambiguous(t
     assert re.search(r"^\s+tests_may_change\s+True\s+\(plan\)$", out, re.M)
     doc = (Path(__file__).resolve().parent.parent / "docs" / "governance.md").read_text()
     assert "## Where the playbook is ambiguous" in doc
+
+
+def test_a_phase_waiting_for_submit_fails_cleanly_past_its_deadline(tmp_path: Path) -> None:
+    from pipeline.run.driver import run_phase, run_to_end, submit_patch
+    from testing.runs import make_workspace
+
+    setup = make_workspace(tmp_path, files={"mod.py": "X = 1\n"}, phases=[phase("P1"), phase("P2")])  # no builder
+    (setup.workspace / "profiles").mkdir()
+    (setup.workspace / "profiles" / "ruleset.yaml").write_text("run_budgets:\n  submit_deadline_minutes: 0\n")
+    setup.start()
+    ps = json.loads((setup.run_dir / "strategy.json").read_text())["phases"][0]
+    assert ps["submit_deadline_minutes"] == 0
+    outcome = run_phase(setup.workspace, setup.run_id)
+    assert outcome.phase_id == "P1" and outcome.phase_state is not None and outcome.phase_state.value == "FAILED"
+    assert "no patch was submitted within 0 min" in setup.phase_json("P1")["failure_reason"]
+    patch = tmp_path / "late.diff"
+    patch.write_text("--- a/mod.py\n+++ b/mod.py\n@@ -1 +1 @@\n-X = 1\n+X = 2\n")
+    late = submit_patch(setup.workspace, setup.run_id, "P2", patch, None)
+    assert late.phase_state is not None and late.phase_state.value == "FAILED"
+    outcomes = run_to_end(setup.workspace, setup.run_id)
+    assert outcomes[-1].run_state.value == "DONE_FAILED_REQUIRES_HUMAN_REVIEW"
+    # with a builder there is no deadline
+    ws = tmp_path / "with-builder"
+    ws.mkdir()
+    built = _strategy(ws, [_phase("P1", "bugfix")], agents={"builder": "claude"})
+    assert built.phases[0].submit_deadline_minutes is None

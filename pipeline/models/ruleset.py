@@ -61,6 +61,9 @@ class RunBudgetRule(Frozen):
     max_phases: int = Field(ge=1)
     minor_issues_per_phase: int = Field(ge=0)
     max_duration_minutes: int = Field(ge=1)
+    submit_deadline_minutes: int = Field(
+        default=1440, ge=0, description="how long a phase without a builder waits for `doit submit`"
+    )
 
 
 class TierBudgetRule(Frozen):

@@ -33,6 +33,9 @@ class PhaseStrategy(Frozen):
     auditor_profile: str | None
     max_builder_attempts: int
     max_auditor_attempts: int
+    submit_deadline_minutes: int | None = Field(
+        default=None, description="a phase without a builder fails when no patch came within this (from its wait)"
+    )
     tests_may_change: bool = Field(
         default=False, description="declared (plan `tests: may_change`) or by category: test changes are recorded"
     )

@@ -81,6 +81,7 @@ def compile_phase(
         if phase.auto_apply is False and rule.auto_apply
         else _origin(overridden, f"{key}.auto_apply", "category")
     )
+    has_builder = (phase.builder or plan.agents.builder) is not None
     tests_may_change = phase.tests == "may_change" or (phase.tests is None and rule.tests_may_change)
     why["tests_may_change"] = "plan" if phase.tests else _origin(overridden, f"{key}.tests_may_change", "category")
     profile = ruleset.safety_profiles[plan.safety_profile]
@@ -118,6 +119,7 @@ def compile_phase(
         max_builder_attempts=attempts,
         ci_max_retries=rule.ci_max_retries,
         tests_may_change=tests_may_change,
+        submit_deadline_minutes=None if has_builder else ruleset.run_budgets.submit_deadline_minutes,
         minors_tolerated=minors,
         majors_tolerated=rule.majors_tolerated,
         max_auditor_attempts=rule.max_auditor_attempts,

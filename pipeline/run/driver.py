@@ -23,7 +23,7 @@ from pipeline.run import build as building
 from pipeline.run import verify as verifying
 from pipeline.run.context import RunContext, open_context
 from pipeline.run.finish import finish_run, tier_cleanliness
-from pipeline.run.outcomes import EndRun, commit_record, fail_phase, needs_review
+from pipeline.run.outcomes import EndRun, commit_record, fail_phase, needs_review, submit_overdue
 from pipeline.store.rundir import RunStore
 
 
@@ -102,6 +102,9 @@ def submit_patch(
                 f"phase {phase_id} is already {ctx.rec.phase(ps.phase_id).state.value}",
                 "submit to a phase that is not finished",
             )
+        overdue = submit_overdue(ctx, ps)
+        if overdue is not None:
+            return _fail_overdue(ctx, ps, overdue)
         try:
             _enter_phase(ctx, ps)
         except EndRun as end:
@@ -139,6 +142,9 @@ def _run_phase_locked(ctx: RunContext, phase_id: str | None) -> StepOutcome:
     rec = ctx.rec.phase(ps.phase_id)
     if rec.state.terminal:
         return StepOutcome(run.run_id, ps.phase_id, rec.state, run.state, f"phase {ps.phase_id} is {rec.state.value}")
+    overdue = submit_overdue(ctx, ps) if ps.builder is None and rec.step in ("queued", "building") else None
+    if overdue is not None:
+        return _fail_overdue(ctx, ps, overdue)
     if ps.builder is None and rec.step in ("queued", "building"):
         return StepOutcome(
             run.run_id,
@@ -152,6 +158,16 @@ def _run_phase_locked(ctx: RunContext, phase_id: str | None) -> StepOutcome:
         _enter_phase(ctx, ps)
     except EndRun as end:
         return _finish(ctx, ps, end.state, end.reason)
+    return _drive_and_finish(ctx, ps)
+
+
+def _fail_overdue(ctx: RunContext, ps: PhaseStrategy, reason: str) -> StepOutcome:
+    """A phase whose patch never came fails cleanly; the run goes on as after any failed phase."""
+    try:
+        _enter_phase(ctx, ps)
+    except EndRun as end:
+        return _finish(ctx, ps, end.state, end.reason)
+    fail_phase(ctx, ps, reason)
     return _drive_and_finish(ctx, ps)
 
 

@@ -171,6 +171,22 @@ def resolve_fixed_issues(ctx: RunContext, ps: PhaseStrategy, accepted: int) -> N
     _store_issues(ctx, ps, [], file=resolved)
 
 
+def submit_overdue(ctx: RunContext, ps: PhaseStrategy) -> str | None:
+    """Why a phase waiting for `doit submit` is past its deadline, or None. The wait began
+    with the run's newest event: nothing has happened in the run since (it waits)."""
+    from datetime import UTC, datetime
+
+    minutes = ps.submit_deadline_minutes
+    if minutes is None:
+        return None
+    events = ctx.store.events.read()
+    since = events[-1].ts if events else ctx.rec.run.created_at
+    started = datetime.fromisoformat(since.replace("Z", "+00:00"))
+    if (datetime.now(UTC) - started).total_seconds() < minutes * 60:
+        return None
+    return f"no patch was submitted within {minutes} min of {since} (submit_deadline_minutes); the phase fails"
+
+
 def needs_review(ctx: RunContext, ps: PhaseStrategy, rec: PhaseRecord) -> bool:
     """Does the current attempt need the auditor's review before apply? When the phase
     may not auto-apply, and (playbook §2.3: the auditor is invoked when major issues
