@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from test_governance import finish, governed, high_risk
+from test_strategy import compile_plan, workspace
 
 from pipeline.config.profiles import builtin_path, load_ci_profiles, load_ruleset
 from pipeline.core import yamlio
@@ -83,21 +84,8 @@ def _phase(phase_id: str, category: str, **fields: Any) -> dict[str, Any]:
 
 
 def _strategy(tmp_path: Path, phases: list[dict[str, Any]], ruleset: str | None = None, **plan: Any) -> Strategy:
-    if ruleset is not None:
-        (tmp_path / "profiles").mkdir(exist_ok=True)
-        (tmp_path / "profiles" / "ruleset.yaml").write_text(ruleset)
-    loaded = load_ruleset(tmp_path)
-    data: dict[str, Any] = {"run_id": "r1", "project_id": "sample", **plan}
-    data.setdefault("tiers", [{"tier_id": "T1", "name": "One", "phases": phases}])
-    model = Plan.model_validate(data)
-    return compile_strategy(
-        model,
-        loaded.ruleset,
-        plan_sha256="0" * 64,
-        ruleset_sha256=loaded.sha256,
-        ci_profiles=load_ci_profiles(tmp_path, model.ci),
-        overridden=loaded.overridden,
-    )
+    """The strategy compiled from the built-in ruleset (with `ruleset` over it)."""
+    return compile_plan(workspace(tmp_path, ruleset) if ruleset is not None else tmp_path, phases, **plan)
 
 
 def test_high_risk_categories_get_tighter_limits_than_ordinary_work(tmp_path: Path) -> None:
