@@ -308,7 +308,7 @@ SELECT
     run_of(filename) AS run_id, phase_index_of(filename) AS phase_index, phase_id, tier_id, issue_state,
     i.issue_key, i.severity, i.effective_severity, i.source, i.category, i.task_category, i.complexity,
     i.expected_fail, i.occurrence_count, i.first_seen_run, i.last_seen_run, i.evidence_refs, i.message,
-    filename
+    coalesce(i.status, 'open') AS status, filename
 FROM (SELECT filename, phase_id, tier_id, issue_state, unnest(issues) AS i FROM raw_phase_issues);
 
 -- One row per distinct issue key of each run (run_issue_index.json, docs/architecture.md, Issues).
@@ -319,7 +319,7 @@ SELECT
     e.value.first_phase_index AS first_phase_index, e.value.last_phase_index AS last_phase_index,
     e.value.occurrence_count AS occurrence_count,
     e.value.seen_in_tiers AS seen_in_tiers, e.value.seen_in_phases AS seen_in_phases,
-    filename
+    coalesce(e.value.status, 'open') AS status, filename
 FROM (SELECT run_id, filename, unnest(map_entries(issues_by_key)) AS e FROM raw_run_issues);
 
 -- One row per event (events.jsonl).
@@ -329,8 +329,9 @@ SELECT run_of(filename) AS run_id, seq, utc(ts) AS ts, kind, entity, from_state,
 FROM raw_events;
 
 -- The project issue backlog (docs/architecture.md, Issues), derived from every run's issue index:
--- ages count distinct runs and distinct (run, tier) pairs, never records. status is
--- needs_cleanup once a minor issue reaches the aging thresholds of the safety profile of
+-- ages count distinct runs and distinct tier ids, never records (issues resolved within
+-- their run are left out). status is needs_cleanup once a minor issue's runs OR tiers
+-- reach the aging thresholds of the safety profile of
 -- the run it was last seen in (the built-in ruleset: normal 3 runs / 2 tiers,
 -- safety_critical 2 / 1), else open. The file `doit backlog` materialises,
 -- reports/project_issue_backlog.json (the backlog_file view below), is the authority on
@@ -341,6 +342,7 @@ WITH seen AS (
            i.effective_severity, i.occurrence_count, i.seen_in_tiers,
            r.created_at, coalesce(r.finished_at, r.updated_at) AS seen_at
     FROM run_issues AS i JOIN runs AS r USING (run_id)
+    WHERE i.status = 'open'
 ),
 tiers_seen AS (
     SELECT project_id, issue_key, count(DISTINCT tier_id) AS age_in_tiers
