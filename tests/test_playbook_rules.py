@@ -608,3 +608,28 @@ def test_a_phase_waiting_for_submit_fails_cleanly_past_its_deadline(tmp_path: Pa
     ws.mkdir()
     built = _strategy(ws, [_phase("P1", "bugfix")], agents={"builder": "claude"})
     assert built.phases[0].submit_deadline_minutes is None
+
+
+@pytest.mark.parametrize(
+    ("ruleset", "expected"),
+    [
+        ("severity_upgrades:\n  - {}\n", "$.severity_upgrades[0]: {} should be non-empty"),
+        ("project_defaults:\n  default_run_scope: two_tiers\n", "default_run_scope"),
+        ("categories:\n  bugfix:\n    aging_runs: 0\n", "aging_runs"),
+    ],
+)
+def test_bad_governance_settings_are_clear_errors_naming_the_file(tmp_path: Path, ruleset: str, expected: str) -> None:
+    from pipeline.core.errors import AutopackError
+
+    with pytest.raises(AutopackError) as err:
+        _strategy(tmp_path, [_phase("P1", "bugfix")], ruleset=ruleset)
+    text = str(err.value.message) + " " + " ".join(getattr(err.value, "problems", []))
+    assert "profiles/ruleset.yaml" in text and expected in text, text
+
+
+def test_a_bad_tests_declaration_is_a_clear_plan_error(tmp_path: Path) -> None:
+    from pipeline.core.errors import AutopackError
+
+    with pytest.raises((AutopackError, ValueError)) as err:
+        _strategy(tmp_path, [_phase("P1", "bugfix", tests="sometimes")])
+    assert "may_change" in str(err.value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
 
 from pipeline.models.base import Frozen
 from pipeline.models.enums import BuilderMode, CiProfileName, Complexity, RunScope, SafetyProfile, Severity
@@ -76,9 +76,17 @@ class SeverityUpgrade(Frozen):
     """Playbook §7.1: a rule that makes matching issues major (fnmatch globs; every field
     given must match)."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False, json_schema_extra={"minProperties": 1})
+
     issue_key: str | None = Field(default=None, min_length=1, description="glob on the issue_key")
     category: str | None = Field(default=None, min_length=1, description="glob on the issue category")
     task_category: str | None = Field(default=None, min_length=1, description="glob on the phase's task_category")
+
+    @model_validator(mode="after")
+    def _names_something(self) -> SeverityUpgrade:
+        if self.issue_key is None and self.category is None and self.task_category is None:
+            raise ValueError("a severity upgrade needs at least one of issue_key, category, task_category")
+        return self
 
     def matches(self, issue_key: str, category: str, task_category: str) -> bool:
         import fnmatch
