@@ -76,7 +76,9 @@ class SeverityUpgrade(Frozen):
     """Playbook §7.1: a rule that makes matching issues major (fnmatch globs; every field
     given must match)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False, json_schema_extra={"minProperties": 1})
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", use_enum_values=False, json_schema_extra={"minProperties": 1}
+    )
 
     issue_key: str | None = Field(default=None, min_length=1, description="glob on the issue_key")
     category: str | None = Field(default=None, min_length=1, description="glob on the issue category")
