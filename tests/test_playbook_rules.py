@@ -347,6 +347,29 @@ def test_an_aged_issue_routes_its_debt_phase_to_strict_ci_and_the_auditor(tmp_pa
     assert strategy.effective_severity == {"lint:aged": Severity.major}
 
 
+def test_an_aged_issue_raises_the_ci_profile_of_a_phase_whose_scope_covers_its_code(tmp_path: Path) -> None:
+    loaded = load_ruleset(tmp_path)
+    phases = [
+        _phase("P1", "feature_implementation", scope={"allow": ["src/**"]}),
+        _phase("P2", "feature_implementation", scope={"allow": ["docs/**"]}),
+    ]
+    model = Plan.model_validate(
+        {"run_id": "r1", "project_id": "p", "tiers": [{"tier_id": "T1", "name": "One", "phases": phases}]}
+    )
+    strategy = compile_strategy(
+        model,
+        loaded.ruleset,
+        plan_sha256="0" * 64,
+        ruleset_sha256=loaded.sha256,
+        ci_profiles=load_ci_profiles(tmp_path, model.ci),
+        aged_issue_keys={"lint:aged": Severity.major},
+        aged_paths={"lint:aged": ["src/util.py"]},
+    )
+    p1, p2 = strategy.phases
+    assert (p1.ci_profile.value, p1.why["ci_profile"]) == ("strict", "aging")
+    assert p2.ci_profile.value == "normal"
+
+
 # -- §4.3: single_tier runs one tier; projects get defaults --------------------------------
 
 

@@ -32,8 +32,8 @@ CHOICES = (
     "aging: an issue ages when age_in_runs OR age_in_tiers reaches its threshold "
     "(reaching counts as exceeding: the defaults read 'seen in 3 runs', 'seen in 2 tiers')",
     "age_in_tiers counts distinct tier ids (spread over the plan), age_in_runs distinct runs (persistence)",
-    "an aged issue is major where it reappears (the auditor reviews that phase); its debt phase runs "
-    "strict CI under the auditor",
+    "an aged issue is major where it reappears (the auditor reviews that phase); a phase whose scope "
+    "covers its code runs strict CI; its debt phase runs strict CI under the auditor",
     "an issue from gate, CI, tests, static checks or a failed attempt that the accepted attempt did not "
     "record is resolved; builder and auditor reports stay open",
     "high-risk work: 2 builder attempts, 1 auditor attempt, 1 CI retry, 150k incident cap (ordinary work: "

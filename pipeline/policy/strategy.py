@@ -310,13 +310,25 @@ def compile_budgets(plan: Plan, ruleset: Ruleset, phases: list[PhaseStrategy]) -
     return run_budget, tiers
 
 
-def _route_aged(ps: PhaseStrategy, aged: Mapping[str, Severity]) -> PhaseStrategy:
-    """A debt phase that cleans an aged issue (major for routing, playbook §5.3) runs strict
-    CI and goes to the auditor before apply."""
-    if not any(key in aged for key in ps.cleans):
+def _route_aged(ps: PhaseStrategy, aged: Mapping[str, Severity], aged_paths: Mapping[str, list[str]]) -> PhaseStrategy:
+    """Aged issues are major for routing (playbook §5.3): a debt phase that cleans one runs
+    strict CI and goes to the auditor before apply; a phase whose scope covers the code an
+    aged issue points at runs strict CI."""
+    if any(key in aged for key in ps.cleans):
+        why = {**ps.why, "ci_profile": "aging", "auto_apply": "aging"}
+        return ps.model_copy(update={"ci_profile": CiProfileName.strict, "auto_apply": False, "why": why})
+    paths = [p for key in aged for p in aged_paths.get(key, [])]
+    if ps.ci_profile == CiProfileName.strict or not paths or not _in_scope(ps, paths):
         return ps
-    why = {**ps.why, "ci_profile": "aging", "auto_apply": "aging"}
-    return ps.model_copy(update={"ci_profile": CiProfileName.strict, "auto_apply": False, "why": why})
+    return ps.model_copy(update={"ci_profile": CiProfileName.strict, "why": {**ps.why, "ci_profile": "aging"}})
+
+
+def _in_scope(ps: PhaseStrategy, paths: list[str]) -> bool:
+    import pathspec
+
+    allow = pathspec.PathSpec.from_lines("gitignore", ps.scope_allow)
+    deny = pathspec.PathSpec.from_lines("gitignore", ps.scope_deny)
+    return any(allow.match_file(p) and not deny.match_file(p) for p in paths)
 
 
 def compile_strategy(
@@ -328,6 +340,7 @@ def compile_strategy(
     ci_profiles: Mapping[CiProfileName, CiProfile],
     overridden: frozenset[str] = frozenset(),
     aged_issue_keys: Mapping[str, Severity] | None = None,
+    aged_paths: Mapping[str, list[str]] | None = None,
 ) -> Strategy:
     phases = [
         compile_phase(plan, tier, phase, i, ruleset, overridden)
@@ -340,7 +353,7 @@ def compile_strategy(
             "start_run splits such a plan into chained runs by tier; compile the strategy after the split",
         )
     aged = dict(aged_issue_keys or {})
-    phases = [_route_aged(ps, aged) for ps in phases]
+    phases = [_route_aged(ps, aged, aged_paths or {}) for ps in phases]
     profile = ruleset.safety_profiles[plan.safety_profile]
     return Strategy(
         run_id=plan.run_id,

@@ -42,7 +42,11 @@ def load_valid_plan(ws: Workspace, store: RunStore) -> Plan:
 
 
 def compile_for(
-    ws: Workspace, store: RunStore, plan: Plan, aged_issue_keys: Mapping[str, Severity] | None = None
+    ws: Workspace,
+    store: RunStore,
+    plan: Plan,
+    aged_issue_keys: Mapping[str, Severity] | None = None,
+    aged_paths: Mapping[str, list[str]] | None = None,
 ) -> Strategy:
     loaded = ws.ruleset
     return compile_strategy(
@@ -53,7 +57,22 @@ def compile_for(
         ci_profiles=ws.ci_profiles(plan.ci),
         overridden=loaded.overridden,
         aged_issue_keys=aged_issue_keys,
+        aged_paths=aged_paths,
     )
+
+
+def _aged_paths(aging: Aging) -> dict[str, list[str]]:
+    """The repository paths each aged issue's evidence points at (`src/x.py:12` -> `src/x.py`,
+    a test node id -> its file); evidence inside run records is left out."""
+    if aging.backlog is None:
+        return {}
+    out: dict[str, list[str]] = {}
+    for key in aging.aged:
+        entry = aging.backlog.issues_by_key.get(key)
+        refs = entry.evidence_refs if entry is not None else []
+        paths = {ref.split("::")[0].split(":")[0] for ref in refs if not ref.startswith("runs/")}
+        out[key] = sorted(p for p in paths if p)
+    return out
 
 
 def check_reuse_catalogued(ws: Workspace, store: RunStore, plan: Plan) -> None:
@@ -176,7 +195,7 @@ def start_run(workspace: Path | Workspace, run_id: str) -> RunRecord:
         chained = split_plan(workspace, store, plan, max_phases)
         if aging.debt.phases or chained:
             plan = load_valid_plan(ws, store)  # the plan as frozen: DEBT tier added, chain trimmed
-        strategy = compile_for(ws, store, plan, aging.aged)
+        strategy = compile_for(ws, store, plan, aging.aged, _aged_paths(aging))
         target = target_repo(workspace, plan.target.repo)
         git = make_adapter(target)  # LocalGitCli, or the remote git worker (AUTOPACK_GIT_OUTBOX)
         git.check_available()
