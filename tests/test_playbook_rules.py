@@ -656,3 +656,26 @@ def test_a_bad_tests_declaration_is_a_clear_plan_error(tmp_path: Path) -> None:
     with pytest.raises((AutopackError, ValueError)) as err:
         _strategy(tmp_path, [_phase("P1", "bugfix", tests="sometimes")])
     assert "may_change" in str(err.value)
+
+
+@pytest.mark.parametrize("failpoint", ["after_tampering_review_recorded", "after_test_changes_approved"])
+def test_a_run_killed_during_a_test_change_review_converges(tmp_path: Path, failpoint: str) -> None:
+    import os
+    import subprocess
+
+    from pipeline.run.driver import run_to_end
+
+    auditor = 'result(verdict="approve", notes="the asserts were redundant")'
+    setup = _tampering_setup(tmp_path, auditor=auditor)
+    env = {**os.environ, "AUTOPACK_FAILPOINT": failpoint}
+    killed = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run_phase", "--run", setup.run_id],
+        cwd=setup.workspace, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert killed.returncode == 137, killed.stdout + killed.stderr
+    run_to_end(setup.workspace, setup.run_id)
+    run = finish(setup)
+    assert run["state"] == "DONE_SUCCESS", run["failure_reason"]
+    rec = setup.phase_json("P1")
+    assert (rec["tampering_approved_attempt"], rec["tampering_reason"]) == (1, "the asserts were redundant")
+    assert len(setup.commits_with_trailer("Autopack-Phase", "P1")) == 1

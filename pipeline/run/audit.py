@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.agents import runner as agents
+from pipeline.core import failpoints
 from pipeline.core.jsonio import write_model, write_text_atomic
 from pipeline.core.overrides import builtin_path
 from pipeline.models.enums import IssueSource, RunState
@@ -84,6 +85,7 @@ def _approve_test_changes(ctx: RunContext, ps: PhaseStrategy, k: int, verdict: A
     ctx.rec.note(ps.phase_id, "test_changes_approved", attempt=k, reason=reason)
     update = {"step": "built", "approved_attempt": k, "tampering_approved_attempt": k, "tampering_reason": reason}
     ctx.rec.save_phase(ctx.rec.phase(ps.phase_id).model_copy(update=update))
+    failpoints.hit("after_test_changes_approved")
 
 
 def escalate(ctx: RunContext, ps: PhaseStrategy) -> None:

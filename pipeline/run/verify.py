@@ -89,6 +89,7 @@ def _tampering_review(ctx: RunContext, ps: PhaseStrategy, report: GateReport) ->
         "feedback": feedback_for(report),
     }
     ctx.rec.save_phase(rec.model_copy(update=update))
+    failpoints.hit("after_tampering_review_recorded")
     return True
 
 
