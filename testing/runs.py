@@ -38,7 +38,9 @@ PY = sys.executable
 DEFAULT_RUN_ID = "r1"
 # What a workspace that is its own target repository ignores (as this project's own
 # .gitignore does): the run worktrees, doit's cache, the lock and temp files.
-WORKSPACE_GITIGNORE = ".autopack/\n.doit.db*\nruns/*/.lock\nruns/*/**/*.tmp.*\n__pycache__/\n"
+WORKSPACE_GITIGNORE = (
+    ".autopack/\n.doit.db*\nruns/*/.lock\nruns/*/**/*.tmp.*\nreports/project_issue_backlog.json\n__pycache__/\n"
+)
 
 AGENT_PRELUDE = '''\
 import json

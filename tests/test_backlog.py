@@ -45,7 +45,7 @@ def one_key_run(
 
 
 def entry(workspace: Path, key: str = KEY, thresholds: tuple[int, int] | None = None) -> BacklogEntry:
-    return derive_backlog(workspace, thresholds).issues[key]
+    return derive_backlog(workspace, thresholds).issues_by_key[key]
 
 
 # -- counting ------------------------------------------------------------------------------
@@ -54,7 +54,7 @@ def entry(workspace: Path, key: str = KEY, thresholds: tuple[int, int] | None = 
 def test_empty_workspace_has_an_empty_backlog(tmp_path: Path) -> None:
     assert derive_backlog(tmp_path) == ProjectBacklog()
     (tmp_path / "runs" / "r1").mkdir(parents=True)  # a run not started: nothing to read
-    assert derive_backlog(tmp_path).issues == {}
+    assert derive_backlog(tmp_path).issues_by_key == {}
 
 
 def test_a_broken_issue_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -114,8 +114,8 @@ def test_same_key_in_two_tiers_of_one_run_ages_by_tiers(tmp_path: Path) -> None:
     write_run(tmp_path, "r1", ts(1), [SynPhase("P1", "T1", issue), SynPhase("P2", "T2", issue)])
     got = entry(tmp_path)
     assert (got.age_in_runs, got.age_in_tiers) == (1, 2)
-    assert got.status == "open"  # normal needs 3 runs as well as 2 tiers
-    assert aged_keys(derive_backlog(tmp_path), 1, 2) == {KEY: Severity.major}
+    assert got.status == "needs_cleanup"  # normal: 3 runs OR 2 tiers (playbook §5.3)
+    assert aged_keys(derive_backlog(tmp_path), 3, 3) == {}
     assert got.last_seen_phase_id == "P2"
     # Two phases of one tier are one tier.
     write_run(tmp_path, "r1", ts(1), [SynPhase("P1", "T1", issue), SynPhase("P2", "T1", issue)])
@@ -129,7 +129,7 @@ def test_ages_count_distinct_runs_and_order_by_creation(tmp_path: Path) -> None:
     one_key_run(tmp_path, "aa", 3)
     write_run(tmp_path, "mm", ts(2), [SynPhase("P1", issues=(SynIssue("other"),))])
     got = entry(tmp_path, thresholds=(3, 2))
-    assert (got.age_in_runs, got.age_in_tiers) == (2, 2)
+    assert (got.age_in_runs, got.age_in_tiers) == (2, 1)  # tiers: distinct tier ids, not (run, tier)
     assert (got.first_seen_run_id, got.last_seen_run_id, got.status) == ("zz", "aa", "open")
     one_key_run(tmp_path, "bb", 4)
     got = entry(tmp_path, thresholds=(3, 2))
@@ -150,10 +150,10 @@ def test_thresholds_follow_the_safety_profile_of_the_last_run(tmp_path: Path) ->
     one_key_run(tmp_path, "r2", 2, key="a", profile=CRITICAL)
     one_key_run(tmp_path, "r3", 3, key="b")
     backlog = derive_backlog(tmp_path)
-    assert backlog.issues["a"].status == "needs_cleanup"  # safety_critical: 2 runs / 1 tier
-    assert backlog.issues["b"].status == "open"  # normal: 1 run, 1 tier
-    assert aged_keys(backlog, 2, 1) == {"a": Severity.major}  # b: 1 run
-    assert aged_keys(backlog, 1, 1) == {"a": Severity.major, "b": Severity.major}
+    assert backlog.issues_by_key["a"].status == "needs_cleanup"  # safety_critical: 2 runs / 1 tier
+    assert backlog.issues_by_key["b"].status == "open"  # normal: 1 run, 1 tier
+    assert aged_keys(backlog, 2, 2) == {"a": Severity.major}  # b: 1 run, 1 tier
+    assert aged_keys(backlog, 1, 5) == {"a": Severity.major, "b": Severity.major}
     assert aged_keys(backlog, 3, 2) == {}
 
 
@@ -205,7 +205,7 @@ def test_write_backlog_is_canonical_and_validates(tmp_path: Path) -> None:
     assert path == tmp_path / BACKLOG_PATH
     text = path.read_text()
     data = json.loads(text)
-    assert list(data["issues"]) == ["k1", "k2", "k3"]
+    assert list(data["issues_by_key"]) == ["k1", "k2", "k3"]
     assert text == json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
     assert validate_instance(data, schema_for(ProjectBacklog), source=str(path)) == []
     mtime = path.stat().st_mtime_ns
@@ -223,7 +223,7 @@ def test_doit_backlog_writes_the_file_and_prints_top_keys(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert "2 issue key(s) from 4 run(s); 1 needs_cleanup, 1 open, 0 resolved" in lines[0]
-    assert lines[2].split()[:5] == [KEY, "needs_cleanup", "minor", "3", "3"]
+    assert lines[2].split()[:5] == [KEY, "needs_cleanup", "minor", "3", "1"]  # 3 runs, one tier id
     assert lines[3].split()[:2] == ["rare", "open"]
     assert (tmp_path / BACKLOG_PATH).is_file()
 
@@ -394,7 +394,7 @@ def test_restart_after_an_interrupted_start_adds_no_second_debt_tier(tmp_path: P
 
 
 def backlog_of(entries: dict[str, BacklogEntry]) -> ProjectBacklog:
-    return ProjectBacklog(issues=entries)
+    return ProjectBacklog(issues_by_key=entries)
 
 
 def make_entry(category: str = "lint", evidence: list[str] | None = None) -> BacklogEntry:
@@ -418,7 +418,7 @@ def test_more_than_three_keys_of_a_category_share_one_phase(tmp_path: Path) -> N
     lint = {f"lint:{i}": make_entry(evidence=[f"src/m{i}.py"]) for i in range(GROUP_OVER + 1)}
     other = {"doc:x": make_entry("docs", ["README.md"]), "doc:y": make_entry("docs", ["docs/a.md:4"])}
     backlog = backlog_of({**lint, **other})
-    aged = dict.fromkeys(backlog.issues, Severity.major)
+    aged = dict.fromkeys(backlog.issues_by_key, Severity.major)
     debt = plan_debt_phases(tmp_path, tmp_path, simple_plan(), backlog, aged, thresholds=(3, 2), max_phases=25)
     # "DEBT.1" is taken by the plan itself: ids skip it.
     assert [(p.phase_id, p.cleans) for p in debt.phases] == [

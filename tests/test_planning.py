@@ -101,11 +101,14 @@ def test_the_budget_modifier_changes_the_compiled_incident_cap(tmp_path: Path) -
     path, _ = _plan(tmp_path, project_type="api_service", features=FEATURES)
     strategy = _strategy(tmp_path, path)
     caps = {p.phase_id: (p.incident_token_cap, p.budget_modifier, p.why) for p in strategy.phases}
-    cap, modifier, why = caps["F1.1"]  # external_feature_reuse: 400000 by category
-    assert (cap, modifier) == (200000, -0.5)
+    # the modifier applies to the greenfield budget of the same feature (auth_basic is a
+    # security_auth_change feature: 150000), not to external_feature_reuse's own cap
+    cap, modifier, why = caps["F1.1"]
+    assert (cap, modifier) == (75000, -0.5)
     assert why["incident_token_cap"] == "reuse"
-    assert why["budget_modifier"] == "fork_and_adapt (match 85%) -50%: 400000 -> 200000"
-    assert caps["F1.2"][:2] == (300000, -0.25)
+    assert why["reuse_base"] == "greenfield security_auth_change: 150000"
+    assert why["budget_modifier"] == "fork_and_adapt (match 85%) -50%: 150000 -> 75000"
+    assert caps["F1.2"][:2] == (187500, -0.25)
     assert caps["F2.1"][:2] == (250000, 0.0) and "budget_modifier" not in caps["F2.1"][2]
     f11 = strategy.phase("F1.1")
     assert f11.reuse is not None and f11.reuse.source is not None and f11.reuse.source.licence == "MIT"
@@ -113,7 +116,7 @@ def test_the_budget_modifier_changes_the_compiled_incident_cap(tmp_path: Path) -
     assert not f11.auto_apply and f11.ci_profile.value == "strict"
     assert strategy.phase("F2.1").allowed_licences == []
     # the tier budget is 3 x the (modified) incident caps
-    assert strategy.tiers[0].token_cap == 3 * (200000 + 300000 + 250000)
+    assert strategy.tiers[0].token_cap == 3 * (75000 + 187500 + 250000)
 
 
 def test_the_stack_modifier_combines_with_the_reuse_modifier(tmp_path: Path) -> None:
@@ -122,10 +125,10 @@ def test_the_stack_modifier_combines_with_the_reuse_modifier(tmp_path: Path) -> 
     strategy = _strategy(tmp_path, path)
     by_name = {p.name: p for p in strategy.phases}
     reuse = by_name["Reuse vector_search from qdrant_client"]  # match 45 %: extract, -25 %
-    assert reuse.incident_token_cap == round(400000 * 0.75 * 1.25)
+    assert reuse.incident_token_cap == round(250000 * 0.75 * 1.25)
     assert reuse.why["incident_token_cap"] == "reuse+stack"
     assert reuse.why["budget_modifier"] == (
-        "extract_components (match 45%) -25%; stack fullstack_rag +25%: 400000 -> 375000"
+        "extract_components (match 45%) -25%; stack fullstack_rag +25%: 250000 -> 234375"
     )
     build = by_name["Build health_checks"]
     assert build.incident_token_cap == round(250000 * 1.25) and build.why["incident_token_cap"] == "stack"
@@ -139,7 +142,7 @@ def test_an_edited_modifier_or_an_explicit_cap_is_what_counts(tmp_path: Path) ->
     yamlio.dump_roundtrip(rt, path)
     assert "# Reuse decisions" in path.read_text()  # the header survives the edit
     strategy = _strategy(tmp_path, path)
-    assert strategy.phase("F1.1").incident_token_cap == 360000
+    assert strategy.phase("F1.1").incident_token_cap == 135000
     f12 = strategy.phase("F1.2")
     assert f12.incident_token_cap == 123456 and f12.why["incident_token_cap"] == "plan"
     assert f12.why["budget_modifier"] == (

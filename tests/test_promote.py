@@ -256,10 +256,14 @@ def test_base_is_written_by_promote_only(tmp_path: Path) -> None:
     assert cli(setup, "promote", "--run", setup.run_id, "--check").returncode == 0
     unchanged("promote --check")
 
-    # main is checked out here and the live record runs/r1/ is untracked: refused, said why.
+    # main is checked out here and the live record runs/r1/ is untracked: with anything else
+    # untracked there too, refused, said why.
+    (setup.run_dir / "my-notes.txt").write_text("mine\n")
     with pytest.raises(StepFailed, match="live record"):
         promote(setup.workspace, setup.run_id)
     unchanged("a refused promote")
-    setup.git("checkout", "-q", "-b", "elsewhere")
-    promote(setup.workspace, setup.run_id)
+    # the record alone, equal to the branch's copy, is no obstacle: merged in the checkout
+    (setup.run_dir / "my-notes.txt").unlink()
+    outcome = promote(setup.workspace, setup.run_id)
+    assert outcome.status == "merged" and "live record runs/r1/ now tracked" in outcome.message
     assert parents(setup, "main")[0] == main

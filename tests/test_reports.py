@@ -428,8 +428,8 @@ def test_events_view(con: duckdb.DuckDBPyConnection) -> None:
 def test_backlog_view(con: duckdb.DuckDBPyConnection) -> None:
     got = {b["issue_key"]: b for b in rows(con, "FROM backlog")}
     x = got[TEST_X]
-    # seen in 3 runs, in (r-ok, T1), (r-budget, T2), (r-old, T1): 3 tiers; 1 + 2 + 1 occurrences
-    assert (x["age_in_runs"], x["age_in_tiers"], x["occurrences"], x["base_severity"]) == (3, 3, 4, "minor")
+    # seen in 3 runs, in tiers T1 and T2 (distinct tier ids: its spread); 1 + 2 + 1 occurrences
+    assert (x["age_in_runs"], x["age_in_tiers"], x["occurrences"], x["base_severity"]) == (3, 2, 4, "minor")
     assert (x["first_seen_run_id"], x["last_seen_run_id"], x["status"]) == ("r-old", "r-budget", "needs_cleanup")
     assert x["last_seen_at"].isoformat() == "2026-01-02T02:00:00"
     assert (got["gate:size"]["age_in_runs"], got["gate:size"]["status"]) == (1, "open")
@@ -451,7 +451,8 @@ def test_backlog_file_view_reads_the_materialised_backlog(ws: Path) -> None:
         last_seen_at="2026-01-02T02:00:00Z",
         status="needs_cleanup",
     )
-    write_model(ws / "reports" / "project_issue_backlog.json", ProjectBacklog(issues={TEST_X: entry}, runs_read=3))
+    backlog = ProjectBacklog(issues_by_key={TEST_X: entry}, runs_read=3)
+    write_model(ws / "reports" / "project_issue_backlog.json", backlog)
     with rollup.connect(ws) as con:
         got = rows(con, "SELECT issue_key, status, age_in_runs, runs_read FROM backlog_file")
     assert got == [{"issue_key": TEST_X, "status": "needs_cleanup", "age_in_runs": 3, "runs_read": 3}]
@@ -470,7 +471,7 @@ def test_report_content(ws: Path) -> None:
         "phase P2: token budget exhausted | 29,000 | $0.2900 | 3 |" in md
     )
     assert "| r-budget | T2 | Schema | FAILED | not_clean | yes | tier is FAILED; 1 major issue(s) > 0 tolerated" in md
-    assert f"| proj | {TEST_X} | test_failure | minor | 3 | 3 | 4 | r-budget | needs_cleanup |" in md
+    assert f"| proj | {TEST_X} | test_failure | minor | 3 | 2 | 4 | r-budget | needs_cleanup |" in md
     # budget aborts: T2 took 24,000 of the aborted run's 29,000 tokens
     assert "| T2 | 1 | 1 | 24,000 | $0.2400 | 83% |" in md
     assert "| schema_contract_change:high | 1 | 1 | 24,000 | $0.2400 | 83% |" in md

@@ -79,9 +79,9 @@ def test_a_bootstrapped_plan_runs_to_success_with_reuse_and_greenfield_phases(tm
     setup = bootstrapped(tmp_path)
     strategy = json.loads((setup.run_dir / "strategy.json").read_text())
     phases = {p["phase_id"]: p for p in strategy["phases"]}
-    assert phases["F1.1"]["incident_token_cap"] == 200000
-    assert phases["F1.1"]["why"]["budget_modifier"] == "fork_and_adapt (match 85%) -50%: 400000 -> 200000"
-    assert phases["F1.2"]["incident_token_cap"] == 300000
+    assert phases["F1.1"]["incident_token_cap"] == 75000
+    assert phases["F1.1"]["why"]["budget_modifier"] == "fork_and_adapt (match 85%) -50%: 150000 -> 75000"
+    assert phases["F1.2"]["incident_token_cap"] == 187500
     assert phases["F1.1"]["reuse"]["source"]["licence"] == "MIT"
     assert not phases["F1.1"]["auto_apply"] and phases["F2.1"]["task_category"] == "feature_implementation"
 

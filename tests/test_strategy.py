@@ -126,13 +126,15 @@ def test_ordinary_category_defaults_and_plan_choices(tmp_path: Path) -> None:
         CiProfileName.normal,
         True,
     )
-    assert (ps.max_builder_attempts, ps.max_auditor_attempts, ps.incident_token_cap) == (3, 1, 120_000)
+    # tweak_light caps attempts at 2 (playbook §8.2)
+    assert (ps.max_builder_attempts, ps.max_auditor_attempts, ps.incident_token_cap) == (2, 1, 120_000)
+    assert ps.why["max_builder_attempts"] == "profile"
     assert ps.why["complexity"] == "category" and ps.why["builder_mode"] == "default"
     # the plan may say otherwise; the builder mode follows the complexity it chose
     ps = one(tmp_path, "bugfix", complexity="high")
     assert ps.complexity == Complexity.high and ps.why["complexity"] == "plan"
     assert ps.builder_mode.value == "refactor_heavy"
-    assert ps.max_builder_attempts == 4 and ps.why["max_builder_attempts"] == "profile"  # refactor_heavy: +1
+    assert ps.max_builder_attempts == 2 and ps.why["max_builder_attempts"] == "profile"  # refactor_heavy: cap 2
     ps = one(tmp_path, "bugfix", max_builder_attempts=7, incident_token_cap=5000, builder_mode="schema_heavy")
     assert (ps.max_builder_attempts, ps.incident_token_cap, ps.builder_mode.value) == (7, 5000, "schema_heavy")
     assert ps.why["max_builder_attempts"] == ps.why["incident_token_cap"] == ps.why["builder_mode"] == "plan"
@@ -202,10 +204,12 @@ def test_run_and_tier_budget_formulas(tmp_path: Path) -> None:
     assert t1.phase_ids == ["A", "B"]
     assert t1.token_cap == 3 * (120_000 + 250_000)
     assert (t1.ci_run_cap, t1.max_minor_issues, t1.max_major_issues) == (4, 4, 0)
-    assert t2.token_cap == 3 * 400_000
-    assert (t2.ci_run_cap, t2.max_minor_issues, t2.max_major_issues) == (2, 2, 0)
+    assert t2.token_cap == 3 * 150_000
+    # a high-risk phase tolerates 1 minor issue (playbook §6), not the profile's 2
+    assert (t2.ci_run_cap, t2.max_minor_issues, t2.max_major_issues) == (2, 1, 0)
     critical = compile_plan(tmp_path, tiers=tiers, safety_profile="safety_critical")
     assert [t.max_minor_issues for t in critical.tiers] == [2, 1]  # phases, not 2 x phases
+    assert critical.run_budget.max_minor_issues_total == 3  # safety_critical: 1 per phase
     assert critical.stop_on_not_clean_tier is True and s.stop_on_not_clean_tier is False
 
 
@@ -246,7 +250,7 @@ def test_an_override_of_one_field_keeps_the_other_built_in_fields(tmp_path: Path
 def test_an_override_of_a_category_reaches_its_alias(tmp_path: Path) -> None:
     ws = workspace(tmp_path, "categories:\n  security_auth_change:\n    max_builder_attempts: 6\n")
     ps = one(ws, "security_auth")
-    assert ps.max_builder_attempts == 6 + 1  # high complexity -> refactor_heavy (+1)
+    assert ps.max_builder_attempts == 6  # the project's explicit value: no mode cap
     assert ps.auditor_profile == "security_review" and ps.auto_apply is False
 
 
@@ -268,7 +272,7 @@ def test_an_older_workspace_ruleset_gets_new_built_in_defaults(tmp_path: Path) -
     assert loaded.ruleset.on_policy_violation == "fail_run"
     assert "debt_cleanup" in loaded.ruleset.categories
     assert one(ws, "tests").incident_token_cap == 90_000
-    assert one(ws, "schema_change").max_auditor_attempts == 2
+    assert one(ws, "schema_change").max_auditor_attempts == 1
 
 
 def test_a_project_category_needs_only_the_required_fields(tmp_path: Path) -> None:
@@ -280,7 +284,8 @@ def test_a_project_category_needs_only_the_required_fields(tmp_path: Path) -> No
     )
     ps = one(ws, "migration")
     assert (ps.task_category, ps.complexity, ps.incident_token_cap) == ("data_migration", Complexity.high, 50_000)
-    assert ps.auto_apply is True and ps.ci_profile == CiProfileName.normal
+    # high complexity implies strict CI (playbook §10.1)
+    assert ps.auto_apply is True and ps.ci_profile == CiProfileName.strict and ps.why["ci_profile"] == "complexity"
     assert one(ws, "security_auth").task_category == "security_auth_change", "built-in aliases are kept"
 
 

@@ -32,8 +32,9 @@ DOIT = Path(sys.executable).parent / "doit"
 RUN = "demo1"
 PLAN = f"runs/{RUN}/plan.yaml"
 DOIT_PLUGIN = '[tool.doit.plugins.command]\nrun = "autopack_tasks:RunCommand"\n'
-# Workspace entries the supervisor itself adds; everything else is the user's.
-OWN = ("runs", ".autopack", ".doit.db")
+# Workspace entries the supervisor itself adds (the backlog is derived at every start_run);
+# everything else is the user's.
+OWN = ("runs", ".autopack", ".doit.db", "reports/project_issue_backlog.json")
 
 
 # -- helpers -----------------------------------------------------------------------------

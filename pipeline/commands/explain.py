@@ -18,8 +18,33 @@ _FIELDS = (
     "auditor_profile",
     "max_builder_attempts",
     "max_auditor_attempts",
+    "tests_may_change",
+    "ci_max_retries",
+    "minors_tolerated",
+    "majors_tolerated",
     "incident_token_cap",
     "budget_modifier",
+)
+
+
+# Where the playbook is ambiguous, the rule chosen and why (docs/governance.md, the same list).
+CHOICES = (
+    "aging: an issue ages when age_in_runs OR age_in_tiers reaches its threshold "
+    "(reaching counts as exceeding: the defaults read 'seen in 3 runs', 'seen in 2 tiers')",
+    "age_in_tiers counts distinct tier ids (spread over the plan), age_in_runs distinct runs (persistence)",
+    "an aged issue is major where it reappears (the auditor reviews that phase); a phase whose scope "
+    "covers its code runs strict CI; its debt phase runs strict CI under the auditor",
+    "an issue from gate, CI, tests, static checks or a failed attempt that the accepted attempt did not "
+    "record is resolved; builder and auditor reports stay open",
+    "high-risk work: 2 builder attempts, 1 auditor attempt, 1 CI retry, 150k incident cap (ordinary work: "
+    "2-3 attempts, 60k-250k); explicit plan or workspace values are kept as written",
+    "builder modes only tighten (attempt caps, strict CI for refactor_heavy/schema_heavy); "
+    "safety_critical caps attempts at 2 and run minors at 1 per phase",
+    "single_tier: one tier per run, further tiers become chained runs; a chained run promotes to the "
+    "chain's base once every earlier run of the chain is eligible",
+    "reuse budgets start from the greenfield budget of the same feature (reuse.greenfield_category)",
+    "test changes are refused unless the phase declares tests: may_change or the auditor approves "
+    "with a reason",
 )
 
 
@@ -59,4 +84,6 @@ def explain_strategy(workspace: Path, run_id: str) -> str:
                 value = getattr(ps, field)
                 shown = value.value if hasattr(value, "value") else value
                 lines.append(f"    {field:<22} {shown!s:<24} ({ps.why.get(field, 'default')})")
+    lines.append("rules chosen where the playbook is ambiguous (docs/governance.md):")
+    lines += [f"  - {choice}" for choice in CHOICES]
     return "\n".join(lines)

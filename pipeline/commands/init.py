@@ -29,6 +29,7 @@ GITIGNORE_LINES: tuple[str, ...] = (
     ".autopack/",  # the runs' linked worktrees
     "runs/*/.lock",  # the run lock
     "runs/*/**/*.tmp.*",  # atomic-write temp files of a killed process
+    "reports/project_issue_backlog.json",  # derived from runs/ at every start_run
     ".aider*",  # aider's chat history and repo-map cache, if the aider preset is used
 )
 GITIGNORE_HEADER = "# Autopack (python -m pipeline init)"

@@ -199,13 +199,14 @@ def _backlog(limit: int) -> None:
 
     backlog = derive_backlog(_loaded_workspace())
     path = write_backlog(_workspace(), backlog)
-    statuses = [e.status for e in backlog.issues.values()]
+    statuses = [e.status for e in backlog.issues_by_key.values()]
     counts = {s: statuses.count(s) for s in ("needs_cleanup", "open", "resolved")}
     print(
-        f"wrote {path.relative_to(_workspace())}: {len(backlog.issues)} issue key(s) from {backlog.runs_read} run(s); "
+        f"wrote {path.relative_to(_workspace())}: {len(backlog.issues_by_key)} issue key(s) "
+        f"from {backlog.runs_read} run(s); "
         + ", ".join(f"{n} {s}" for s, n in counts.items())
     )
-    if backlog.issues:
+    if backlog.issues_by_key:
         print(render_top(backlog, limit))
 
 

@@ -63,9 +63,14 @@ def validate_run(workspace: Path | Workspace, run_id: str) -> list[str]:
     store = RunStore(ws.root, run_id)
     if not store.plan_path.exists() and not store.run_json.exists():
         return [f"{store.run_dir}: no plan.yaml and no run.json (create it with `doit new_run --run {run_id}`)"]
-    problems = _problems_of(lambda: _reuse_problems(load_valid_plan(ws, store), store))
-    if not store.run_json.exists():
-        problems += _problems_of(lambda: check_agents(ws, load_valid_plan(ws, store)))
+    # The plan is loaded once: its problems are reported once (they used to be reported by
+    # the reuse check and again by the agents check).
+    plans: list[Plan] = []
+    problems = _problems_of(lambda: plans.append(load_valid_plan(ws, store)))
+    if plans:
+        problems += _problems_of(lambda: _reuse_problems(plans[0], store))
+    if plans and not store.run_json.exists():
+        problems += _problems_of(lambda: check_agents(ws, plans[0]))
     if not store.run_json.exists():
         return problems
     for path in sorted(store.run_dir.rglob("*.json")):
@@ -99,9 +104,23 @@ def _check_events(store: RunStore) -> None:
 
 def _reuse_problems(plan: Plan, store: RunStore) -> None:
     """A reuse phase the strategy would refuse at start_run (refused licence, no source)."""
-    from pipeline.policy.strategy import reuse_problems
+    from pipeline.config.catalog import load_workspace
+    from pipeline.policy.strategy import reuse_problems, uncatalogued_sources
 
     problems = [f"{store.plan_path}: {p}" for _, phase in plan.phases() for p in reuse_problems(phase)]
+    if any(phase.reuse is not None and phase.reuse.source is not None for _, phase in plan.phases()):
+        try:
+            catalog = load_workspace(store.workspace).catalog
+        except AutopackError:
+            catalog = None  # its own problems are reported by the catalog checks
+        if catalog is not None:
+            # One problem per phase: a refused licence is the first thing to fix.
+            reported = {f"phase {phase.phase_id}:" for _, phase in plan.phases() if reuse_problems(phase)}
+            problems += [
+                f"{store.plan_path}: {p}"
+                for p in uncatalogued_sources(plan, catalog)
+                if not any(p.startswith(r) for r in reported)
+            ]
     if problems:
         raise ValidationErrors(problems, "pick a whitelisted catalog source for the phase, or make it greenfield")
 

@@ -61,7 +61,7 @@ SELECT * FROM read_json(files, format = 'unstructured', records = true, filename
     spend: 'STRUCT(active_seconds DOUBLE, auditor_attempts BIGINT, builder_attempts BIGINT, ci_runs BIGINT, cost_usd DOUBLE, major_issues BIGINT, minor_issues BIGINT, tokens BIGINT)',
     state: 'VARCHAR',
     target_repo: 'VARCHAR',
-    tiers: 'STRUCT(cleanliness VARCHAR, cleanliness_reasons VARCHAR[], name VARCHAR, spend STRUCT(active_seconds DOUBLE, auditor_attempts BIGINT, builder_attempts BIGINT, ci_runs BIGINT, cost_usd DOUBLE, major_issues BIGINT, minor_issues BIGINT, tokens BIGINT), state VARCHAR, tier_id VARCHAR)[]',
+    tiers: 'STRUCT(ci_cap_hit BOOLEAN, cleanliness VARCHAR, cleanliness_reasons VARCHAR[], major_issue_count BIGINT, minor_issue_count BIGINT, name VARCHAR, spend STRUCT(active_seconds DOUBLE, auditor_attempts BIGINT, builder_attempts BIGINT, ci_runs BIGINT, cost_usd DOUBLE, major_issues BIGINT, minor_issues BIGINT, tokens BIGINT), state VARCHAR, tier_id VARCHAR, token_cap_hit BOOLEAN)[]',
     updated_at: 'VARCHAR',
     worktree: 'VARCHAR'
 });
@@ -85,6 +85,9 @@ SELECT * FROM read_json(files, format = 'unstructured', records = true, filename
     state: 'VARCHAR',
     step: 'VARCHAR',
     tag: 'VARCHAR',
+    tampering_approved_attempt: 'BIGINT',
+    tampering_reason: 'VARCHAR',
+    tampering_review_attempt: 'BIGINT',
     tier_id: 'VARCHAR'
 });
 
@@ -127,7 +130,7 @@ CREATE OR REPLACE MACRO read_phase_issue_files(files) AS TABLE
 SELECT * FROM read_json(files, format = 'unstructured', records = true, filename = true,
     hive_partitioning = false, maximum_object_size = 67108864, columns = {
     issue_state: 'VARCHAR',
-    issues: 'STRUCT(category VARCHAR, complexity VARCHAR, effective_severity VARCHAR, evidence_refs VARCHAR[], expected_fail BOOLEAN, first_seen_run VARCHAR, issue_key VARCHAR, last_seen_run VARCHAR, message VARCHAR, occurrence_count BIGINT, severity VARCHAR, source VARCHAR, task_category VARCHAR)[]',
+    issues: 'STRUCT(category VARCHAR, complexity VARCHAR, effective_severity VARCHAR, evidence_refs VARCHAR[], expected_fail BOOLEAN, first_seen_run VARCHAR, issue_key VARCHAR, last_seen_run VARCHAR, message VARCHAR, occurrence_count BIGINT, resolved_in_attempt BIGINT, seen_in_attempts BIGINT[], severity VARCHAR, source VARCHAR, status VARCHAR, task_category VARCHAR)[]',
     major_issue_count: 'BIGINT',
     minor_issue_count: 'BIGINT',
     phase_id: 'VARCHAR',
@@ -138,7 +141,7 @@ SELECT * FROM read_json(files, format = 'unstructured', records = true, filename
 CREATE OR REPLACE MACRO read_run_issue_indexes(files) AS TABLE
 SELECT * FROM read_json(files, format = 'unstructured', records = true, filename = true,
     hive_partitioning = false, maximum_object_size = 67108864, columns = {
-    issues_by_key: 'MAP(VARCHAR, STRUCT(category VARCHAR, effective_severity VARCHAR, first_phase_index BIGINT, last_phase_index BIGINT, occurrence_count BIGINT, seen_in_phases VARCHAR[], seen_in_tiers VARCHAR[], severity VARCHAR))',
+    issues_by_key: 'MAP(VARCHAR, STRUCT(category VARCHAR, effective_severity VARCHAR, first_phase_index BIGINT, last_phase_index BIGINT, occurrence_count BIGINT, seen_in_phases VARCHAR[], seen_in_tiers VARCHAR[], severity VARCHAR, status VARCHAR))',
     run_id: 'VARCHAR',
     schema_version: 'BIGINT'
 });
@@ -159,7 +162,8 @@ SELECT * FROM read_json(files, format = 'newline_delimited', records = true, fil
 CREATE OR REPLACE MACRO read_project_backlogs(files) AS TABLE
 SELECT * FROM read_json(files, format = 'unstructured', records = true, filename = true,
     hive_partitioning = false, maximum_object_size = 268435456, columns = {
-    issues: 'MAP(VARCHAR, STRUCT(age_in_runs BIGINT, age_in_tiers BIGINT, base_severity VARCHAR, category VARCHAR, evidence_refs VARCHAR[], first_seen_run_id VARCHAR, last_seen_at VARCHAR, last_seen_phase_id VARCHAR, last_seen_run_id VARCHAR, message VARCHAR, resolved_by VARCHAR, status VARCHAR))',
+    issues_by_key: 'MAP(VARCHAR, STRUCT(age_in_runs BIGINT, age_in_tiers BIGINT, base_severity VARCHAR, category VARCHAR, evidence_refs VARCHAR[], first_seen_run_id VARCHAR, last_seen_at VARCHAR, last_seen_phase_id VARCHAR, last_seen_run_id VARCHAR, message VARCHAR, resolved_by VARCHAR, status VARCHAR))',
+    project_id: 'VARCHAR',
     runs_read: 'BIGINT',
     schema_version: 'BIGINT'
 });
@@ -304,7 +308,7 @@ SELECT
     run_of(filename) AS run_id, phase_index_of(filename) AS phase_index, phase_id, tier_id, issue_state,
     i.issue_key, i.severity, i.effective_severity, i.source, i.category, i.task_category, i.complexity,
     i.expected_fail, i.occurrence_count, i.first_seen_run, i.last_seen_run, i.evidence_refs, i.message,
-    filename
+    coalesce(i.status, 'open') AS status, filename
 FROM (SELECT filename, phase_id, tier_id, issue_state, unnest(issues) AS i FROM raw_phase_issues);
 
 -- One row per distinct issue key of each run (run_issue_index.json, docs/architecture.md, Issues).
@@ -315,7 +319,7 @@ SELECT
     e.value.first_phase_index AS first_phase_index, e.value.last_phase_index AS last_phase_index,
     e.value.occurrence_count AS occurrence_count,
     e.value.seen_in_tiers AS seen_in_tiers, e.value.seen_in_phases AS seen_in_phases,
-    filename
+    coalesce(e.value.status, 'open') AS status, filename
 FROM (SELECT run_id, filename, unnest(map_entries(issues_by_key)) AS e FROM raw_run_issues);
 
 -- One row per event (events.jsonl).
@@ -325,8 +329,9 @@ SELECT run_of(filename) AS run_id, seq, utc(ts) AS ts, kind, entity, from_state,
 FROM raw_events;
 
 -- The project issue backlog (docs/architecture.md, Issues), derived from every run's issue index:
--- ages count distinct runs and distinct (run, tier) pairs, never records. status is
--- needs_cleanup once a minor issue reaches the aging thresholds of the safety profile of
+-- ages count distinct runs and distinct tier ids, never records (issues resolved within
+-- their run are left out). status is needs_cleanup once a minor issue's runs OR tiers
+-- reach the aging thresholds of the safety profile of
 -- the run it was last seen in (the built-in ruleset: normal 3 runs / 2 tiers,
 -- safety_critical 2 / 1), else open. The file `doit backlog` materialises,
 -- reports/project_issue_backlog.json (the backlog_file view below), is the authority on
@@ -337,9 +342,10 @@ WITH seen AS (
            i.effective_severity, i.occurrence_count, i.seen_in_tiers,
            r.created_at, coalesce(r.finished_at, r.updated_at) AS seen_at
     FROM run_issues AS i JOIN runs AS r USING (run_id)
+    WHERE i.status = 'open'
 ),
 tiers_seen AS (
-    SELECT project_id, issue_key, count(DISTINCT run_id || '/' || tier_id) AS age_in_tiers
+    SELECT project_id, issue_key, count(DISTINCT tier_id) AS age_in_tiers
     FROM (SELECT project_id, issue_key, run_id, unnest(seen_in_tiers) AS tier_id FROM seen)
     GROUP BY ALL
 ),
@@ -378,4 +384,4 @@ SELECT
     utc(e.value.last_seen_at) AS last_seen_at, e.value.last_seen_phase_id AS last_seen_phase_id,
     e.value.status AS status, e.value.resolved_by AS resolved_by, e.value.message AS message,
     e.value.evidence_refs AS evidence_refs, runs_read, filename
-FROM (SELECT runs_read, filename, unnest(map_entries(issues)) AS e FROM raw_backlog_file);
+FROM (SELECT runs_read, filename, unnest(map_entries(issues_by_key)) AS e FROM raw_backlog_file);

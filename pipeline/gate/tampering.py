@@ -56,13 +56,18 @@ def is_test_file(path: str) -> bool:
     )
 
 
-def check_test_tampering(patch: ParsedPatch, task_category: str) -> GateCheck:
-    """Tests are not deleted, skipped or stripped of asserts outside test-only phases."""
-    if task_category in TEST_CATEGORIES:
-        return gate_check("test_tampering", True, f"category {task_category!r} may change tests")
+def check_test_tampering(patch: ParsedPatch, task_category: str, may_change: str | None = None) -> GateCheck:
+    """Tests are not deleted, skipped or stripped of asserts, unless the phase may change
+    them: `may_change` says why (the plan's `tests: may_change`, the category, an auditor's
+    approval with its reason), and the changes found are the check's evidence."""
+    if may_change is None and task_category in TEST_CATEGORIES:
+        may_change = f"category {task_category!r}"
     found: list[str] = []
     for fc in patch.files:
         found.extend(_tampering_in(fc))
+    if may_change is not None:
+        shown = f"{len(found)} change(s) to tests recorded" if found else "tests are left intact"
+        return gate_check("test_tampering", True, f"tests may change ({may_change}): {shown}", found)
     if found:
         message = "the patch deletes, skips or weakens tests; fix the code, not the tests"
         return gate_check("test_tampering", False, message, found)

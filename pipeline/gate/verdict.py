@@ -68,6 +68,17 @@ class PatchApplier(Protocol):
     def apply(self, worktree: Path, patch_path: Path) -> ApplyOutcome: ...
 
 
+def _tests_may_change(phase: PhaseStrategy) -> str | None:
+    """Why the phase may change tests (declared in the plan, by its category, or approved by
+    the auditor for this attempt), or None."""
+    if not phase.tests_may_change:
+        return None
+    why = phase.why.get("tests_may_change", "category")
+    if why == "plan":
+        return "declared in the plan: tests: may_change"
+    return f"category {phase.task_category!r}" if why in ("category", "override") else why
+
+
 def run_gate(
     *,
     patch_text: str,
@@ -95,7 +106,7 @@ def run_gate(
         lambda: check_scope(patch, phase.scope_allow, phase.scope_deny),
         lambda: check_size(patch, phase.max_files, phase.max_changed_lines),
         lambda: check_secrets(patch),
-        lambda: check_test_tampering(patch, phase.task_category),
+        lambda: check_test_tampering(patch, phase.task_category, _tests_may_change(phase)),
         lambda: check_licence(patch, phase),
         lambda: check_attribution(patch, phase, worktree),
         lambda: _check_apply(git, worktree, patch_path, applied),

@@ -3,7 +3,9 @@
 The backlog is never a shared mutable file: it is recomputed from the runs'
 own artifacts (`runs/*/run.json`, `runs/*/phases/*/issues.json`, `runs/*/strategy.json`,
 `runs/*/phases/*/ci/*/ci.json`) and materialised to `reports/project_issue_backlog.json`
-by `write_backlog`. Ages count distinct runs and distinct (run, tier) pairs, never records.
+by `write_backlog`. `age_in_runs` counts the distinct runs a key was seen in (its
+persistence), `age_in_tiers` the distinct tier ids (its spread across the plan), never
+records. Issues resolved within their run (fixed by a later attempt) are not counted.
 
 Order: runs are ordered by `created_at` (to the second), then run id; an appearance of a
 key is ordered by (run, phase index). A key is
@@ -12,12 +14,14 @@ key is ordered by (run, phase index). A key is
   lists it in `cleans` (its own attempts may have seen the key: the phase still ended
   green), or, for a `test:<node_id>` key, when a run created after the one it was last
   seen in ran that test green;
-- `needs_cleanup` when its base severity is minor and it is old enough: seen in at least
-  `aging_runs` runs or `aging_tiers` (run, tier) pairs;
+- `needs_cleanup` when its base severity is minor and it is old enough (playbook §5.3):
+  seen in at least `aging_runs` runs **or** in at least `aging_tiers` distinct tiers;
 - `open` otherwise.
 
-Thresholds come from the caller, or per key from the safety profile of the run the key was
-last seen in (`normal` 3 runs / 2 tiers, `safety_critical` 2 / 1 in the built-in ruleset).
+Thresholds come from the caller, or per key from its strategy slice: the ruleset's
+`categories.<task_category>.aging_runs/aging_tiers` of the phase it was last seen in, else
+the safety profile given (the new run's) or of the run it was last seen in (`normal` 3 runs
+/ 2 tiers, `safety_critical` 2 / 1 in the built-in ruleset).
 
 The JSON is read with explicit column types (never sampled), so a file whose first
 records happen to be empty still gives the same types, and records written before a field
@@ -68,7 +72,7 @@ _RUN_COLUMNS = (
 _ISSUE_COLUMNS = (
     "{'phase_id': 'VARCHAR', 'tier_id': 'VARCHAR', 'issues': "
     "'STRUCT(issue_key VARCHAR, severity VARCHAR, category VARCHAR, message VARCHAR, "
-    "evidence_refs VARCHAR[])[]'}"
+    "evidence_refs VARCHAR[], status VARCHAR, task_category VARCHAR)[]'}"
 )
 _STRATEGY_COLUMNS = (
     "{'phases': 'STRUCT(phase_id VARCHAR, \"index\" BIGINT, task_category VARCHAR, cleans VARCHAR[])[]'}"
@@ -110,7 +114,7 @@ WITH files AS (
 )
 SELECT issue.issue_key AS issue_key,
        count(DISTINCT run_id) AS age_in_runs,
-       count(DISTINCT run_id || chr(0) || tier_id) AS age_in_tiers,
+       count(DISTINCT tier_id) AS age_in_tiers,
        arg_min(run_id, ord) AS first_seen_run_id,
        arg_max(run_id, ord) AS last_seen_run_id,
        arg_max(seen_at, ord) AS last_seen_at,
@@ -119,10 +123,12 @@ SELECT issue.issue_key AS issue_key,
        arg_max(issue.severity, ord) AS severity,
        arg_max(coalesce(issue.message, ''), ord) AS message,
        arg_max(safety_profile, ord) AS safety_profile,
+       arg_max(coalesce(issue.task_category, ''), ord) AS task_category,
        max(ord) AS last_ord,
        list_sort(list_distinct(flatten(list(evidence)))) AS evidence_refs
 FROM seen
-WHERE issue.issue_key IS NOT NULL
+-- an issue resolved within its run (fixed by a later attempt) does not age
+WHERE issue.issue_key IS NOT NULL AND coalesce(issue.status, 'open') <> 'resolved'
 GROUP BY issue.issue_key
 ORDER BY issue_key
 """
@@ -194,6 +200,7 @@ class _Seen:
     severity: Severity
     message: str
     safety_profile: str
+    task_category: str
     last_ord: int
     evidence_refs: list[str]
 
@@ -238,8 +245,9 @@ def _seen(con: duckdb.DuckDBPyConnection, workspace: Path, tmp: Path) -> list[_S
             severity=Severity(row[8] or Severity.minor.value),
             message=row[9] or "",
             safety_profile=row[10] or SafetyProfile.normal.value,
-            last_ord=int(row[11]),
-            evidence_refs=[str(ref) for ref in (row[12] or [])],
+            task_category=row[11] or "",
+            last_ord=int(row[12]),
+            evidence_refs=[str(ref) for ref in (row[13] or [])],
         )
         for row in rows
     ]
@@ -290,29 +298,35 @@ def _resolution(
 
 
 def is_aged(entry: BacklogEntry, aging_runs: int, aging_tiers: int) -> bool:
-    """A minor, unresolved key seen in enough runs AND enough (run, tier) pairs.
+    """A minor, unresolved key seen in enough runs OR enough distinct tiers (playbook §5.3).
 
-    Both ages must reach their threshold: distinct (run, tier) pairs are never fewer than
-    distinct runs, so with "or" the tier threshold alone would decide (a key seen in two
-    tiers of one run would already need cleanup), which is not the playbook's aging
-    (normal: 3 runs, safety_critical: 2 runs).
+    The two ages measure different things: `age_in_runs` persistence across runs,
+    `age_in_tiers` spread across the plan's tiers. A threshold is met when the age reaches
+    it ("at least"), so the defaults read as "seen in 3 runs" and "seen in 2 tiers".
     """
     return (
         entry.status != "resolved"
         and entry.base_severity == Severity.minor
-        and entry.age_in_runs >= aging_runs
-        and entry.age_in_tiers >= aging_tiers
+        and (entry.age_in_runs >= aging_runs or entry.age_in_tiers >= aging_tiers)
     )
 
 
-def _thresholds_for(seen: _Seen, ruleset: Ruleset, thresholds: tuple[int, int] | None) -> tuple[int, int]:
+def _thresholds_for(
+    seen: _Seen, ruleset: Ruleset, thresholds: tuple[int, int] | None, profile_name: SafetyProfile | None
+) -> tuple[int, int]:
+    """The caller's thresholds, else the key's strategy slice (its category's own
+    thresholds), else the safety profile's (the new run's, or the last-seen run's)."""
     if thresholds is not None:
         return thresholds
     try:
-        profile = ruleset.safety_profiles[SafetyProfile(seen.safety_profile)]
+        profile = ruleset.safety_profiles[profile_name or SafetyProfile(seen.safety_profile)]
     except (ValueError, KeyError):
         profile = ruleset.safety_profiles[SafetyProfile.normal]
-    return profile.aging_runs, profile.aging_tiers
+    category = ruleset.canonical_category(seen.task_category) if seen.task_category else None
+    rule = ruleset.categories.get(category) if category else None
+    runs = rule.aging_runs if rule is not None and rule.aging_runs is not None else profile.aging_runs
+    tiers = rule.aging_tiers if rule is not None and rule.aging_tiers is not None else profile.aging_tiers
+    return runs, tiers
 
 
 def _entry(seen: _Seen, resolved_by: str | None, aging: tuple[int, int]) -> BacklogEntry:
@@ -335,7 +349,9 @@ def _entry(seen: _Seen, resolved_by: str | None, aging: tuple[int, int]) -> Back
     return entry.model_copy(update={"status": status})
 
 
-def derive_backlog(workspace: Path | Workspace, thresholds: tuple[int, int] | None = None) -> ProjectBacklog:
+def derive_backlog(
+    workspace: Path | Workspace, thresholds: tuple[int, int] | None = None, profile: SafetyProfile | None = None
+) -> ProjectBacklog:
     """The backlog of every issue key of every started run under `workspace/runs/`.
 
     `thresholds` = (aging_runs, aging_tiers) for every key; None takes them per key from the
@@ -366,9 +382,16 @@ def derive_backlog(workspace: Path | Workspace, thresholds: tuple[int, int] | No
     finally:
         con.close()
     entries = {
-        s.key: _entry(s, _resolution(s, debt, green), _thresholds_for(s, ruleset, thresholds)) for s in seen
+        s.key: _entry(s, _resolution(s, debt, green), _thresholds_for(s, ruleset, thresholds, profile)) for s in seen
     }
-    return ProjectBacklog(issues=dict(sorted(entries.items())), runs_read=runs_read)
+    return ProjectBacklog(issues_by_key=dict(sorted(entries.items())), runs_read=runs_read)
+
+
+def needs_cleanup_keys(backlog: ProjectBacklog) -> dict[str, Severity]:
+    """Keys the backlog marked needs_cleanup (each under its own slice's thresholds) ->
+    major: their effective severity in the next run, for routing and thresholds."""
+    entries = sorted(backlog.issues_by_key.items())
+    return {key: Severity.major for key, entry in entries if entry.status == "needs_cleanup"}
 
 
 def aged_keys(backlog: ProjectBacklog, aging_runs: int, aging_tiers: int) -> dict[str, Severity]:
@@ -376,7 +399,7 @@ def aged_keys(backlog: ProjectBacklog, aging_runs: int, aging_tiers: int) -> dic
     severity for the next run, docs/architecture.md, Issues)."""
     return {
         key: Severity.major
-        for key, entry in sorted(backlog.issues.items())
+        for key, entry in sorted(backlog.issues_by_key.items())
         if is_aged(entry, aging_runs, aging_tiers)
     }
 
@@ -413,7 +436,7 @@ def top_keys(backlog: ProjectBacklog, limit: int = 10) -> list[tuple[str, Backlo
     """The keys most worth a look: needing cleanup first, then open, oldest first."""
     order = {"needs_cleanup": 0, "open": 1, "resolved": 2}
     ranked = sorted(
-        backlog.issues.items(),
+        backlog.issues_by_key.items(),
         key=lambda item: (order[item[1].status], -item[1].age_in_runs, -item[1].age_in_tiers, item[0]),
     )
     return ranked[:limit]

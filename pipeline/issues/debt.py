@@ -148,7 +148,7 @@ def _groups(aged: Sequence[str], backlog: ProjectBacklog) -> list[list[str]]:
     """One group per key, except a category with more than GROUP_OVER keys: one group."""
     by_category: dict[str, list[str]] = {}
     for key in sorted(aged):
-        by_category.setdefault(backlog.issues[key].category, []).append(key)
+        by_category.setdefault(backlog.issues_by_key[key].category, []).append(key)
     groups: list[list[str]] = []
     for _category, keys in sorted(by_category.items()):
         groups.extend([keys] if len(keys) > GROUP_OVER else [[k] for k in keys])
@@ -180,7 +180,7 @@ def _describe(keys: Sequence[str], backlog: ProjectBacklog, thresholds: tuple[in
         "",
     ]
     for key in keys:
-        entry = backlog.issues[key]
+        entry = backlog.issues_by_key[key]
         lines.append(
             f"- `{key}` ({entry.category}; seen in {entry.age_in_runs} run(s), {entry.age_in_tiers} tier(s); "
             f"last in run {entry.last_seen_run_id}"
@@ -197,7 +197,7 @@ def _describe(keys: Sequence[str], backlog: ProjectBacklog, thresholds: tuple[in
 def _name(keys: Sequence[str], backlog: ProjectBacklog) -> str:
     if len(keys) == 1:
         return _short(f"Clean up {keys[0]}")
-    return _short(f"Clean up {len(keys)} {backlog.issues[keys[0]].category} issues")
+    return _short(f"Clean up {len(keys)} {backlog.issues_by_key[keys[0]].category} issues")
 
 
 def plan_debt_phases(
@@ -213,7 +213,7 @@ def plan_debt_phases(
     """The debt phases for the `aged` keys, within `max_phases` for the whole plan."""
     if any(t.tier_id.casefold() == DEBT_TIER_ID.casefold() for t in plan.tiers):
         return DebtPlan(deferred=sorted(aged), skipped_reason=f"the plan already has a tier {DEBT_TIER_ID}")
-    groups = _groups([k for k in aged if k in backlog.issues], backlog)
+    groups = _groups([k for k in aged if k in backlog.issues_by_key], backlog)
     room = max(0, max_phases - len(plan.phases()))
     kept, left = groups[:room], groups[room:]
     ids = _free_ids(plan, len(kept))
@@ -222,7 +222,7 @@ def plan_debt_phases(
             phase_id=phase_id,
             name=_name(keys, backlog),
             description=_describe(keys, backlog, thresholds, plan.safety_profile.value),
-            scope=sorted({p for k in keys for p in scope_for(workspace, repo, k, backlog.issues[k])}) or ["**"],
+            scope=sorted({p for k in keys for p in scope_for(workspace, repo, k, backlog.issues_by_key[k])}) or ["**"],
             cleans=list(keys),
         )
         for phase_id, keys in zip(ids, kept, strict=True)

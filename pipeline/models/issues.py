@@ -24,6 +24,11 @@ class Issue(Frozen):
     last_seen_run: str
     evidence_refs: list[str] = Field(default_factory=list)
     message: str = ""
+    status: Literal["open", "resolved"] = Field(
+        default="open", description="resolved: gone from the accepted attempt's gate and CI results"
+    )
+    seen_in_attempts: list[int] = Field(default_factory=list, description="attempts (k) that recorded it")
+    resolved_in_attempt: int | None = Field(default=None, description="the accepted attempt it was absent from")
 
 
 IssueState = Literal["no_issues", "has_minor_issues", "has_major_issues"]
@@ -48,6 +53,7 @@ class RunIssueEntry(Frozen):
     occurrence_count: int
     seen_in_tiers: list[str]
     seen_in_phases: list[str]
+    status: Literal["open", "resolved"] = Field(default="open", description="resolved: in every phase it was seen in")
 
 
 class RunIssueIndex(Frozen):
@@ -80,5 +86,6 @@ class BacklogEntry(Frozen):
 
 class ProjectBacklog(Frozen):
     schema_version: int = SCHEMA_VERSION
-    issues: dict[str, BacklogEntry] = Field(default_factory=dict)
+    project_id: str | None = Field(default=None, description="the project of the run that wrote it")
+    issues_by_key: dict[str, BacklogEntry] = Field(default_factory=dict)
     runs_read: int = Field(default=0, ge=0, description="started runs the backlog was derived from")

@@ -91,6 +91,11 @@ class PlanReuse(Frozen):
     )
     source: ReuseSource | None = None
     adapt: str = Field(default="", description="what to adapt")
+    greenfield_category: str = Field(
+        default="feature_implementation",
+        min_length=1,
+        description="task_category of the feature built from scratch: its incident cap is what the modifier applies to",
+    )
 
 
 class PlanStack(Frozen):
@@ -122,6 +127,11 @@ class PlanPhase(Frozen):
         default_factory=list, description="backlog issue keys a debt_cleanup phase cleans (added by start_run)"
     )
     reuse: PlanReuse | None = Field(default=None, description="external feature reuse decision")
+    tests: Literal["intact", "may_change"] | None = Field(
+        default=None,
+        description="may_change: this phase may delete, skip or rewrite tests (a declared refactor); "
+        "the gate records the changes instead of refusing them",
+    )
 
 
 class PlanTier(Frozen):

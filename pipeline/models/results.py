@@ -16,6 +16,9 @@ class SuggestedIssue(Frozen):
     category: str = "builder_self_doubt"
     message: str = ""
     evidence_refs: list[str] = Field(default_factory=list)
+    expected_fail: bool = Field(
+        default=False, description="a known failure the phase is not meant to fix (recorded, counted, not a surprise)"
+    )
 
 
 class Usage(Frozen):
@@ -59,6 +62,7 @@ AttemptOutcome = Literal[
     "policy_violation",
     "ci_failed",
     "passed",
+    "superseded",  # the auditor's review replaced it with its own revision (the next attempt)
 ]
 
 

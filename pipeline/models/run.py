@@ -47,6 +47,10 @@ class TierSummary(Frozen):
     cleanliness: Literal["clean", "not_clean"] | None = None
     cleanliness_reasons: list[str] = Field(default_factory=list)
     spend: Spend = Field(default_factory=Spend)
+    minor_issue_count: int = Field(default=0, ge=0, description="distinct minor issue_keys of the tier's phases")
+    major_issue_count: int = Field(default=0, ge=0, description="distinct major issue_keys of the tier's phases")
+    token_cap_hit: bool = Field(default=False, description="the tier spent more tokens than its cap")
+    ci_cap_hit: bool = Field(default=False, description="the tier used its whole CI-run cap")
 
 
 Step = Literal[
@@ -69,6 +73,13 @@ class PhaseRecord(Frozen):
     feedback: str | None = None
     escalated: bool = Field(default=False, description="builder attempts gave way to the auditor")
     approved_attempt: int | None = Field(default=None, description="attempt the auditor approved for apply")
+    tampering_review_attempt: int | None = Field(
+        default=None, description="attempt whose test changes (gate test_tampering) went to the auditor"
+    )
+    tampering_approved_attempt: int | None = Field(
+        default=None, description="attempt whose test changes the auditor approved, with tampering_reason"
+    )
+    tampering_reason: str | None = Field(default=None, description="the auditor's recorded reason for the approval")
     commit: str | None = None
     tag: str | None = None
     failure_reason: str | None = None

@@ -14,6 +14,7 @@ from pipeline.models.enums import (
     Severity,
 )
 from pipeline.models.plan import AgentSpec, CiProfile, PlanReuse
+from pipeline.models.ruleset import SeverityUpgrade
 
 
 class PhaseStrategy(Frozen):
@@ -32,6 +33,15 @@ class PhaseStrategy(Frozen):
     auditor_profile: str | None
     max_builder_attempts: int
     max_auditor_attempts: int
+    submit_deadline_minutes: int | None = Field(
+        default=None, description="a phase without a builder fails when no patch came within this (from its wait)"
+    )
+    tests_may_change: bool = Field(
+        default=False, description="declared (plan `tests: may_change`) or by category: test changes are recorded"
+    )
+    ci_max_retries: int | None = Field(default=None, description="CI retries after a red try (None: the profile's)")
+    minors_tolerated: int = Field(default=2, ge=0, description="minor issues this phase adds to its tier's tolerance")
+    majors_tolerated: int | None = Field(default=None, description="its tier's major tolerance (None: default)")
     incident_token_cap: int
     builder_timeout_s: int
     max_files: int | None
@@ -82,6 +92,9 @@ class Strategy(Frozen):
     aging_runs: int
     aging_tiers: int
     stop_on_not_clean_tier: bool
+    severity_upgrades: list[SeverityUpgrade] = Field(
+        default_factory=list, description="the ruleset's rules that make matching issues major"
+    )
     effective_severity: dict[str, Severity] = Field(
         default_factory=dict, description="issue_key -> severity raised by backlog aging"
     )

@@ -1,4 +1,5 @@
-"""Chained runs: a plan longer than max_phases is split by tier at start.
+"""Chained runs: a plan longer than max_phases, or a single_tier plan with several tiers,
+is split by tier at start.
 
 The first run keeps the leading tiers (its plan.yaml is trimmed with comments kept);
 each further chunk becomes a new run `<run_id>-partN` whose plan targets the previous
@@ -13,13 +14,16 @@ from pathlib import Path
 from pipeline.core import yamlio
 from pipeline.core.errors import InvalidInput
 from pipeline.models.base import ID_PATTERN
+from pipeline.models.enums import RunScope
 from pipeline.models.plan import Plan, PlanTier
 from pipeline.plan.file import write_new_plan
 from pipeline.store.rundir import RunStore
 
 CHAIN_HEADER = (
-    "Written by start_run of run {parent}: the plan had more than max_phases ({cap}) phases,\n"
-    "so these tiers continue on branch autonomous/{parent}. Edit before this run starts."
+    "Written by start_run of run {parent}: {why},\n"
+    "so these tiers continue on branch autonomous/{parent}. This run starts as soon as\n"
+    "run {parent} ends DONE_SUCCESS (`doit run` goes straight on); edit it before then.\n"
+    "Its promotion target is the first run's base, once every run before it is eligible."
 )
 
 
@@ -57,10 +61,16 @@ def child_id(run_id: str, part: int) -> str:
 def split_plan(workspace: Path, store: RunStore, plan: Plan, max_phases: int) -> list[str]:
     """Trim this run's plan to its first chunk and write the chained runs' plans.
 
-    Returns the chained run ids (empty when the plan fits)."""
-    if len(plan.phases()) <= max_phases:
+    A single_tier plan (playbook §4.3: each run handles a single tier) with several tiers
+    is split one tier per run. Returns the chained run ids (empty when the plan fits)."""
+    single = plan.run_scope == RunScope.single_tier
+    if len(plan.phases()) <= max_phases and not (single and len(plan.tiers) > 1):
         return []
     chunks = chunk_tiers(plan.tiers, max_phases)
+    why = f"the plan had more than max_phases ({max_phases}) phases"
+    if single:
+        chunks = [[tier] for chunk in chunks for tier in chunk]
+        why = "single_tier runs handle one tier each"
     children = [child_id(plan.run_id, n) for n in range(2, len(chunks) + 1)]
     for child in children:
         if RunStore(workspace, child).plan_path.exists():
@@ -78,7 +88,7 @@ def split_plan(workspace: Path, store: RunStore, plan: Plan, max_phases: int) ->
             tiers=[t.model_dump(mode="json", exclude_none=True) for t in tiers],
         )
         path = RunStore(workspace, child).plan_path
-        write_new_plan(path, data, header=CHAIN_HEADER.format(parent=parent, cap=max_phases))
+        write_new_plan(path, data, header=CHAIN_HEADER.format(parent=parent, why=why))
         parent = child
     rt = yamlio.load_roundtrip(store.plan_path)
     yamlio.truncate_list(rt, ("tiers",), len(chunks[0]))

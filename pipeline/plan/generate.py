@@ -270,6 +270,7 @@ def _phase(phase_id: str, name: str, feature: Feature, profile: StackProfile, d:
         "decision": d.decision,
         "match": d.match,
         "budget_modifier": d.budget_modifier,
+        "greenfield_category": feature.task_category,
     }
     if d.source is None:
         phase: dict[str, Any] = {
@@ -493,8 +494,19 @@ def new_run(
         data = default_plan(run_id)
     if text:
         data["description"] = text
+    _apply_project_defaults(ws, data)
     write_new_plan(store.plan_path, data, header=header)
     return store.plan_path
+
+
+def _apply_project_defaults(ws: Workspace, data: dict[str, Any]) -> None:
+    """The project's safety_profile and run scope from the ruleset (playbook §4.3), where
+    the plan's source (template, markdown, bootstrap) left the built-in default."""
+    defaults = ws.ruleset.ruleset.defaults_for(data.get("project_id"))
+    if data.get("safety_profile", "normal") == "normal":
+        data["safety_profile"] = defaults.safety_profile.value
+    if data.get("run_scope", "multi_tier") == "multi_tier":
+        data["run_scope"] = defaults.default_run_scope.value
 
 
 def reuse_summary(plan_path: Path) -> list[str]:

@@ -126,8 +126,9 @@ def before_ci(strategy: Strategy, spends: dict[str, Spend], ps: PhaseStrategy) -
     return None
 
 
-def after_issues(strategy: Strategy, run: RunRecord, spends: dict[str, Spend]) -> Exhaustion | None:
-    minor = sum(s.minor_issues for s in spends.values())
+def after_issues(strategy: Strategy, run: RunRecord, spends: dict[str, Spend], minor: int) -> Exhaustion | None:
+    """`minor` is the run's count of distinct minor issue_keys (a key seen in several
+    phases counts once, playbook §5.2), not the phases' counts added up."""
     cap = run.budgets.max_minor_issues_total
     if minor > cap:
         return Exhaustion(

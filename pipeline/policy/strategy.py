@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from pipeline.core.errors import InvalidInput
-from pipeline.models.enums import CiProfileName, SafetyProfile, Severity
+from pipeline.models.catalog import Catalog
+from pipeline.models.enums import CiProfileName, Complexity, SafetyProfile, Severity
 from pipeline.models.plan import AgentRef, AgentSpec, CiProfile, Plan, PlanPhase, PlanTier
-from pipeline.models.ruleset import CategoryRule, Ruleset
+from pipeline.models.ruleset import BuilderModeRule, CategoryRule, Ruleset, SafetyProfileRule
 from pipeline.models.strategy import PhaseStrategy, RunBudget, Strategy, TierBudget
 from pipeline.policy import licences
 
@@ -73,19 +74,23 @@ def compile_phase(
     why["builder_mode"] = "plan" if phase.builder_mode else "default"
     mode_rule = ruleset.builder_modes[mode]
 
-    ci_profile, why["ci_profile"] = _ci_profile(plan, phase, rule, ruleset, overridden, key)
+    ci_profile, why["ci_profile"] = _ci_profile(plan, phase, complexity, rule, mode_rule, ruleset, overridden, key)
     auto_apply = rule.auto_apply and (phase.auto_apply is not False)
     why["auto_apply"] = (
         "plan"
         if phase.auto_apply is False and rule.auto_apply
         else _origin(overridden, f"{key}.auto_apply", "category")
     )
-    attempts = phase.max_builder_attempts or max(1, rule.max_builder_attempts + mode_rule.extra_attempts)
-    why["max_builder_attempts"] = (
-        "plan"
-        if phase.max_builder_attempts
-        else ("profile" if mode_rule.extra_attempts else _origin(overridden, f"{key}.max_builder_attempts", "category"))
-    )
+    has_builder = (phase.builder or plan.agents.builder) is not None
+    tests_may_change = phase.tests == "may_change" or (phase.tests is None and rule.tests_may_change)
+    why["tests_may_change"] = "plan" if phase.tests else _origin(overridden, f"{key}.tests_may_change", "category")
+    profile = ruleset.safety_profiles[plan.safety_profile]
+    attempts, why["max_builder_attempts"] = _builder_attempts(phase, rule, mode_rule, profile, overridden, key)
+    minors = profile.tier_minor_per_phase
+    if rule.minors_tolerated_per_phase is not None and rule.minors_tolerated_per_phase < minors:
+        minors, why["minors_tolerated"] = rule.minors_tolerated_per_phase, "risk" if rule.high_risk else "category"
+    else:
+        why["minors_tolerated"] = "profile"
     cap = phase.incident_token_cap or rule.incident_token_cap
     why["incident_token_cap"] = (
         "plan" if phase.incident_token_cap else _origin(overridden, f"{key}.incident_token_cap", "category")
@@ -93,6 +98,7 @@ def compile_phase(
     problems = reuse_problems(phase)
     if problems:
         raise InvalidInput(problems[0], "pick a whitelisted source for the phase, or make it greenfield")
+    cap = _reuse_base_cap(phase, ruleset, cap, why)
     cap, modifier = _budget_modified(plan, phase, cap, why)
     why["max_auditor_attempts"] = _origin(overridden, f"{key}.max_auditor_attempts", "category")
     why["auditor_profile"] = _origin(overridden, f"{key}.auditor_profile", "category")
@@ -111,6 +117,11 @@ def compile_phase(
         auto_apply=auto_apply,
         auditor_profile=rule.auditor_profile,
         max_builder_attempts=attempts,
+        ci_max_retries=rule.ci_max_retries,
+        tests_may_change=tests_may_change,
+        submit_deadline_minutes=None if has_builder else ruleset.run_budgets.submit_deadline_minutes,
+        minors_tolerated=minors,
+        majors_tolerated=rule.majors_tolerated,
         max_auditor_attempts=rule.max_auditor_attempts,
         incident_token_cap=cap,
         builder_timeout_s=mode_rule.builder_timeout_s,
@@ -128,6 +139,31 @@ def compile_phase(
     )
 
 
+def _builder_attempts(
+    phase: PlanPhase,
+    rule: CategoryRule,
+    mode_rule: BuilderModeRule,
+    profile: SafetyProfileRule,
+    overridden: frozenset[str],
+    key: str,
+) -> tuple[int, str]:
+    """The category's attempts, tightened by the builder mode and the safety profile
+    (playbook §6, §8.2): a mode's extra attempts never reach a high-risk phase, and the
+    mode's and the profile's caps only lower the number. A plan's own value, and a value
+    the workspace ruleset sets for the category, are explicit choices and are kept."""
+    if phase.max_builder_attempts:
+        return phase.max_builder_attempts, "plan"
+    if f"{key}.max_builder_attempts" in overridden:
+        return rule.max_builder_attempts, "override"
+    extra = min(mode_rule.extra_attempts, 0) if rule.high_risk else mode_rule.extra_attempts
+    attempts = max(1, rule.max_builder_attempts + extra)
+    origin = "profile" if extra else _origin(overridden, f"{key}.max_builder_attempts", "category")
+    for cap in (mode_rule.max_builder_attempts, profile.max_builder_attempts):
+        if cap is not None and cap < attempts:
+            attempts, origin = cap, "profile"
+    return attempts, origin
+
+
 def reuse_problems(phase: PlanPhase) -> list[str]:
     """What makes a phase's `reuse:` block unusable in a zero-intervention run."""
     reuse = phase.reuse
@@ -142,6 +178,47 @@ def reuse_problems(phase: PlanPhase) -> list[str]:
             f"refused in zero-intervention runs (allowed: {', '.join(licences.ALLOWED)})"
         )
     return out
+
+
+def uncatalogued_sources(plan: Plan, catalog: Catalog) -> list[str]:
+    """Reuse sources the curated catalog does not list for the phase's feature (playbook:
+    only pre-whitelisted repositories are taken in zero-intervention runs). A source
+    matches a catalog entry by repository and licence (and id, when the plan names one)."""
+    out = []
+    for _, phase in plan.phases():
+        reuse = phase.reuse
+        if reuse is None or reuse.source is None:
+            continue
+        src = reuse.source
+        feature = catalog.features.get(reuse.feature)
+        listed = feature is not None and any(
+            c.repo == src.repo and c.licence == src.licence and (src.id is None or c.id == src.id)
+            for c in feature.sources
+        )
+        if not listed:
+            out.append(
+                f"phase {phase.phase_id}: source {src.repo} ({src.licence}) is not in the curated catalog "
+                f"for feature '{reuse.feature}'"
+            )
+    return out
+
+
+def _reuse_base_cap(phase: PlanPhase, ruleset: Ruleset, cap: int, why: dict[str, str]) -> int:
+    """A reuse phase's budget starts from the greenfield budget of the same feature (the
+    incident cap of `reuse.greenfield_category`), not from its own high-risk category:
+    taking code must never be granted more than writing it (playbook §6, §9.3)."""
+    reuse = phase.reuse
+    if reuse is None or reuse.decision == "greenfield" or phase.incident_token_cap:
+        return cap
+    category = ruleset.canonical_category(reuse.greenfield_category)
+    if category is None:
+        raise InvalidInput(
+            f"phase {phase.phase_id}: reuse.greenfield_category '{reuse.greenfield_category}' is not a task_category",
+            f"use one of: {', '.join(sorted([*ruleset.categories, *ruleset.aliases]))}",
+        )
+    base = ruleset.categories[category].incident_token_cap
+    why["reuse_base"] = f"greenfield {category}: {base}"
+    return base
 
 
 def _budget_modified(plan: Plan, phase: PlanPhase, cap: int, why: dict[str, str]) -> tuple[int, float]:
@@ -171,16 +248,23 @@ def _budget_modified(plan: Plan, phase: PlanPhase, cap: int, why: dict[str, str]
 def _ci_profile(
     plan: Plan,
     phase: PlanPhase,
+    complexity: Complexity,
     rule: CategoryRule,
+    mode_rule: BuilderModeRule,
     ruleset: Ruleset,
     overridden: frozenset[str],
     key: str,
 ) -> tuple[CiProfileName, str]:
-    """The strictest of: category, plan, safety-profile floor, risk."""
+    """The strictest of: category, plan, safety-profile floor, builder mode, complexity,
+    risk (playbook §10.1: task_category, complexity, safety_profile and risk decide)."""
     strict = CiProfileName.strict
     if rule.high_risk:
         return strict, "risk"
     if ruleset.safety_profiles[plan.safety_profile].ci_profile_floor == strict:
+        return strict, "profile"
+    if complexity == Complexity.high:
+        return strict, "complexity"
+    if mode_rule.ci_profile == strict:
         return strict, "profile"
     if _scope_is_protected_adjacent(list(phase.scope.allow), ruleset.protected_paths):
         return strict, "risk"
@@ -192,6 +276,11 @@ def _ci_profile(
 def compile_budgets(plan: Plan, ruleset: Ruleset, phases: list[PhaseStrategy]) -> tuple[RunBudget, list[TierBudget]]:
     rb = ruleset.run_budgets
     n = len(phases)
+    profile = ruleset.safety_profiles[plan.safety_profile]
+    minor_per_phase = min(
+        rb.minor_issues_per_phase,
+        rb.minor_issues_per_phase if profile.minor_issues_per_phase is None else profile.minor_issues_per_phase,
+    )
     # The plan may only tighten the ruleset's cost cap, as with every other run budget
     # (it used to replace it, so a plan could raise a project-wide cap).
     cost_caps = [c for c in (plan.budgets.cost_cap_usd, rb.cost_cap_usd) if c is not None]
@@ -199,10 +288,9 @@ def compile_budgets(plan: Plan, ruleset: Ruleset, phases: list[PhaseStrategy]) -
         token_cap=min(rb.token_cap, plan.budgets.token_cap or rb.token_cap),
         cost_cap_usd=min(cost_caps) if cost_caps else None,
         max_phases=min(rb.max_phases, plan.budgets.max_phases or rb.max_phases),
-        max_minor_issues_total=rb.minor_issues_per_phase * n,
+        max_minor_issues_total=minor_per_phase * n,
         max_duration_minutes=min(rb.max_duration_minutes, plan.budgets.max_duration_minutes or rb.max_duration_minutes),
     )
-    per_phase_minor = ruleset.safety_profiles[plan.safety_profile].tier_minor_per_phase
     tb = ruleset.tier_budgets
     tiers = []
     for tier in plan.tiers:
@@ -213,11 +301,34 @@ def compile_budgets(plan: Plan, ruleset: Ruleset, phases: list[PhaseStrategy]) -
                 phase_ids=[p.phase_id for p in members],
                 token_cap=tb.token_cap_incident_multiplier * sum(p.incident_token_cap for p in members),
                 ci_run_cap=tb.ci_runs_per_phase * len(members),
-                max_minor_issues=per_phase_minor * len(members),
-                max_major_issues=tb.max_major_issues,
+                max_minor_issues=sum(p.minors_tolerated for p in members),
+                max_major_issues=min(
+                    [tb.max_major_issues, *(p.majors_tolerated for p in members if p.majors_tolerated is not None)]
+                ),
             )
         )
     return run_budget, tiers
+
+
+def _route_aged(ps: PhaseStrategy, aged: Mapping[str, Severity], aged_paths: Mapping[str, list[str]]) -> PhaseStrategy:
+    """Aged issues are major for routing (playbook §5.3): a debt phase that cleans one runs
+    strict CI and goes to the auditor before apply; a phase whose scope covers the code an
+    aged issue points at runs strict CI."""
+    if any(key in aged for key in ps.cleans):
+        why = {**ps.why, "ci_profile": "aging", "auto_apply": "aging"}
+        return ps.model_copy(update={"ci_profile": CiProfileName.strict, "auto_apply": False, "why": why})
+    paths = [p for key in aged for p in aged_paths.get(key, [])]
+    if ps.ci_profile == CiProfileName.strict or not paths or not _in_scope(ps, paths):
+        return ps
+    return ps.model_copy(update={"ci_profile": CiProfileName.strict, "why": {**ps.why, "ci_profile": "aging"}})
+
+
+def _in_scope(ps: PhaseStrategy, paths: list[str]) -> bool:
+    import pathspec
+
+    allow = pathspec.PathSpec.from_lines("gitignore", ps.scope_allow)
+    deny = pathspec.PathSpec.from_lines("gitignore", ps.scope_deny)
+    return any(allow.match_file(p) and not deny.match_file(p) for p in paths)
 
 
 def compile_strategy(
@@ -229,6 +340,7 @@ def compile_strategy(
     ci_profiles: Mapping[CiProfileName, CiProfile],
     overridden: frozenset[str] = frozenset(),
     aged_issue_keys: Mapping[str, Severity] | None = None,
+    aged_paths: Mapping[str, list[str]] | None = None,
 ) -> Strategy:
     phases = [
         compile_phase(plan, tier, phase, i, ruleset, overridden)
@@ -240,6 +352,8 @@ def compile_strategy(
             f"plan {plan.run_id} has {len(phases)} phases; max_phases is {run_budget.max_phases}",
             "start_run splits such a plan into chained runs by tier; compile the strategy after the split",
         )
+    aged = dict(aged_issue_keys or {})
+    phases = [_route_aged(ps, aged, aged_paths or {}) for ps in phases]
     profile = ruleset.safety_profiles[plan.safety_profile]
     return Strategy(
         run_id=plan.run_id,
@@ -257,4 +371,5 @@ def compile_strategy(
         aging_tiers=profile.aging_tiers,
         stop_on_not_clean_tier=profile.stop_on_not_clean_tier or plan.safety_profile == SafetyProfile.safety_critical,
         effective_severity=dict(aged_issue_keys or {}),
+        severity_upgrades=list(ruleset.severity_upgrades),
     )

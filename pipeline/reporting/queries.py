@@ -106,8 +106,8 @@ SELECT r.run_id, r.state, r.debt_status, r.promotion_eligible_to_main AS promoti
        r.tokens, r.cost_usd, r.builder_attempts, r.auditor_attempts,
        r.builder_attempts + r.auditor_attempts AS attempts, r.ci_runs,
        r.phases_complete, r.phases_total,
-       count(i.issue_key) FILTER (i.effective_severity = 'minor') AS minor_issues,
-       count(i.issue_key) FILTER (i.effective_severity = 'major') AS major_issues,
+       count(i.issue_key) FILTER (i.effective_severity = 'minor' AND i.status = 'open') AS minor_issues,
+       count(i.issue_key) FILTER (i.effective_severity = 'major' AND i.status = 'open') AS major_issues,
        coalesce(sum(i.occurrence_count), 0) AS issue_occurrences,
        r.duration_s, r.active_seconds
 FROM runs AS r LEFT JOIN run_issues AS i USING (run_id)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.agents import runner as agents
+from pipeline.core import failpoints
 from pipeline.core.jsonio import write_model, write_text_atomic
 from pipeline.core.overrides import builtin_path
 from pipeline.models.enums import IssueSource, RunState
@@ -54,13 +55,37 @@ def review(ctx: RunContext, ps: PhaseStrategy) -> None:
     if verdict is None:
         _retry_or_fail(ctx, ps, "review")
         return
-    if verdict.verdict == "approve":
+    if verdict.verdict == "approve" and rec.tampering_review_attempt == k:
+        _approve_test_changes(ctx, ps, k, verdict)
+    elif verdict.verdict == "approve":
         ctx.rec.note(ps.phase_id, "auditor_approved", attempt=k)
         ctx.rec.save_phase(ctx.rec.phase(ps.phase_id).model_copy(update={"step": "built", "approved_attempt": k}))
     elif verdict.verdict == "revise" and patch:
         _adopt_patch(ctx, ps, k + 1, patch, verdict)
     else:
         _rejected(ctx, ps, verdict)
+
+
+def _approve_test_changes(ctx: RunContext, ps: PhaseStrategy, k: int, verdict: AuditorResult) -> None:
+    """The auditor approved an attempt the gate refused for changing tests: with a reason
+    (its notes), the attempt is gated again with the change recorded; without one, the
+    approval does not count and the attempt failed."""
+    reason = verdict.notes.strip()
+    if not reason:
+        failed_attempt(
+            ctx,
+            ps,
+            "gate_failed",
+            "the auditor approved the test changes without a reason",
+            "the patch deletes, skips or weakens tests; fix the code, not the tests",
+            [],
+            fingerprint="test_tampering:no_reason",
+        )
+        return
+    ctx.rec.note(ps.phase_id, "test_changes_approved", attempt=k, reason=reason)
+    update = {"step": "built", "approved_attempt": k, "tampering_approved_attempt": k, "tampering_reason": reason}
+    ctx.rec.save_phase(ctx.rec.phase(ps.phase_id).model_copy(update=update))
+    failpoints.hit("after_test_changes_approved")
 
 
 def escalate(ctx: RunContext, ps: PhaseStrategy) -> None:
@@ -177,7 +202,14 @@ def _suggested_patch(ctx: RunContext, result: AuditorResult | None, worktree_pat
 
 
 def _adopt_patch(ctx: RunContext, ps: PhaseStrategy, k: int, patch: str, result: AuditorResult) -> None:
-    """The auditor's revision becomes attempt k, approved, and goes to the gate."""
+    """The auditor's revision becomes attempt k, approved, and goes to the gate; a reviewed
+    attempt it replaces is superseded (it no longer stays "running")."""
+    rec = ctx.rec.phase(ps.phase_id)
+    replaced = next((a for a in rec.attempts if a.k == k - 1 and a.outcome == "running"), None)
+    if replaced is not None:
+        done = replaced.model_copy(update={"outcome": "superseded", "reason": f"replaced by the auditor's attempt {k}"})
+        write_model(attempt_dir(ctx, ps, done.k) / "builder.json", done)
+        ctx.rec.save_phase(with_attempt(rec, done))
     _record_attempt(ctx, ps, k, patch, result)
     ctx.rec.save_phase(
         ctx.rec.phase(ps.phase_id).model_copy(update={"step": "built", "current_attempt": k, "approved_attempt": k})

@@ -24,7 +24,7 @@ from pipeline.run import build as building
 from pipeline.run import verify as verifying
 from pipeline.run.context import RunContext, open_context
 from pipeline.run.finish import finish_run, tier_cleanliness
-from pipeline.run.outcomes import EndRun, commit_record, fail_phase
+from pipeline.run.outcomes import EndRun, commit_record, fail_phase, needs_review, submit_overdue
 from pipeline.store.rundir import RunStore
 
 
@@ -103,6 +103,9 @@ def submit_patch(
                 f"phase {phase_id} is already {ctx.rec.phase(ps.phase_id).state.value}",
                 "submit to a phase that is not finished",
             )
+        overdue = submit_overdue(ctx, ps)
+        if overdue is not None:
+            return _fail_overdue(ctx, ps, overdue)
         try:
             _enter_phase(ctx, ps)
         except EndRun as end:
@@ -141,6 +144,9 @@ def _run_phase_locked(ctx: RunContext, phase_id: str | None) -> StepOutcome:
     rec = ctx.rec.phase(ps.phase_id)
     if rec.state.terminal:
         return StepOutcome(run.run_id, ps.phase_id, rec.state, run.state, f"phase {ps.phase_id} is {rec.state.value}")
+    overdue = submit_overdue(ctx, ps) if ps.builder is None and rec.step in ("queued", "building") else None
+    if overdue is not None:
+        return _fail_overdue(ctx, ps, overdue)
     if ps.builder is None and rec.step in ("queued", "building"):
         return StepOutcome(
             run.run_id,
@@ -154,6 +160,16 @@ def _run_phase_locked(ctx: RunContext, phase_id: str | None) -> StepOutcome:
         _enter_phase(ctx, ps)
     except EndRun as end:
         return _finish(ctx, ps, end.state, end.reason)
+    return _drive_and_finish(ctx, ps)
+
+
+def _fail_overdue(ctx: RunContext, ps: PhaseStrategy, reason: str) -> StepOutcome:
+    """A phase whose patch never came fails cleanly; the run goes on as after any failed phase."""
+    try:
+        _enter_phase(ctx, ps)
+    except EndRun as end:
+        return _finish(ctx, ps, end.state, end.reason)
+    fail_phase(ctx, ps, reason)
     return _drive_and_finish(ctx, ps)
 
 
@@ -229,7 +245,7 @@ def _drive_phase(ctx: RunContext, ps: PhaseStrategy, clock: _ActiveClock) -> Non
         elif rec.step == "escalating":
             auditing.escalate(ctx, ps)
         elif rec.step in ("built", "gated"):
-            if _needs_review(ps, rec):
+            if needs_review(ctx, ps, rec):
                 ctx.rec.save_phase(rec.model_copy(update={"step": "reviewing"}))
             else:
                 verifying.gate_and_verify(ctx, ps)
@@ -239,10 +255,6 @@ def _drive_phase(ctx: RunContext, ps: PhaseStrategy, clock: _ActiveClock) -> Non
             verifying.complete(ctx, ps)
         else:
             return
-
-
-def _needs_review(ps: PhaseStrategy, rec: PhaseRecord) -> bool:
-    return not ps.auto_apply and rec.approved_attempt != rec.current_attempt
 
 
 def _drive_and_finish(ctx: RunContext, ps: PhaseStrategy) -> StepOutcome:

@@ -6,9 +6,11 @@ Called once when a run reaches a terminal state.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.core.jsonio import canonical_json, write_text_atomic
+from pipeline.issues.rules import distinct_counts
 from pipeline.models.enums import PhaseState, RunState, TierState
 from pipeline.models.run import TierSummary
 from pipeline.reporting.inspect.page import PAGE, write_inspect
@@ -21,8 +23,7 @@ def finish_run(ctx: RunContext, state: RunState, reason: str) -> None:
     _settle_leftovers(ctx, state)
     tiers = [tier_cleanliness(ctx, t) for t in ctx.rec.run.tiers]
     eligible, why = _promotion(state, tiers)
-    minor = sum(t.spend.minor_issues for t in tiers)
-    major = sum(t.spend.major_issues for t in tiers)
+    minor, major = distinct_counts(ctx.rec.issues(p.phase_id) for p in ctx.rec.strategy.phases)
     ctx.rec.run = ctx.rec.run.model_copy(
         update={
             "tiers": tiers,
@@ -63,19 +64,30 @@ def _settle_leftovers(ctx: RunContext, state: RunState) -> None:
 
 
 def tier_cleanliness(ctx: RunContext, tier: TierSummary) -> TierSummary:
+    """Judge a tier on its distinct issue_keys (playbook §5.2) and its caps (§10.3)."""
     budget = next(t for t in ctx.rec.strategy.tiers if t.tier_id == tier.tier_id)
+    minor, major = distinct_counts(ctx.rec.issues(pid) for pid in budget.phase_ids)
     reasons = []
     if tier.state != TierState.COMPLETE:
         reasons.append(f"tier is {tier.state.value}")
-    if tier.spend.major_issues > budget.max_major_issues:
-        reasons.append(f"{tier.spend.major_issues} major issue(s) > {budget.max_major_issues} tolerated")
-    if tier.spend.minor_issues > budget.max_minor_issues:
-        reasons.append(f"{tier.spend.minor_issues} minor issue(s) > {budget.max_minor_issues} tolerated")
+    if major > budget.max_major_issues:
+        reasons.append(f"{major} major issue(s) > {budget.max_major_issues} tolerated")
+    if minor > budget.max_minor_issues:
+        reasons.append(f"{minor} minor issue(s) > {budget.max_minor_issues} tolerated")
     if tier.spend.ci_runs > budget.ci_run_cap:
         reasons.append(f"{tier.spend.ci_runs} CI runs > cap {budget.ci_run_cap}")
     if tier.spend.tokens > budget.token_cap:
         reasons.append(f"{tier.spend.tokens} tokens > cap {budget.token_cap}")
-    return tier.model_copy(update={"cleanliness": "not_clean" if reasons else "clean", "cleanliness_reasons": reasons})
+    return tier.model_copy(
+        update={
+            "cleanliness": "not_clean" if reasons else "clean",
+            "cleanliness_reasons": reasons,
+            "minor_issue_count": minor,
+            "major_issue_count": major,
+            "token_cap_hit": tier.spend.tokens > budget.token_cap,
+            "ci_cap_hit": tier.spend.ci_runs >= budget.ci_run_cap,
+        }
+    )
 
 
 def _promotion(state: RunState, tiers: list[TierSummary]) -> tuple[bool, list[str]]:
@@ -105,8 +117,11 @@ def _tier_page(ctx: RunContext, tier: TierSummary) -> str:
             + (f" ({'; '.join(tier.cleanliness_reasons)})" if tier.cleanliness_reasons else ""),
             "",
             f"Tokens {tier.spend.tokens} of {budget.token_cap}; CI runs {tier.spend.ci_runs} of {budget.ci_run_cap}; "
-            f"minor issues {tier.spend.minor_issues} of {budget.max_minor_issues}; "
-            f"major issues {tier.spend.major_issues} of {budget.max_major_issues}.",
+            f"distinct minor issues {tier.minor_issue_count} of {budget.max_minor_issues}; "
+            f"distinct major issues {tier.major_issue_count} of {budget.max_major_issues}.",
+            "",
+            f"Cap flags: token cap {'hit' if tier.token_cap_hit else 'not hit'}; "
+            f"CI-run cap {'hit' if tier.ci_cap_hit else 'not hit'}.",
             "",
             "| phase | name | state | attempts | tokens | tag |",
             "|---|---|---|---|---|---|",
@@ -181,11 +196,27 @@ def _incident_pack(ctx: RunContext, state: RunState, reason: str) -> None:
         return
     rec = ctx.rec.phase(ps.phase_id)
     phase_dir = ctx.rec.phase_dir(ps)
-    if rec.attempts:
-        adir = ctx.store.attempt_dir(ps.index, ps.phase_id, rec.attempts[-1].k)
-        for name in ("patch.diff", "builder.log", "gate.json"):
-            if (adir / name).exists():
-                shutil.copyfile(adir / name, incident / f"last-{name}")
+    # The newest of each: an attempt stopped before its agent ran (a budget refused the
+    # call) has no patch, so older attempts are looked at too.
+    for name in ("patch.diff", "builder.log", "gate.json"):
+        for attempt in reversed(rec.attempts):
+            path = ctx.store.attempt_dir(ps.index, ps.phase_id, attempt.k) / name
+            if path.is_file() and path.stat().st_size:
+                shutil.copyfile(path, incident / f"last-{name}")
+                break
+    for kind in ("ci", "audit"):
+        _copy_newest(phase_dir / kind, incident / f"last-{kind}")
     for name in ("issues.json", "gate.json"):
         if (phase_dir / name).exists():
             shutil.copyfile(phase_dir / name, incident / name)
+
+
+def _copy_newest(root: Path, dest: Path) -> None:
+    """The newest numbered folder under `root` (ci/<k>, audit/<n>: reports and logs)."""
+    numbered = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit()] if root.is_dir() else []
+    if not numbered:
+        return
+    newest = max(numbered, key=lambda p: int(p.name))
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(newest, dest)

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.core.jsonio import read_model, write_model
-from pipeline.issues.rules import build_run_index, effective, record_issues
+from pipeline.issues.rules import build_run_index, distinct_counts, effective, record_issues, resolve_fixed
 from pipeline.models.enums import IssueSource, PhaseState, RunState, Severity
-from pipeline.models.issues import Issue
+from pipeline.models.issues import Issue, PhaseIssueFile
 from pipeline.models.results import AttemptOutcome, AttemptRecord, AuditRecord, SuggestedIssue
 from pipeline.models.run import PhaseRecord, Spend
 from pipeline.models.strategy import PhaseStrategy
@@ -70,13 +70,18 @@ def make_issue(
     severity: Severity | None,
     evidence: list[str],
     message: str,
+    expected_fail: bool = False,
 ) -> Issue:
     base = severity or ps.default_severity
     run_id = ctx.rec.run.run_id
+    k = ctx.rec.phase(ps.phase_id).current_attempt
+    upgraded = any(u.matches(key, category, ps.task_category) for u in ctx.rec.strategy.severity_upgrades)
     return Issue(
+        seen_in_attempts=[k] if k else [],
+        expected_fail=expected_fail,
         issue_key=key,
         severity=base,
-        effective_severity=effective(base, key, ctx.rec.strategy.effective_severity),
+        effective_severity=Severity.major if upgraded else effective(base, key, ctx.rec.strategy.effective_severity),
         source=source,
         category=category,
         task_category=ps.task_category,
@@ -114,6 +119,7 @@ def suggested_issues(
             severity=s.severity,
             evidence=[*s.evidence_refs, rel(ctx, result)],
             message=s.message,
+            expected_fail=s.expected_fail,
         )
         for s in suggested
     ]
@@ -124,14 +130,23 @@ def save_issues(ctx: RunContext, ps: PhaseStrategy, issues: list[Issue]) -> None
     if not issues:
         return
     _store_issues(ctx, ps, issues)
-    exhausted = budgets.after_issues(ctx.rec.strategy, ctx.rec.run, spends(ctx))
+    minor, _ = run_issue_counts(ctx)
+    exhausted = budgets.after_issues(ctx.rec.strategy, ctx.rec.run, spends(ctx), minor)
     if exhausted:
         end_for_budget(ctx, ps, exhausted)
 
 
-def _store_issues(ctx: RunContext, ps: PhaseStrategy, issues: list[Issue]) -> None:
+def run_issue_counts(ctx: RunContext, phase_ids: list[str] | None = None) -> tuple[int, int]:
+    """(minor, major) distinct issue_keys of the run, or of the phases `phase_ids` (a tier)."""
+    wanted = phase_ids if phase_ids is not None else [p.phase_id for p in ctx.rec.strategy.phases]
+    return distinct_counts(ctx.rec.issues(pid) for pid in wanted)
+
+
+def _store_issues(
+    ctx: RunContext, ps: PhaseStrategy, issues: list[Issue], file: PhaseIssueFile | None = None
+) -> None:
     """Phase file, run index and the phase's issue counts, without any budget check."""
-    file = record_issues(ctx.rec.issues(ps.phase_id), issues)
+    file = record_issues(file or ctx.rec.issues(ps.phase_id), issues)
     ctx.rec.save_issues(file)
     index = build_run_index(
         ctx.rec.run.run_id, [(p.index, ctx.rec.issues(p.phase_id)) for p in ctx.rec.strategy.phases]
@@ -142,6 +157,47 @@ def _store_issues(ctx: RunContext, ps: PhaseStrategy, issues: list[Issue]) -> No
         update={"minor_issues": file.minor_issue_count, "major_issues": file.major_issue_count}
     )
     ctx.rec.save_phase(rec.model_copy(update={"spend": spend}))
+
+
+def resolve_fixed_issues(ctx: RunContext, ps: PhaseStrategy, accepted: int) -> None:
+    """The accepted attempt passed gate and CI: what earlier attempts recorded from their
+    gate and CI and this one did not is resolved (fixed within the run)."""
+    file = ctx.rec.issues(ps.phase_id)
+    resolved = resolve_fixed(file, accepted)
+    if resolved == file:
+        return
+    keys = sorted(i.issue_key for i in resolved.issues if i.resolved_in_attempt == accepted)
+    ctx.rec.note(ps.phase_id, "issues_resolved", attempt=accepted, issue_keys=keys)
+    _store_issues(ctx, ps, [], file=resolved)
+
+
+def submit_overdue(ctx: RunContext, ps: PhaseStrategy) -> str | None:
+    """Why a phase waiting for `doit submit` is past its deadline, or None. The wait began
+    with the run's newest event: nothing has happened in the run since (it waits)."""
+    from datetime import UTC, datetime
+
+    minutes = ps.submit_deadline_minutes
+    if minutes is None:
+        return None
+    events = ctx.store.events.read()
+    since = events[-1].ts if events else ctx.rec.run.created_at
+    started = datetime.fromisoformat(since.replace("Z", "+00:00"))
+    if (datetime.now(UTC) - started).total_seconds() < minutes * 60:
+        return None
+    return f"no patch was submitted within {minutes} min of {since} (submit_deadline_minutes); the phase fails"
+
+
+def needs_review(ctx: RunContext, ps: PhaseStrategy, rec: PhaseRecord) -> bool:
+    """Does the current attempt need the auditor's review before apply? When the phase
+    may not auto-apply, and (playbook §2.3: the auditor is invoked when major issues
+    appear) when the phase has an open major issue and an auditor that may be called."""
+    if rec.approved_attempt == rec.current_attempt:
+        return False
+    if not ps.auto_apply:
+        return True
+    if ps.auditor is None or ps.max_auditor_attempts == 0:
+        return False
+    return ctx.rec.issues(ps.phase_id).major_issue_count > 0
 
 
 def end_for_budget(ctx: RunContext, ps: PhaseStrategy, exhausted: budgets.Exhaustion) -> None:
@@ -289,8 +345,11 @@ def _next_step(ctx: RunContext, ps: PhaseStrategy, rec: PhaseRecord, reason: str
     if rec.escalated:
         if escalation_calls(audit_records(ctx, ps)) < ps.max_auditor_attempts:
             return "escalating"
-        fail_phase(ctx, ps, f"{reason}; {ps.max_auditor_attempts} auditor attempt(s) spent")
-        return None
+        # Playbook §9.3: repeated low-signal auditor attempts end the run with an incident;
+        # later phases are not run on top of a phase nobody could make pass.
+        why = f"{reason}; {ps.max_auditor_attempts} auditor attempt(s) spent"
+        fail_phase(ctx, ps, why)
+        raise EndRun(RunState.DONE_FAILED_REQUIRES_HUMAN_REVIEW, f"phase {ps.phase_id}: {why}")
     spent = builder_attempts(rec) >= ps.max_builder_attempts
     repeated = _repeats(rec)
     if not spent and not repeated:

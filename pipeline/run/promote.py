@@ -26,6 +26,7 @@ from typing import Literal
 from pipeline.core.errors import GitError, IntegrityError, InvalidInput, StepFailed
 from pipeline.models.enums import PhaseState
 from pipeline.models.run import RunRecord
+from pipeline.run import promote_record
 from pipeline.run.context import WORKTREES_DIR
 from pipeline.run.recorder import Recorder
 from pipeline.store.events import utc_now
@@ -89,7 +90,39 @@ def verdict(workspace: Path, run_id: str) -> tuple[Recorder, list[str]]:
     reasons = _refusal_reasons(rec.run)
     if not reasons:
         _check_log_agrees(rec)
+        reasons = _chain_reasons(workspace, rec.run)
     return rec, reasons
+
+
+def _chain(workspace: Path, run: RunRecord) -> list[RunRecord]:
+    """The runs `run` continues, nearest first (a chained run's branch stacks on theirs)."""
+    from pipeline.core.jsonio import read_model
+
+    found: list[RunRecord] = []
+    parent = run.chained_from
+    while parent is not None and len(found) < 100:
+        path = RunStore(workspace, parent).run_json
+        if not path.exists():
+            break
+        found.append(read_model(path, RunRecord))
+        parent = found[-1].chained_from
+    return found
+
+
+def _chain_reasons(workspace: Path, run: RunRecord) -> list[str]:
+    """A chained run's merge brings every earlier run of the chain with it: each must be eligible."""
+    return [
+        f"run {r.run_id} before it in the chain is not eligible ({'; '.join(r.promotion_reasons)})"
+        for r in _chain(workspace, run)
+        if not r.promotion_eligible_to_main
+    ]
+
+
+def default_target(workspace: Path, run: RunRecord) -> str:
+    """Where a run is promoted by default: its base, or for a chained run the base of the
+    first run of its chain (its own base is the previous run's integration branch)."""
+    chain = _chain(workspace, run)
+    return chain[-1].base_ref if chain else run.base_ref
 
 
 def _refuse(run_id: str, reasons: list[str]) -> StepFailed:
@@ -105,7 +138,7 @@ def check_promotion(workspace: Path, run_id: str, into: str | None = None) -> Pr
     rec, reasons = verdict(workspace, run_id)
     if reasons:
         raise _refuse(run_id, reasons)
-    target = into or rec.run.base_ref
+    target = into or default_target(workspace, rec.run)
     why = "; ".join(rec.run.promotion_reasons)
     message = f"run {run_id} is eligible for promotion to {target}: {why}"
     return PromoteOutcome(run_id, target, "eligible", None, message)
@@ -154,13 +187,22 @@ def _live_record_hint(holder: Path, run: RunRecord) -> str:
     return ""
 
 
-def _merge(git: GitAdapter, workspace: Path, run: RunRecord, into: str) -> tuple[str, str]:
+def _merge(git: GitAdapter, workspace: Path, run: RunRecord, into: str, tip: str) -> tuple[str, str]:
     """(merge commit, where it was made)."""
     message = _merge_message(run, into)
     holder = git.checked_out_in(into)
     if holder is None:
         temp = _promote_worktree(workspace, run.run_id)
         return _merge_in_temp_worktree(git, temp, into, run.branch, message), "a temporary worktree"
+    aside = promote_record.set_aside(git, workspace, holder, run, tip) if git.is_dirty(holder) else None
+    if aside is not None:
+        try:
+            commit = git.merge_no_ff(into, run.branch, message, holder)
+        except BaseException:
+            promote_record.restore_aside(workspace, run.run_id)
+            raise
+        promote_record.drop_aside(aside)
+        return commit, f"{holder}, its live record runs/{run.run_id}/ now tracked"
     if git.is_dirty(holder):
         raise StepFailed(
             f"refusing to promote run {run.run_id}: '{into}' is checked out in {holder}, which has "
@@ -211,6 +253,7 @@ def _record(rec: Recorder, commit: str | None, into: str, where: str) -> None:
 def promote(workspace: Path, run_id: str, into: str | None = None) -> PromoteOutcome:
     """Merge the run's branch into `into` (default: its base) when the verdict allows."""
     store = RunStore(workspace, run_id)
+    promote_record.restore_aside(Path(workspace), run_id)  # a promote killed mid-way
     if not store.run_json.exists():
         _open(workspace, run_id)  # raises the "not started" error
     with store.lock():
@@ -218,14 +261,14 @@ def promote(workspace: Path, run_id: str, into: str | None = None) -> PromoteOut
         if reasons:
             raise _refuse(run_id, reasons)
         run = rec.run
-        target = into or run.base_ref
+        target = into or default_target(workspace, run)
         git = make_adapter(Path(run.target_repo))
         git.check_available()
         tip = _require_refs(git, run, target)
         _drop_stale_promote_worktree(git, _promote_worktree(Path(workspace), run_id))
         if git.is_ancestor(tip, f"refs/heads/{target}"):
             return _already_merged(rec, git, target)
-        commit, where = _merge(git, Path(workspace), run, target)
+        commit, where = _merge(git, Path(workspace), run, target, tip)
         _record(rec, commit, target, where)
         return PromoteOutcome(
             run_id,

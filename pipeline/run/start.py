@@ -42,7 +42,11 @@ def load_valid_plan(ws: Workspace, store: RunStore) -> Plan:
 
 
 def compile_for(
-    ws: Workspace, store: RunStore, plan: Plan, aged_issue_keys: Mapping[str, Severity] | None = None
+    ws: Workspace,
+    store: RunStore,
+    plan: Plan,
+    aged_issue_keys: Mapping[str, Severity] | None = None,
+    aged_paths: Mapping[str, list[str]] | None = None,
 ) -> Strategy:
     loaded = ws.ruleset
     return compile_strategy(
@@ -53,7 +57,36 @@ def compile_for(
         ci_profiles=ws.ci_profiles(plan.ci),
         overridden=loaded.overridden,
         aged_issue_keys=aged_issue_keys,
+        aged_paths=aged_paths,
     )
+
+
+def _aged_paths(aging: Aging) -> dict[str, list[str]]:
+    """The repository paths each aged issue's evidence points at (`src/x.py:12` -> `src/x.py`,
+    a test node id -> its file); evidence inside run records is left out."""
+    if aging.backlog is None:
+        return {}
+    out: dict[str, list[str]] = {}
+    for key in aging.aged:
+        entry = aging.backlog.issues_by_key.get(key)
+        refs = entry.evidence_refs if entry is not None else []
+        paths = {ref.split("::")[0].split(":")[0] for ref in refs if not ref.startswith("runs/")}
+        out[key] = sorted(p for p in paths if p)
+    return out
+
+
+def check_reuse_catalogued(ws: Workspace, store: RunStore, plan: Plan) -> None:
+    """Every reuse source must be one the workspace's curated catalog lists."""
+    if not any(phase.reuse is not None and phase.reuse.source is not None for _, phase in plan.phases()):
+        return
+    from pipeline.policy.strategy import uncatalogued_sources
+
+    problems = uncatalogued_sources(plan, ws.catalog.catalog)
+    if problems:
+        raise InvalidInput(
+            f"{store.plan_path}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+            "review the source (`doit catalog_scan`) and add it to catalog/features.yaml, or make the phase greenfield",
+        )
 
 
 def check_agents(ws: Workspace, plan: Plan) -> None:
@@ -95,9 +128,13 @@ def _aging(ws: Workspace, run_id: str, plan: Plan, ruleset: Ruleset) -> Aging:
     profile = ruleset.safety_profiles[plan.safety_profile]
     thresholds = (profile.aging_runs, profile.aging_tiers)
     if not backlog.other_runs_have_issues(ws.root, run_id):
+        runs = sum(1 for p in (ws.root / "runs").glob("*/run.json") if p.parent.name != run_id)
+        backlog.write_backlog(ws.root, ProjectBacklog(project_id=plan.project_id, runs_read=runs))
         return Aging(thresholds)
-    derived = backlog.derive_backlog(ws)
-    return Aging(thresholds, backlog.aged_keys(derived, *thresholds), derived)
+    derived = backlog.derive_backlog(ws, profile=plan.safety_profile)
+    derived = derived.model_copy(update={"project_id": plan.project_id})
+    backlog.write_backlog(ws.root, derived)  # playbook §5.3: the backlog as this run saw it
+    return Aging(thresholds, backlog.needs_cleanup_keys(derived), derived)
 
 
 def _add_debt_phases(workspace: Path, store: RunStore, plan: Plan, ruleset: Ruleset, aging: Aging) -> Aging:
@@ -151,13 +188,14 @@ def start_run(workspace: Path | Workspace, run_id: str) -> RunRecord:
             )
         plan = load_valid_plan(ws, store)
         check_agents(ws, plan)
+        check_reuse_catalogued(ws, store, plan)
         ruleset = ws.ruleset.ruleset
         aging = _add_debt_phases(workspace, store, plan, ruleset, _aging(ws, run_id, plan, ruleset))
         max_phases = min(ruleset.run_budgets.max_phases, plan.budgets.max_phases or ruleset.run_budgets.max_phases)
         chained = split_plan(workspace, store, plan, max_phases)
         if aging.debt.phases or chained:
             plan = load_valid_plan(ws, store)  # the plan as frozen: DEBT tier added, chain trimmed
-        strategy = compile_for(ws, store, plan, aging.aged)
+        strategy = compile_for(ws, store, plan, aging.aged, _aged_paths(aging))
         target = target_repo(workspace, plan.target.repo)
         git = make_adapter(target)  # LocalGitCli, or the remote git worker (AUTOPACK_GIT_OUTBOX)
         git.check_available()

@@ -14,7 +14,7 @@ from pipeline.gate.verdict import feedback_for, run_gate
 from pipeline.models.enums import IssueSource, PhaseState, RunState, Severity
 from pipeline.models.issues import Issue
 from pipeline.models.reports import GateReport
-from pipeline.models.run import Spend
+from pipeline.models.run import PhaseRecord, Spend
 from pipeline.models.strategy import PhaseStrategy
 from pipeline.policy import budgets
 from pipeline.run.context import RunContext, tag_name
@@ -28,6 +28,7 @@ from pipeline.run.outcomes import (
     make_issue,
     mark_attempt,
     rel,
+    resolve_fixed_issues,
     save_issues,
     spends,
 )
@@ -48,7 +49,7 @@ def gate_and_verify(ctx: RunContext, ps: PhaseStrategy) -> None:
         patch_text=patch_path.read_text(errors="surrogateescape"),
         patch_path=patch_path,
         worktree=ctx.worktree,
-        phase=ps,
+        phase=_tests_waived(ps, rec) if rec.tampering_approved_attempt == k else ps,
         protected_paths=ctx.rec.strategy.protected_paths,
         static_checks=ctx.rec.strategy.ci_profiles[ps.ci_profile].static_checks,
         git=ctx.git,
@@ -64,12 +65,42 @@ def gate_and_verify(ctx: RunContext, ps: PhaseStrategy) -> None:
     _verify(ctx, ps, k)
 
 
+def _tests_waived(ps: PhaseStrategy, rec: PhaseRecord) -> PhaseStrategy:
+    """The phase as gated for an attempt whose test changes the auditor approved: the
+    approval and its reason become the test_tampering check's evidence."""
+    why = {**ps.why, "tests_may_change": f"approved by the auditor: {rec.tampering_reason}"}
+    return ps.model_copy(update={"tests_may_change": True, "why": why})
+
+
+def _tampering_review(ctx: RunContext, ps: PhaseStrategy, report: GateReport) -> bool:
+    """A patch refused only for changing tests goes to the auditor (once per attempt), who
+    may approve the change with a recorded reason (playbook §2.3: major findings)."""
+    rec = ctx.rec.phase(ps.phase_id)
+    failed = [c.name for c in report.checks if c.verdict == "fail"]
+    if failed != ["test_tampering"] or ps.auditor is None or ps.max_auditor_attempts == 0:
+        return False
+    if rec.tampering_review_attempt == rec.current_attempt:
+        return False
+    ctx.rec.note(ps.phase_id, "tampering_review", attempt=rec.current_attempt)
+    update = {
+        "step": "reviewing",
+        "tampering_review_attempt": rec.current_attempt,
+        "approved_attempt": None,
+        "feedback": feedback_for(report),
+    }
+    ctx.rec.save_phase(rec.model_copy(update=update))
+    failpoints.hit("after_tampering_review_recorded")
+    return True
+
+
 def _gate_fingerprint(report: GateReport) -> str:
     failed = [f"{c.name}:{sorted(c.evidence)}" for c in report.checks if c.verdict == "fail"]
     return hashlib.sha256("|".join(failed).encode()).hexdigest()
 
 
 def _gate_failed(ctx: RunContext, ps: PhaseStrategy, report: GateReport, adir: Path) -> None:
+    if _tampering_review(ctx, ps, report):
+        return
     failed = [c for c in report.checks if c.verdict == "fail"]
     check = failed[0] if failed else None
     name = check.name if check else "gate"
@@ -79,7 +110,7 @@ def _gate_failed(ctx: RunContext, ps: PhaseStrategy, report: GateReport, adir: P
         ctx,
         ps,
         key=f"gate:{name}",
-        source=IssueSource.gate,
+        source=IssueSource.static_check if name == "static_checks" else IssueSource.gate,
         category=external or f"gate_{name}",
         severity=Severity.major if report.policy_violation or external else None,
         evidence=[rel(ctx, adir / "gate.json"), *(check.evidence[:5] if check else [])],
@@ -107,8 +138,11 @@ def _verify(ctx: RunContext, ps: PhaseStrategy, k: int) -> None:
     ctx.rec.phase_to(ps.phase_id, PhaseState.CI_RUNNING, attempt=k)
     out_dir = ctx.store.ci_dir(ps.index, ps.phase_id, k)
     out_dir.mkdir(parents=True, exist_ok=True)
+    profile = ctx.rec.strategy.ci_profiles[ps.ci_profile]
+    if ps.ci_max_retries is not None and ps.ci_max_retries + 1 < profile.preflight_attempts:
+        profile = profile.model_copy(update={"preflight_attempts": ps.ci_max_retries + 1})
     report = ci.run_ci(
-        profile=ctx.rec.strategy.ci_profiles[ps.ci_profile],
+        profile=profile,
         profile_name=ps.ci_profile.value,
         worktree=ctx.worktree,
         out_dir=out_dir,
@@ -167,6 +201,7 @@ def _verify(ctx: RunContext, ps: PhaseStrategy, k: int) -> None:
         )
         return
     save_issues(ctx, ps, flaky)
+    resolve_fixed_issues(ctx, ps, k)
     mark_attempt(ctx, ps, "passed", "gate and CI passed")
     ctx.rec.save_phase(ctx.rec.phase(ps.phase_id).model_copy(update={"step": "ci_passed"}))
 

@@ -137,6 +137,7 @@ OP_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "worktrees": (),
     "refs_state": (),
     "tracked_symlinks": (("worktree", "path"),),
+    "untracked_files": (("worktree", "path"), ("under", "str")),
     "restore_refs": (("before", "refs_state"), ("keep", "str_list"), ("quarantine", "str")),
 }
 

@@ -1066,6 +1066,13 @@ class LocalGitCli:
             entry.partition("\t")[2] for entry in out.split("\0") if entry.startswith("120000 ")
         )
 
+    def untracked_files(self, worktree: Path, under: str) -> list[str]:
+        """Untracked, not ignored files below the directory `under` (relative to the
+        worktree), as worktree-relative paths. Reads only: the index is not touched."""
+        wt = self._worktree(worktree, ours=False).path
+        out = self._ok("ls-files", "--others", "--exclude-standard", "-z", "--", f":(literal){under}", cwd=wt)
+        return sorted(p for p in out.split("\0") if p)
+
     # -- what an agent may leave behind in the shared ref store ---------------------------
 
     def refs_state(self) -> RefsState:

@@ -303,6 +303,12 @@ class RemoteGitAdapter:
             raise self._wrong("tracked_symlinks", value, "an array of paths")
         return [str(v) for v in value]
 
+    def untracked_files(self, worktree: Path, under: str) -> list[str]:
+        value = self._call("untracked_files", worktree=worktree, under=under)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._wrong("untracked_files", value, "an array of paths")
+        return [str(v) for v in value]
+
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
         return self._bool("is_ancestor", ancestor=ancestor, descendant=descendant)
 
