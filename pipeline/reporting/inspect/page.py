@@ -181,7 +181,7 @@ def _issues(files: RunFiles) -> str:
 
 def _backlog(files: RunFiles) -> str:
     path = "../../" + BACKLOG.as_posix()
-    issues = obj(files.backlog, "issues")
+    issues = obj(files.backlog, "issues_by_key") or obj(files.backlog, "issues")  # older backlog files
     if not files.backlog:
         missing = esc(BACKLOG.as_posix())
         return f'<h3>Project backlog</h3><p class="muted">No {missing} (run <code>doit backlog</code>).</p>'
