@@ -565,11 +565,72 @@ def test_agent_sees_only_the_allowlist_and_its_presets_names(
     assert not {"GITHUB_TOKEN", "MY_SERVICE_SECRET", "OPENAI_API_KEY"} & set(seen)
     assert seen["AUTOPACK_PHASE_ID"] == "P1" and seen["AUTOPACK_ROLE"] == "builder"
 
+    # `codex exec` authenticates with CODEX_API_KEY only: that is the name it gets.
+    monkeypatch.setenv("CODEX_API_KEY", "codex-key-value")
     fake(fakes, "codex", BODIES["codex"])
     assert run_one_phase(workspace(tmp_path / "x", "codex"))["state"] == "COMPLETE"
     seen = dumped(fakes, "codex")["env"]
-    assert seen["OPENAI_API_KEY"] == "openai-key-value"
-    assert not {"GITHUB_TOKEN", "MY_SERVICE_SECRET", "ANTHROPIC_API_KEY"} & set(seen)
+    assert seen["CODEX_API_KEY"] == "codex-key-value"
+    assert not {"GITHUB_TOKEN", "MY_SERVICE_SECRET", "ANTHROPIC_API_KEY", "OPENAI_API_KEY"} & set(seen)
+
+
+def test_preset_telemetry_and_trust_defaults_reach_the_cli_and_the_supervisor_wins(
+    tmp_path: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", "http://127.0.0.1:9/")
+    monkeypatch.setenv("GEMINI_TELEMETRY_ENABLED", "true")  # the supervisor's own choice wins
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    fake(fakes, "gemini", BODIES["gemini"])
+    assert run_one_phase(workspace(tmp_path / "g", "gemini"))["state"] == "COMPLETE"
+    seen = dumped(fakes, "gemini")["env"]
+    assert seen["GOOGLE_GEMINI_BASE_URL"] == "http://127.0.0.1:9/"
+    assert seen["GEMINI_CLI_TRUST_WORKSPACE"] == "true"
+    assert seen["GEMINI_TELEMETRY_ENABLED"] == "true"
+    assert seen["HTTPS_PROXY"] == "http://127.0.0.1:9"
+
+    fake(fakes, "claude", BODIES["claude"])
+    assert run_one_phase(workspace(tmp_path / "c", "claude"))["state"] == "COMPLETE"
+    seen = dumped(fakes, "claude")["env"]
+    assert seen["DISABLE_TELEMETRY"] == "1" and seen["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
+
+
+def test_codex_endpoint_is_passed_as_a_config_override(
+    tmp_path: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    fake(fakes, "codex", BODIES["codex"])
+    assert run_one_phase(workspace(tmp_path / "x", "codex"))["state"] == "COMPLETE"
+    argv = dumped(fakes, "codex")["argv"]
+    assert 'openai_base_url="http://127.0.0.1:9/v1"' in argv
+    assert "analytics.enabled=false" in argv and "features.plugins=false" in argv
+
+
+def test_agent_owned_files_are_excluded_from_the_patch_and_recorded(tmp_path: Path, fakes: Path) -> None:
+    body = BODIES["aider"].replace(
+        "edit()",
+        "edit()\nPath('.aider.tags.cache.v4').mkdir()\nPath('.aider.tags.cache.v4/cache.db').write_text('x')\n"
+        "Path('.aider.chat.history.md').write_text('x')",
+        1,
+    )
+    fake(fakes, "aider", body)
+    setup = workspace(tmp_path, "aider")  # the target does not ignore .aider*
+    rec = run_one_phase(setup)
+    assert rec["state"] == "COMPLETE", log_of(setup)
+    attempt = setup.attempt("P1", 1)
+    assert attempt["excluded_files"] == [".aider.chat.history.md", ".aider.tags.cache.v4/cache.db"]
+    assert attempt["patch_files"] == ["mod.py"]
+    assert ".aider" not in setup.git("ls-tree", "-r", "--name-only", setup.tag("P1"))
+
+
+def test_a_one_field_override_keeps_the_rest_of_the_preset(tmp_path: Path) -> None:
+    from pipeline.agents.presets import load_agent_presets
+
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "agents.yaml").write_text("codex:\n  env: [MY_GATEWAY_TOKEN]\n")
+    codex = load_agent_presets(tmp_path)["codex"]
+    builtin = load_agent_presets()["codex"]
+    assert codex.env == [*builtin.env, "MY_GATEWAY_TOKEN"]
+    assert codex.command == builtin.command and codex.owned_files == builtin.owned_files
 
 
 def test_secrets_are_masked_in_the_log(tmp_path: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -49,7 +49,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
 from pipeline.models.results import Usage
@@ -70,6 +70,12 @@ class ParsedUsage:
     notes: tuple[str, ...] = ()
     has_cost: bool = False
     final_text: str | None = None  # the CLI's final answer, where its format carries one
+    # Errors the CLI reported on the way and got past (codex's WebSocket reconnects, retries):
+    # counted as warnings, never a failure when the run completes.
+    transient_errors: int = 0
+    # The CLI's final events say it failed (codex `turn.failed` or a last `error`, claude
+    # `is_error`, gemini `error`): the attempt fails whatever the exit code.
+    final_error: str | None = None
 
 
 def _text(value: Any) -> str | None:
@@ -230,10 +236,16 @@ def _claude_json(text: str, who: str) -> ParsedUsage:
 
 
 def _codex_jsonl(text: str, who: str) -> ParsedUsage:
+    """Usage from `turn.completed`; the outcome from the final events (issue 17): an
+    `error` event followed by a completed turn (a WebSocket reconnect, a retried request)
+    is a transient error, counted; a `turn.failed` or an `error` after the last completed
+    turn is the final error."""
     counter = _Counter()
     notes: list[str] = []
     turns = 0
     final: str | None = None
+    pending: list[str] = []  # errors since the last completed turn
+    transient = 0
     for number, event in _jsonl_events(text, who, notes):
         kind = event.get("type")
         item = _mapping(event.get("item"))
@@ -241,18 +253,27 @@ def _codex_jsonl(text: str, who: str) -> ParsedUsage:
             final = _text(item.get("text")) or final
         elif kind == "turn.completed":
             turns += 1
+            transient += len(pending)
+            pending = []
             usage = _mapping(event.get("usage"))
             counter.add("in", usage, "input_tokens", f"line {number}.usage")
             counter.add("cached", usage, "cached_input_tokens", f"line {number}.usage")
             counter.add("out", usage, "output_tokens", f"line {number}.usage")
         elif kind == "turn.failed":
             message = _mapping(event.get("error")).get("message", "")
-            notes.append(f"{who}: codex turn failed: {message}"[:300])
+            pending.append(f"codex turn failed: {message}"[:300])
         elif kind == "error":
-            notes.append(f"{who}: codex error: {event.get('message', '')}"[:300])
+            pending.append(f"codex error: {event.get('message', '')}"[:300])
+    if transient:
+        notes.append(f"{who}: codex reported {transient} transient error(s) before its turn completed")
+    final_error = pending[-1] if pending else None
+    if final_error:
+        notes.append(f"{who}: {final_error}")
     if turns == 0:
-        return ParsedUsage(None, (*notes, f"{who}: no `turn.completed` event in the codex output"), final_text=final)
-    return _done(counter, turns, notes, who, has_cost=False, final_text=final)
+        return ParsedUsage(None, (*notes, f"{who}: no `turn.completed` event in the codex output"),
+                           final_text=final, transient_errors=transient, final_error=final_error)
+    done = _done(counter, turns, notes, who, has_cost=False, final_text=final)
+    return replace(done, transient_errors=transient, final_error=final_error)
 
 
 # -- Aider ---------------------------------------------------------------------------------

@@ -81,6 +81,12 @@ class AttemptRecord(Frozen):
     usage: Usage = Field(default_factory=Usage)
     patch_sha256: str | None = None
     patch_files: list[str] = Field(default_factory=list)
+    excluded_files: list[str] = Field(
+        default_factory=list, description="files the agent CLI wrote for itself, left out of the patch"
+    )
+    transient_errors: int = Field(
+        default=0, ge=0, description="errors the CLI reported and got past (reconnects, retries): warnings"
+    )
     outcome: AttemptOutcome = "running"
     reason: str = ""
     fingerprint: str | None = None

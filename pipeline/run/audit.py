@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.agents import runner as agents
+from pipeline.agents.owned import drop_owned
 from pipeline.core import failpoints
 from pipeline.core.jsonio import write_model, write_text_atomic
 from pipeline.core.overrides import builtin_path
@@ -144,7 +145,9 @@ def _call(ctx: RunContext, ps: PhaseStrategy, purpose: Purpose, patch: Path | No
         result_path=adir / "result.json",
         presets=ctx.ws.agent_presets,
     )
-    worktree_patch = ctx.git.collect_patch(ctx.worktree, base)
+    presets = ctx.ws.agent_presets
+    owned = presets[outcome.preset].owned_files if outcome.preset in presets else []
+    worktree_patch, _excluded = drop_owned(ctx.git.collect_patch(ctx.worktree, base), owned)
     result = outcome.result if isinstance(outcome.result, AuditorResult) else None
     # Read the suggested patch before the reset: a `patch` the auditor wrote inside the
     # worktree (a path relative to its cwd) is deleted by `git clean` in reset_to.

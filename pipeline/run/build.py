@@ -6,7 +6,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from pipeline.agents import runner as agents
+from pipeline.agents.owned import drop_owned
+from pipeline.agents.runner import runner as agents
 from pipeline.core.errors import AutopackError
 from pipeline.core.jsonio import read_model, write_model, write_text_atomic
 from pipeline.gate.patch import parse_patch
@@ -161,7 +162,9 @@ def build(ctx: RunContext, ps: PhaseStrategy) -> None:
         result_path=result_path,
         presets=ctx.ws.agent_presets,
     )
-    patch = ctx.git.collect_patch(ctx.worktree, base)
+    presets = ctx.ws.agent_presets
+    owned = presets[outcome.preset].owned_files if outcome.preset in presets else []
+    patch, excluded = drop_owned(ctx.git.collect_patch(ctx.worktree, base), owned)
     ctx.git.reset_to(ctx.worktree, ctx.branch, base)
     undo_ref_changes(ctx, ps, k, refs_before, adir / "builder.log")
     write_text_atomic(adir / "patch.diff", patch)
@@ -174,6 +177,8 @@ def build(ctx: RunContext, ps: PhaseStrategy) -> None:
             "usage": outcome.usage,
             "patch_sha256": patch_sha(patch),
             "patch_files": patch_files(patch),
+            "excluded_files": excluded,
+            "transient_errors": outcome.transient_errors,
             "outcome": kind or "running",
             "reason": reason,
             "result_notes": outcome_notes(outcome),
@@ -207,6 +212,8 @@ def classify(outcome: agents.AgentOutcome, patch: str, who: str = "builder") -> 
         return "timed_out", f"the {who} timed out after {outcome.duration_s:.0f}s"
     if outcome.exit_code not in (0, None):
         return "agent_failed", f"the {who} exited with {outcome.exit_code}"
+    if outcome.final_error:
+        return "agent_failed", f"the {who}'s CLI ended with an error: {outcome.final_error}"
     if outcome.result_error:
         return "bad_result", f"the {who}'s result file is invalid: {outcome.result_error}"
     if not patch.strip():
