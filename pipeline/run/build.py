@@ -6,8 +6,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from pipeline.agents import runner as agents
 from pipeline.agents.owned import drop_owned
-from pipeline.agents.runner import runner as agents
 from pipeline.core.errors import AutopackError
 from pipeline.core.jsonio import read_model, write_model, write_text_atomic
 from pipeline.gate.patch import parse_patch
