@@ -118,6 +118,8 @@ def test_codex_falls_back_from_websocket_and_succeeds(
     assert server.websocket_attempts >= 1  # the path of issue 17: reconnect errors, then HTTPS
     assert attempt["usage"]["turns"] == 1
     assert attempt["transient_errors"] >= 1
+    # codex prints no cost and test-model has no price: unknown, never zero
+    assert attempt["usage"]["cost_usd"] is None and attempt["usage"]["sources"]["cost_usd"] == "unknown"
 
 
 def test_gemini(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: ModelServer) -> None:
@@ -130,7 +132,9 @@ def test_gemini(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: ModelSe
     settings = {"security": {"auth": {"selectedType": "gemini-api-key"}}, "privacy": {"usageStatisticsEnabled": False}}
     (Path(os.environ["HOME"]) / ".gemini").mkdir()
     (Path(os.environ["HOME"]) / ".gemini" / "settings.json").write_text(json.dumps(settings))
-    finish(setup, server)
+    attempt = finish(setup, server)
+    # gemini prints tokens and the model, no cost: estimated from the price table
+    assert attempt["usage"]["sources"]["cost_usd"] == "estimated" and attempt["usage"]["cost_usd"] > 0
 
 
 def test_aider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: ModelServer) -> None:

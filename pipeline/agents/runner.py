@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline.agents.accounting import combine_usage
 from pipeline.agents.presets import (
     GENERIC_PRESET,
     PLACEHOLDER_RE,
@@ -149,7 +150,7 @@ def run_agent(
     parsed = parse_usage(agent.preset.usage, done.stdout, who=role)
     verdict_note = _verdict_from_output(role, agent, parsed, done.stdout, result_path)
     result, result_error, result_usage = _read_result(result_path, role)
-    usage, usage_notes = combine_usage(parsed, result_usage, agent.preset.usage)
+    usage, usage_notes = combine_usage(parsed, result_usage, agent.preset.usage, spec.model)
     # Notes quote the CLI's output (error messages): no secret may reach the record through them.
     secrets = secret_values()
     notes = tuple(mask_text(n, secrets)[0] for n in (*agent.notes, *usage_notes, *verdict_note))
@@ -371,23 +372,6 @@ def _verdict_from_output(
 
 
 # -- after the run -----------------------------------------------------------------------
-
-
-def combine_usage(parsed: ParsedUsage, from_result: Usage, fmt: str) -> tuple[Usage, tuple[str, ...]]:
-    """The CLI's own usage where it reports one, else the result file's; notes say which."""
-    notes = list(parsed.notes)
-    if parsed.usage is None:
-        if fmt != "none":
-            has = from_result.tokens or from_result.cost_usd
-            notes.append(
-                "usage taken from the AUTOPACK_RESULT file" if has else "no usage reported: counted as zero"
-            )
-        return from_result, tuple(notes)
-    usage = parsed.usage
-    if not parsed.has_cost and from_result.cost_usd:
-        usage = usage.model_copy(update={"cost_usd": from_result.cost_usd})
-        notes.append("cost taken from the AUTOPACK_RESULT file (the CLI reports none)")
-    return usage, tuple(notes)
 
 
 def _not_installed(agent: ResolvedAgent, role: Role, log_path: Path) -> AgentOutcome:

@@ -58,10 +58,10 @@ SELECT * FROM read_json(files, format = 'unstructured', records = true, filename
     run_scope: 'VARCHAR',
     safety_profile: 'VARCHAR',
     schema_version: 'BIGINT',
-    spend: 'STRUCT(active_seconds DOUBLE, auditor_attempts BIGINT, builder_attempts BIGINT, ci_runs BIGINT, cost_usd DOUBLE, major_issues BIGINT, minor_issues BIGINT, tokens BIGINT)',
+    spend: 'STRUCT(active_seconds DOUBLE, auditor_attempts BIGINT, builder_attempts BIGINT, ci_runs BIGINT, cost_estimated_usd DOUBLE, cost_reserved_usd DOUBLE, cost_usd DOUBLE, major_issues BIGINT, minor_issues BIGINT, tokens BIGINT, tokens_reserved BIGINT)',
     state: 'VARCHAR',
     target_repo: 'VARCHAR',
-    tiers: 'STRUCT(ci_cap_hit BOOLEAN, cleanliness VARCHAR, cleanliness_reasons VARCHAR[], major_issue_count BIGINT, minor_issue_count BIGINT, name VARCHAR, spend STRUCT(active_seconds DOUBLE, auditor_attempts BIGINT, builder_attempts BIGINT, ci_runs BIGINT, cost_usd DOUBLE, major_issues BIGINT, minor_issues BIGINT, tokens BIGINT), state VARCHAR, tier_id VARCHAR, token_cap_hit BOOLEAN)[]',
+    tiers: 'STRUCT(ci_cap_hit BOOLEAN, cleanliness VARCHAR, cleanliness_reasons VARCHAR[], major_issue_count BIGINT, minor_issue_count BIGINT, name VARCHAR, spend STRUCT(active_seconds DOUBLE, auditor_attempts BIGINT, builder_attempts BIGINT, ci_runs BIGINT, cost_estimated_usd DOUBLE, cost_reserved_usd DOUBLE, cost_usd DOUBLE, major_issues BIGINT, minor_issues BIGINT, tokens BIGINT, tokens_reserved BIGINT), state VARCHAR, tier_id VARCHAR, token_cap_hit BOOLEAN)[]',
     updated_at: 'VARCHAR',
     worktree: 'VARCHAR'
 });
@@ -81,7 +81,7 @@ SELECT * FROM read_json(files, format = 'unstructured', records = true, filename
     phase_id: 'VARCHAR',
     run_id: 'VARCHAR',
     schema_version: 'BIGINT',
-    spend: 'STRUCT(active_seconds DOUBLE, auditor_attempts BIGINT, builder_attempts BIGINT, ci_runs BIGINT, cost_usd DOUBLE, major_issues BIGINT, minor_issues BIGINT, tokens BIGINT)',
+    spend: 'STRUCT(active_seconds DOUBLE, auditor_attempts BIGINT, builder_attempts BIGINT, ci_runs BIGINT, cost_estimated_usd DOUBLE, cost_reserved_usd DOUBLE, cost_usd DOUBLE, major_issues BIGINT, minor_issues BIGINT, tokens BIGINT, tokens_reserved BIGINT)',
     state: 'VARCHAR',
     step: 'VARCHAR',
     tag: 'VARCHAR',
@@ -214,6 +214,10 @@ SELECT
     safety_profile, run_scope, debt_status, failure_reason,
     promotion_eligible_to_main, promotion_reasons,
     spend.tokens AS tokens, spend.cost_usd AS cost_usd,
+    -- the parts of the spend that were estimated (price table) or reserved (unknown usage)
+    coalesce(spend.cost_estimated_usd, 0) AS cost_estimated_usd,
+    coalesce(spend.cost_reserved_usd, 0) AS cost_reserved_usd,
+    coalesce(spend.tokens_reserved, 0) AS tokens_reserved,
     spend.builder_attempts AS builder_attempts, spend.auditor_attempts AS auditor_attempts,
     spend.ci_runs AS ci_runs, spend.active_seconds AS active_seconds,
     spend.minor_issues AS minor_issues, spend.major_issues AS major_issues,

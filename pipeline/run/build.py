@@ -15,11 +15,12 @@ from pipeline.gate.verdict import CHECK_ORDER
 from pipeline.models.enums import IssueSource, RunState, Severity
 from pipeline.models.reports import GateCheck, GateReport
 from pipeline.models.results import AttemptOutcome, AttemptRecord, BuilderResult, Usage
-from pipeline.models.run import Spend
 from pipeline.models.strategy import PhaseStrategy
+from pipeline.policy.budgets import charge
 from pipeline.run.context import RunContext
 from pipeline.run.outcomes import (
     EndRun,
+    agent_spend,
     attempt_dir,
     check_agent_budget,
     fail_phase,
@@ -187,7 +188,7 @@ def build(ctx: RunContext, ps: PhaseStrategy) -> None:
     )
     write_model(adir / "builder.json", attempt)
     ctx.rec.save_phase(with_attempt(ctx.rec.phase(ps.phase_id), attempt))
-    record_agent_spend(ctx, ps, Spend(tokens=outcome.usage.tokens, cost_usd=outcome.usage.cost_usd, builder_attempts=1))
+    record_agent_spend(ctx, ps, agent_spend(ctx, ps, ps.builder, outcome.usage, builder_attempts=1))
     suggested = outcome.result.suggested_issues if isinstance(outcome.result, BuilderResult) else []
     save_issues(ctx, ps, suggested_issues(ctx, ps, suggested, IssueSource.builder_self_doubt, result_path))
     if kind is not None:
@@ -244,4 +245,4 @@ def record_submission(ctx: RunContext, ps: PhaseStrategy, patch: Path, result: P
     )
     write_model(adir / "builder.json", attempt)
     ctx.rec.save_phase(with_attempt(rec, attempt).model_copy(update={"step": "built", "current_attempt": k}))
-    record_agent_spend(ctx, ps, Spend(tokens=usage.tokens, cost_usd=usage.cost_usd, builder_attempts=1))
+    record_agent_spend(ctx, ps, charge(usage, ps.incident_token_cap, 0.0, builder_attempts=1))
