@@ -559,6 +559,9 @@ def test_preset_definitions(tmp_path: Path) -> None:
         ("mine:\n  command: x {spec} {turns}\n  prompt: file\n", "unknown placeholder"),
         ("mine:\n  command: x\n  usage: claude_xml\n", "claude_xml"),
         ("mine:\n  command: x\n  env: ['BAD NAME']\n", "not environment variable names"),
+        ("mine:\n  command: x\n  set_env: {'BAD NAME': '1'}\n", "set_env: not environment variable names"),
+        ("mine:\n  command: x\n  owned_files: ['../outside']\n", "not relative path patterns"),
+        ("mine:\n  command: x\n  owned_files: ['/etc/']\n", "not relative path patterns"),
         ("- claude\n", "expected a mapping"),
     ],
 )

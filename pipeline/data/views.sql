@@ -70,7 +70,7 @@ CREATE OR REPLACE MACRO read_phase_records(files) AS TABLE
 SELECT * FROM read_json(files, format = 'unstructured', records = true, filename = true,
     hive_partitioning = false, maximum_object_size = 67108864, columns = {
     approved_attempt: 'BIGINT',
-    attempts: 'STRUCT(agent VARCHAR, base_commit VARCHAR, command VARCHAR, exit_code BIGINT, fingerprint VARCHAR, finished_at VARCHAR, k BIGINT, outcome VARCHAR, patch_files VARCHAR[], patch_sha256 VARCHAR, reason VARCHAR, result_notes VARCHAR, role VARCHAR, started_at VARCHAR, timed_out BOOLEAN, usage STRUCT(cost_usd DOUBLE, tokens_cached BIGINT, tokens_in BIGINT, tokens_out BIGINT, turns BIGINT))[]',
+    attempts: 'STRUCT(agent VARCHAR, base_commit VARCHAR, command VARCHAR, excluded_files VARCHAR[], exit_code BIGINT, fingerprint VARCHAR, finished_at VARCHAR, k BIGINT, outcome VARCHAR, patch_files VARCHAR[], patch_sha256 VARCHAR, reason VARCHAR, result_notes VARCHAR, role VARCHAR, started_at VARCHAR, timed_out BOOLEAN, transient_errors BIGINT, usage STRUCT(cost_usd DOUBLE, model VARCHAR, sources STRUCT(cost_usd VARCHAR, tokens_cached VARCHAR, tokens_in VARCHAR, tokens_out VARCHAR), tokens_cached BIGINT, tokens_in BIGINT, tokens_out BIGINT, turns BIGINT))[]',
     commit: 'VARCHAR',
     current_attempt: 'BIGINT',
     escalated: 'BOOLEAN',
@@ -97,6 +97,7 @@ SELECT * FROM read_json(files, format = 'unstructured', records = true, filename
     agent: 'VARCHAR',
     base_commit: 'VARCHAR',
     command: 'VARCHAR',
+    excluded_files: 'VARCHAR[]',
     exit_code: 'BIGINT',
     fingerprint: 'VARCHAR',
     finished_at: 'VARCHAR',
@@ -109,7 +110,8 @@ SELECT * FROM read_json(files, format = 'unstructured', records = true, filename
     role: 'VARCHAR',
     started_at: 'VARCHAR',
     timed_out: 'BOOLEAN',
-    usage: 'STRUCT(cost_usd DOUBLE, tokens_cached BIGINT, tokens_in BIGINT, tokens_out BIGINT, turns BIGINT)'
+    transient_errors: 'BIGINT',
+    usage: 'STRUCT(cost_usd DOUBLE, model VARCHAR, sources STRUCT(cost_usd VARCHAR, tokens_cached VARCHAR, tokens_in VARCHAR, tokens_out VARCHAR), tokens_cached BIGINT, tokens_in BIGINT, tokens_out BIGINT, turns BIGINT)'
 });
 
 CREATE OR REPLACE MACRO read_ci_reports(files) AS TABLE
