@@ -727,3 +727,17 @@ def test_presets_are_reloaded_when_the_workspace_file_changes(tmp_path: Path) ->
     first = load_agent_presets(tmp_path)
     first.pop("claude")
     assert "claude" in load_agent_presets(tmp_path)  # each caller gets its own dict
+
+
+def test_run_summary_shows_reported_estimated_and_reserved_spend(tmp_path: Path, fakes: Path) -> None:
+    from pipeline.run.driver import run_to_end
+
+    fake(fakes, "cursor-agent", BODIES["cursor-agent"])  # its result has no usage: unknown
+    setup = workspace(tmp_path, "cursor")
+    setup.start()
+    run_to_end(setup.workspace, setup.run_id)
+    spend = setup.run_json()["spend"]
+    assert spend["tokens"] == spend["tokens_reserved"] > 0
+    summary = setup.store.summary_md.read_text()
+    assert f"tokens: 0 reported, {spend['tokens_reserved']} reserved (unknown)" in summary
+    assert "Cost by source: $0.0000 reported, $0.0000 estimated" in summary
