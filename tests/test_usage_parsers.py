@@ -155,3 +155,13 @@ def test_unknown_usage_is_charged_the_reservation() -> None:
     known = Usage(tokens_in=900, tokens_out=60, cost_usd=0.01)
     spend = charge(known, 50_000, 1.25)
     assert (spend.tokens, spend.tokens_reserved, spend.cost_usd, spend.cost_reserved_usd) == (960, 0, 0.01, 0.0)
+
+
+def test_claude_and_gemini_final_errors_fail_but_a_success_does_not() -> None:
+    ok = sample("claude-2.1.332-verbose.json")
+    assert parse_usage("claude_json", ok).final_error is None
+    failed = '{"type":"result","subtype":"success","is_error":true,"result":"API Error: 401","num_turns":1}\n'
+    assert "401" in (parse_usage("claude_json", failed).final_error or "")
+    assert parse_usage("gemini_json", sample("gemini-0.61.0-stream-json.jsonl")).final_error is None
+    gem = '{"session_id": "s", "error": {"type": "Error", "message": "Invalid auth method selected.", "code": 41}}\n'
+    assert "Invalid auth method" in (parse_usage("gemini_json", gem).final_error or "")
