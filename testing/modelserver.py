@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 # Token counts served with every reply: (input incl. cached, cached, output).
 USAGE_IN = 900
-USAGE_CACHED = 0
+USAGE_CACHED = 300
 USAGE_OUT = 60
 FINAL_TEXT = "Done: the edit is made."
 
