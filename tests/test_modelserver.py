@@ -65,7 +65,7 @@ def test_responses_use_a_freeform_apply_patch_and_refuse_websocket(server: Model
     conn.request("GET", "/v1/responses", headers={"Upgrade": "websocket", "Connection": "Upgrade"})
     assert conn.getresponse().status == 404 and server.websocket_attempts == 1
     _, text = post(server, "/v1/responses", {"stream": True, "tools": [{"type": "custom", "name": "apply_patch"}]})
-    done = [e for e in sse(text) if e["type"] == "response.completed"][0]["response"]
+    done = next(e for e in sse(text) if e["type"] == "response.completed")["response"]
     assert done["output"][0]["type"] == "custom_tool_call"
     assert "*** Update File: mod.py\n@@\n-X = 1\n+X = 2\n" in done["output"][0]["input"]
     assert done["usage"]["input_tokens"] == USAGE_IN
