@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.agents.accounting import combine_usage
+from pipeline.agents.final import with_final_error
 from pipeline.agents.usage import parse_usage
 from pipeline.models.results import Usage, UsageSources
 from pipeline.policy.budgets import charge
@@ -157,11 +158,14 @@ def test_unknown_usage_is_charged_the_reservation() -> None:
     assert (spend.tokens, spend.tokens_reserved, spend.cost_usd, spend.cost_reserved_usd) == (960, 0, 0.01, 0.0)
 
 
+def final(fmt: str, text: str) -> str | None:
+    return with_final_error(fmt, text, parse_usage(fmt, text)).final_error
+
+
 def test_claude_and_gemini_final_errors_fail_but_a_success_does_not() -> None:
-    ok = sample("claude-2.1.332-verbose.json")
-    assert parse_usage("claude_json", ok).final_error is None
+    assert final("claude_json", sample("claude-2.1.332-verbose.json")) is None
     failed = '{"type":"result","subtype":"success","is_error":true,"result":"API Error: 401","num_turns":1}\n'
-    assert "401" in (parse_usage("claude_json", failed).final_error or "")
-    assert parse_usage("gemini_json", sample("gemini-0.61.0-stream-json.jsonl")).final_error is None
+    assert "401" in (final("claude_json", failed) or "")
+    assert final("gemini_json", sample("gemini-0.61.0-stream-json.jsonl")) is None
     gem = '{"session_id": "s", "error": {"type": "Error", "message": "Invalid auth method selected.", "code": 41}}\n'
-    assert "Invalid auth method" in (parse_usage("gemini_json", gem).final_error or "")
+    assert "Invalid auth method" in (final("gemini_json", gem) or "")

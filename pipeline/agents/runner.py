@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.agents.accounting import combine_usage
+from pipeline.agents.final import with_final_error
 from pipeline.agents.presets import (
     GENERIC_PRESET,
     PLACEHOLDER_RE,
@@ -147,7 +148,7 @@ def run_agent(
         return _not_installed(agent, role, log_path)
 
     done = proc.run(agent.command, cwd=worktree, env=env, timeout_s=timeout_s, log_path=log_path)
-    parsed = parse_usage(agent.preset.usage, done.stdout, who=role)
+    parsed = with_final_error(agent.preset.usage, done.stdout, parse_usage(agent.preset.usage, done.stdout, who=role))
     verdict_note = _verdict_from_output(role, agent, parsed, done.stdout, result_path)
     result, result_error, result_usage = _read_result(result_path, role)
     usage, usage_notes = combine_usage(parsed, result_usage, agent.preset.usage, spec.model)

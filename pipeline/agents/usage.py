@@ -160,7 +160,7 @@ def _jsonl_events(text: str, who: str, notes: list[str]) -> Iterator[tuple[int, 
 _JSON_START = re.compile(r"^[ \t]*([{\[])", re.M)
 
 
-def _json_objects(text: str) -> tuple[list[dict[str, Any]], int]:
+def json_objects(text: str) -> tuple[list[dict[str, Any]], int]:
     """Top-level JSON objects that start at the beginning of a line (one-line or
     pretty-printed), the objects of top-level JSON arrays (Claude Code's `--verbose` JSON is
     an array of messages), and how many such starts did not parse (truncated output)."""
@@ -218,8 +218,8 @@ def _done(
 # -- Claude Code ---------------------------------------------------------------------------
 
 
-def _claude_usage(text: str, who: str) -> ParsedUsage:
-    objects, broken = _json_objects(text)
+def _claude_json(text: str, who: str) -> ParsedUsage:
+    objects, broken = json_objects(text)
     results = [o for o in objects if o.get("type") == "result"]
     if not results:
         why = "truncated" if broken else "missing"
@@ -336,8 +336,8 @@ def _aider_text(text: str, who: str) -> ParsedUsage:
 # -- Gemini CLI ----------------------------------------------------------------------------
 
 
-def _gemini_usage(text: str, who: str) -> ParsedUsage:
-    objects, broken = _json_objects(text)
+def _gemini_json(text: str, who: str) -> ParsedUsage:
+    objects, broken = json_objects(text)
     outputs = [o for o in objects if "stats" in o or "response" in o or "error" in o]
     if not outputs:  # stream-json: JSONL events, the last `result` carries the stats
         outputs = [o for o in objects if o.get("type") == "result"]
@@ -388,37 +388,6 @@ def _gemini_stream_stats(stats: Mapping[str, Any], notes: list[str], who: str, f
     return _done(counter, 0, notes, who, has_cost=False, final_text=final, model=main)
 
 
-# -- final events (issue 17): retries on the way are not failures, a final error is -------
-
-
-def _claude_json(text: str, who: str) -> ParsedUsage:
-    """Claude Code's usage; its final result object with `is_error` is the final error
-    (retried API errors before it are not)."""
-    parsed = _claude_usage(text, who)
-    results = [o for o in _json_objects(text)[0] if o.get("type") == "result"]
-    if results and results[-1].get("is_error") is True:
-        last = results[-1]
-        detail = _text(last.get("result")) or _text(last.get("subtype")) or "an error"
-        return replace(parsed, final_error=f"claude ended with an error: {detail}"[:300])
-    return parsed
-
-
-def _gemini_json(text: str, who: str) -> ParsedUsage:
-    """Gemini CLI's usage; an `error` in its final output object (or a stream-json result
-    whose status is not success) is the final error."""
-    parsed = _gemini_usage(text, who)
-    objects = _json_objects(text)[0]
-    finals = [o for o in objects if "stats" in o or "response" in o or "error" in o or o.get("type") == "result"]
-    if not finals:
-        return parsed
-    last = finals[-1]
-    error = last.get("error")
-    if error or last.get("status") not in (None, "success"):
-        message = _mapping(error).get("message", error) if error else last.get("status")
-        return replace(parsed, final_error=f"gemini ended with an error: {message}"[:300])
-    return parsed
-
-
 # -- opencode ------------------------------------------------------------------------------
 
 
@@ -460,7 +429,7 @@ def _opencode_jsonl(text: str, who: str) -> ParsedUsage:
 
 
 def _cursor_json(text: str, who: str) -> ParsedUsage:
-    objects, broken = _json_objects(text)
+    objects, broken = json_objects(text)
     results = [o for o in objects if o.get("type") == "result"]
     if not results:
         why = "truncated" if broken else "missing"
