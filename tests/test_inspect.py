@@ -464,3 +464,18 @@ def test_the_browser_check_sees_a_request_that_got_through(run_copy: Path) -> No
     assert any("example.invalid" in line for line in _console(page, run_copy.parent))
     probe = _probe(page, run_copy.parent)
     assert probe["resources"] == ["http://example.invalid/x.png"] and probe["errors"], probe
+
+
+def test_unknown_usage_and_reserved_spend_are_shown(run_copy: Path) -> None:
+    builder = run_copy / "phases/02-P1.2/attempts/1/builder.json"
+    record = json.loads(builder.read_text())
+    unknown = dict.fromkeys(("tokens_in", "tokens_out", "tokens_cached", "cost_usd"), "unknown")
+    record["usage"].update({"tokens_in": None, "tokens_out": None, "cost_usd": None, "sources": unknown})
+    builder.write_text(json.dumps(record))
+    run = json.loads((run_copy / "run.json").read_text())
+    run["spend"].update({"tokens_reserved": 40000, "cost_reserved_usd": 0.5, "cost_estimated_usd": 0.0})
+    run["spend"]["tokens"] += 40000
+    run["spend"]["cost_usd"] += 0.5
+    (run_copy / "run.json").write_text(json.dumps(run))
+    page = render_page(read_run(run_copy))
+    assert "[unknown]" in page and "(+40,000 reserved)" in page and "(+$0.5000 reserved)" in page

@@ -231,15 +231,20 @@ PRESET_EXECUTABLE = {
 EXPECTED_USAGE: dict[str, dict[str, Any]] = {
     # input 1200 + cache write 3000 + cache read 45000
     "claude": {"tokens_in": 49200, "tokens_out": 800, "tokens_cached": 45000, "cost_usd": 0.1234, "turns": 7},
-    "codex": {"tokens_in": 25763, "tokens_out": 200, "tokens_cached": 24448, "cost_usd": 0.0, "turns": 2},
+    # no cost reported and no model named: the cost is unknown, not zero
+    "codex": {"tokens_in": 25763, "tokens_out": 200, "tokens_cached": 24448, "cost_usd": None, "turns": 2},
     # 2.3k + 12k sent; 156 + 1,204 received; the last session cost
     "aider": {"tokens_in": 14300, "tokens_out": 1360, "tokens_cached": 8000, "cost_usd": 0.04, "turns": 2},
     # prompt (cached included); candidates + thoughts; requests
-    "gemini": {"tokens_in": 25939, "tokens_out": 204, "tokens_cached": 21263, "cost_usd": 0.0, "turns": 4},
+    # no cost reported: estimated from the price table for the model its stats name
+    "gemini": {"tokens_in": 25939, "tokens_out": 204, "tokens_cached": 21263, "cost_usd": "estimated", "turns": 4},
     # input + cache read + cache write; output + reasoning
     "opencode": {"tokens_in": 30500, "tokens_out": 420, "tokens_cached": 19000, "cost_usd": 0.06, "turns": 2},
-    "cursor": {"tokens_in": 0, "tokens_out": 0, "tokens_cached": 0, "cost_usd": 0.0, "turns": 0},
+    # cursor-agent's result carries no usage: unknown, never zeros
+    "cursor": {"tokens_in": None, "tokens_out": None, "tokens_cached": None, "cost_usd": None, "turns": 0},
 }
+COST_SOURCE = {"claude": "reported", "codex": "unknown", "aider": "reported", "gemini": "estimated",
+               "opencode": "reported", "cursor": "unknown"}
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -296,10 +301,21 @@ def test_full_phase_records_the_usage_of_each_cli(tmp_path: Path, fakes: Path, p
 
     attempt = setup.attempt("P1", 1)
     assert attempt["agent"] == preset
-    assert attempt["usage"] == pytest.approx(EXPECTED_USAGE[preset]), log_of(setup)
-    want = EXPECTED_USAGE[preset]
-    assert rec["spend"]["tokens"] == want["tokens_in"] + want["tokens_out"]
-    assert rec["spend"]["cost_usd"] == pytest.approx(want["cost_usd"])
+    want = dict(EXPECTED_USAGE[preset])
+    usage = attempt["usage"]
+    assert usage["sources"]["cost_usd"] == COST_SOURCE[preset], log_of(setup)
+    if want["cost_usd"] == "estimated":
+        assert usage["cost_usd"] > 0
+        want["cost_usd"] = usage["cost_usd"]
+    assert {k: usage[k] for k in want} == pytest.approx(want), log_of(setup)
+    if want["tokens_in"] is None:  # unknown tokens: the call is charged its reservation
+        assert rec["spend"]["tokens"] == rec["spend"]["tokens_reserved"] > 0
+    else:
+        assert rec["spend"]["tokens"] == want["tokens_in"] + want["tokens_out"]
+        assert rec["spend"]["tokens_reserved"] == 0
+    assert rec["spend"]["cost_usd"] == pytest.approx(want["cost_usd"] or 0.0)
+    if COST_SOURCE[preset] == "estimated":
+        assert rec["spend"]["cost_estimated_usd"] == pytest.approx(want["cost_usd"])
     # the command that ran is recorded, without the spec's text in it
     assert attempt["command"].startswith(exe + " ") and "# Phase" not in attempt["command"]
     seen = dumped(fakes, exe)
@@ -333,7 +349,7 @@ def test_workspace_profile_overrides_a_preset(tmp_path: Path, fakes: Path) -> No
     assert seen["argv"][seen["argv"].index("--max-turns") + 1] == "3"
 
 
-# -- bad output never crashes: zeros and a note ---------------------------------------------
+# -- bad output never crashes: unknown usage and a note -----------------------------------
 
 
 @pytest.mark.parametrize(
@@ -346,7 +362,7 @@ def test_workspace_profile_overrides_a_preset(tmp_path: Path, fakes: Path) -> No
     ],
     ids=["claude-malformed", "claude-truncated", "gemini-truncated", "cursor-error"],
 )
-def test_malformed_or_truncated_output_is_zero_usage_and_a_note(
+def test_malformed_or_truncated_output_is_unknown_usage_and_a_note(
     tmp_path: Path, fakes: Path, exe: str, preset: str, output: str, note: str
 ) -> None:
     take = "record(flag('-p'))" if exe == "gemini" else "record(ARGS[1])"
@@ -355,9 +371,15 @@ def test_malformed_or_truncated_output_is_zero_usage_and_a_note(
     rec = run_one_phase(setup)
     assert rec["state"] == "COMPLETE"  # the work was fine; only its accounting is unknown
     attempt = setup.attempt("P1", 1)
-    assert attempt["usage"] == {"tokens_in": 0, "tokens_out": 0, "tokens_cached": 0, "cost_usd": 0.0, "turns": 0}
+    usage = attempt["usage"]
+    assert {k: usage[k] for k in ("tokens_in", "tokens_out", "tokens_cached", "cost_usd")} == dict.fromkeys(
+        ("tokens_in", "tokens_out", "tokens_cached", "cost_usd")
+    )  # null, never an invented zero
+    assert set(usage["sources"].values()) == {"unknown"}
     assert note in attempt["result_notes"]
-    assert "no usage reported: counted as zero" in attempt["result_notes"]
+    assert "no usage reported: unknown" in attempt["result_notes"]
+    # budgets charge the call its reservation: the token reservation, never zero
+    assert rec["spend"]["tokens"] == rec["spend"]["tokens_reserved"] > 0
     assert note in log_of(setup)  # the log explains itself too
 
 
@@ -537,6 +559,9 @@ def test_preset_definitions(tmp_path: Path) -> None:
         ("mine:\n  command: x {spec} {turns}\n  prompt: file\n", "unknown placeholder"),
         ("mine:\n  command: x\n  usage: claude_xml\n", "claude_xml"),
         ("mine:\n  command: x\n  env: ['BAD NAME']\n", "not environment variable names"),
+        ("mine:\n  command: x\n  set_env: {'BAD NAME': '1'}\n", "set_env: not environment variable names"),
+        ("mine:\n  command: x\n  owned_files: ['../outside']\n", "not relative path patterns"),
+        ("mine:\n  command: x\n  owned_files: ['/etc/']\n", "not relative path patterns"),
         ("- claude\n", "expected a mapping"),
     ],
 )
@@ -565,11 +590,72 @@ def test_agent_sees_only_the_allowlist_and_its_presets_names(
     assert not {"GITHUB_TOKEN", "MY_SERVICE_SECRET", "OPENAI_API_KEY"} & set(seen)
     assert seen["AUTOPACK_PHASE_ID"] == "P1" and seen["AUTOPACK_ROLE"] == "builder"
 
+    # `codex exec` authenticates with CODEX_API_KEY only: that is the name it gets.
+    monkeypatch.setenv("CODEX_API_KEY", "codex-key-value")
     fake(fakes, "codex", BODIES["codex"])
     assert run_one_phase(workspace(tmp_path / "x", "codex"))["state"] == "COMPLETE"
     seen = dumped(fakes, "codex")["env"]
-    assert seen["OPENAI_API_KEY"] == "openai-key-value"
-    assert not {"GITHUB_TOKEN", "MY_SERVICE_SECRET", "ANTHROPIC_API_KEY"} & set(seen)
+    assert seen["CODEX_API_KEY"] == "codex-key-value"
+    assert not {"GITHUB_TOKEN", "MY_SERVICE_SECRET", "ANTHROPIC_API_KEY", "OPENAI_API_KEY"} & set(seen)
+
+
+def test_preset_telemetry_and_trust_defaults_reach_the_cli_and_the_supervisor_wins(
+    tmp_path: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", "http://127.0.0.1:9/")
+    monkeypatch.setenv("GEMINI_TELEMETRY_ENABLED", "true")  # the supervisor's own choice wins
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    fake(fakes, "gemini", BODIES["gemini"])
+    assert run_one_phase(workspace(tmp_path / "g", "gemini"))["state"] == "COMPLETE"
+    seen = dumped(fakes, "gemini")["env"]
+    assert seen["GOOGLE_GEMINI_BASE_URL"] == "http://127.0.0.1:9/"
+    assert seen["GEMINI_CLI_TRUST_WORKSPACE"] == "true"
+    assert seen["GEMINI_TELEMETRY_ENABLED"] == "true"
+    assert seen["HTTPS_PROXY"] == "http://127.0.0.1:9"
+
+    fake(fakes, "claude", BODIES["claude"])
+    assert run_one_phase(workspace(tmp_path / "c", "claude"))["state"] == "COMPLETE"
+    seen = dumped(fakes, "claude")["env"]
+    assert seen["DISABLE_TELEMETRY"] == "1" and seen["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
+
+
+def test_codex_endpoint_is_passed_as_a_config_override(
+    tmp_path: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    fake(fakes, "codex", BODIES["codex"])
+    assert run_one_phase(workspace(tmp_path / "x", "codex"))["state"] == "COMPLETE"
+    argv = dumped(fakes, "codex")["argv"]
+    assert 'openai_base_url="http://127.0.0.1:9/v1"' in argv
+    assert "analytics.enabled=false" in argv and "features.plugins=false" in argv
+
+
+def test_agent_owned_files_are_excluded_from_the_patch_and_recorded(tmp_path: Path, fakes: Path) -> None:
+    body = BODIES["aider"].replace(
+        "edit()",
+        "edit()\nPath('.aider.tags.cache.v4').mkdir()\nPath('.aider.tags.cache.v4/cache.db').write_text('x')\n"
+        "Path('.aider.chat.history.md').write_text('x')",
+        1,
+    )
+    fake(fakes, "aider", body)
+    setup = workspace(tmp_path, "aider")  # the target does not ignore .aider*
+    rec = run_one_phase(setup)
+    assert rec["state"] == "COMPLETE", log_of(setup)
+    attempt = setup.attempt("P1", 1)
+    assert attempt["excluded_files"] == [".aider.chat.history.md", ".aider.tags.cache.v4/cache.db"]
+    assert attempt["patch_files"] == ["mod.py"]
+    assert ".aider" not in setup.git("ls-tree", "-r", "--name-only", setup.tag("P1"))
+
+
+def test_a_one_field_override_keeps_the_rest_of_the_preset(tmp_path: Path) -> None:
+    from pipeline.agents.presets import load_agent_presets
+
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "agents.yaml").write_text("codex:\n  env: [MY_GATEWAY_TOKEN]\n")
+    codex = load_agent_presets(tmp_path)["codex"]
+    builtin = load_agent_presets()["codex"]
+    assert codex.env == [*builtin.env, "MY_GATEWAY_TOKEN"]
+    assert codex.command == builtin.command and codex.owned_files == builtin.owned_files
 
 
 def test_secrets_are_masked_in_the_log(tmp_path: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -641,3 +727,17 @@ def test_presets_are_reloaded_when_the_workspace_file_changes(tmp_path: Path) ->
     first = load_agent_presets(tmp_path)
     first.pop("claude")
     assert "claude" in load_agent_presets(tmp_path)  # each caller gets its own dict
+
+
+def test_run_summary_shows_reported_estimated_and_reserved_spend(tmp_path: Path, fakes: Path) -> None:
+    from pipeline.run.driver import run_to_end
+
+    fake(fakes, "cursor-agent", BODIES["cursor-agent"])  # its result has no usage: unknown
+    setup = workspace(tmp_path, "cursor")
+    setup.start()
+    run_to_end(setup.workspace, setup.run_id)
+    spend = setup.run_json()["spend"]
+    assert spend["tokens"] == spend["tokens_reserved"] > 0
+    summary = setup.store.summary_md.read_text()
+    assert f"tokens: 0 reported, {spend['tokens_reserved']} reserved (unknown)" in summary
+    assert "Cost by source: $0.0000 reported, $0.0000 estimated" in summary

@@ -319,6 +319,8 @@ def test_runs_view(con: duckdb.DuckDBPyConnection) -> None:
     # the older schema version: fields it did not write read NULL, the rest as usual
     assert (old["promoted_commit"], old["promoted_at"], old["debt_status"]) == (None, None, None)
     assert (old["tokens"], old["state"], old["created_at"].isoformat()) == (400, "DONE_SUCCESS", "2025-12-31T00:00:00")
+    # runs written before usage had sources read as all reported
+    assert (old["tokens_reserved"], old["cost_reserved_usd"], old["cost_estimated_usd"]) == (0, 0, 0)
 
 
 def test_tiers_view(con: duckdb.DuckDBPyConnection) -> None:
@@ -481,6 +483,8 @@ def test_report_content(ws: Path) -> None:
     assert "| codex | 2 | 4 | 50% | 0% | 1 | 25,000 | $0.2500 |" in md
     assert "| command | 1 | 1 | 100% | 100% | 1 | 400 | $0.0040 |" in md
     assert "| schema_contract_change | 1 | 3.00 | 0 (0%) | — |" in md
+    # the spend by source: these runs' CLIs reported everything (nothing estimated or reserved)
+    assert "| state | runs | tokens | of which reserved | cost | reported | estimated | reserved | CI runs |" in md
     html = (ws / "reports" / "index.html").read_text()
     assert html.count("<svg") == 3 and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "<script" not in html

@@ -1,9 +1,9 @@
 """Agent presets (docs/architecture.md: Code map, Agents): how each agent CLI is run and read.
 
 The built-in presets ship in `pipeline/data/agents.yaml`; a workspace's
-`profiles/agents.yaml` is merged over them key by key (`pipeline.core.overrides.deep_merge`): a
+`profiles/agents.yaml` is merged over them field by field (`pipeline.core.overrides.deep_merge`): a
 project overrides one field of a preset (say `claude.defaults.max_turns`) or adds its own.
-Lists (`env`) replace, they do not append.
+The lists `env` and `owned_files` add to the built-in preset's; other lists replace.
 
 A plan names a preset (`builder: claude`) or gives options with it (`builder: {preset:
 claude, model: sonnet, max_turns: 20}`); `pipeline.agents.runner` turns the two into the shell
@@ -74,6 +74,16 @@ class AgentPreset(Frozen):
     env: list[str] = Field(
         default_factory=list, description="variable names (NAME or NAME_* prefix) passed through from the parent"
     )
+    set_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="variables set for the agent unless the supervisor's environment sets them "
+        "(telemetry off, workspace trust, terminal width)",
+    )
+    owned_files: list[str] = Field(
+        default_factory=list,
+        description="patterns of the files the CLI writes for itself (`.aider*`, `.gemini/`): "
+        "left out of every patch and recorded as excluded, whatever the target's .gitignore",
+    )
     install: str = Field(default="", description="how to install the CLI")
     docs: str = Field(default="", description="where the CLI's flags and output format are documented")
 
@@ -84,6 +94,22 @@ class AgentPreset(Frozen):
         if bad:
             raise ValueError(f"not environment variable names: {bad} (a trailing * allows a prefix)")
         return names
+
+    @field_validator("set_env")
+    @classmethod
+    def _set_env_names(cls, values: dict[str, str]) -> dict[str, str]:
+        bad = [n for n in values if not _ENV_NAME.match(n) or n.endswith("*")]
+        if bad:
+            raise ValueError(f"set_env: not environment variable names: {bad}")
+        return values
+
+    @field_validator("owned_files")
+    @classmethod
+    def _owned_patterns(cls, patterns: list[str]) -> list[str]:
+        bad = [p for p in patterns if not p.strip("/") or p.startswith("/") or ".." in p.split("/")]
+        if bad:
+            raise ValueError(f"owned_files: {bad} are not relative path patterns (e.g. `.aider*`, `.gemini/`)")
+        return patterns
 
     @field_validator("options", "defaults")
     @classmethod
@@ -161,8 +187,29 @@ def _load_agent_presets(override_path: Path | None) -> dict[str, AgentPreset]:
                 f"see {builtin_path(AGENTS_FILE)} for the shape",
             )
     source = str(override_path) if override else "built-in agents.yaml"
-    merged = deep_merge(base, override)
+    merged = deep_merge(base, _with_added_lists(base, override))
     return {name: _validated(name, data, source) for name, data in merged.items()}
+
+
+# Lists an override adds to (the built-in preset's names stay); other lists replace.
+ADDED_LISTS: tuple[str, ...] = ("env", "owned_files")
+
+
+def _with_added_lists(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` with its `env`/`owned_files` lists extended by the built-in preset's, so
+    adding one variable name to `codex` keeps the names codex needs."""
+    out = dict(override)
+    for name, preset in override.items():
+        built_in = base.get(name)
+        if not isinstance(preset, dict) or not isinstance(built_in, dict):
+            continue
+        merged = dict(preset)
+        for key in ADDED_LISTS:
+            ours, theirs = preset.get(key), built_in.get(key)
+            if isinstance(ours, list) and isinstance(theirs, list):
+                merged[key] = [*theirs, *(v for v in ours if v not in theirs)]
+        out[name] = merged
+    return out
 
 
 def _validated(name: Any, data: Any, source: str) -> AgentPreset:

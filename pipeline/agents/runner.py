@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline.agents.accounting import combine_usage
+from pipeline.agents.final import with_final_error
 from pipeline.agents.presets import (
     GENERIC_PRESET,
     PLACEHOLDER_RE,
@@ -54,6 +56,8 @@ Role = Literal["builder", "auditor"]
 AGENT_ENV_ALLOW: tuple[str, ...] = (
     "PATH", "HOME", "USER", "LANG", "LC_*", "TERM", "TMPDIR", "TZ", "SHELL",
     "PYTHONPATH", "VIRTUAL_ENV",
+    # A proxy is how a site reaches (or fences) the network: every CLI honours these.
+    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy",
 )
 
 # A shell reports an unknown command as exit 127 with "not found" on stderr.
@@ -77,6 +81,8 @@ class AgentOutcome:
     command: str = ""  # the shell line that ran (or would have run)
     notes: tuple[str, ...] = ()  # what the supervisor noticed (usage parsing, ignored options)
     problem: str | None = None  # a missing program: what is missing and how to install it
+    transient_errors: int = 0  # errors the CLI reported and got past (warnings)
+    final_error: str | None = None  # the CLI's final events say it failed
 
     @property
     def ok(self) -> bool:
@@ -132,16 +138,20 @@ def run_agent(
 
     prompt = prompt_file(role, env_vars, result_path)
     env = agent_env(
-        {**env_vars, "AUTOPACK_PROMPT": str(prompt)}, role=role, result_path=result_path, extra_allow=agent.preset.env
+        {**env_vars, "AUTOPACK_PROMPT": str(prompt)},
+        role=role,
+        result_path=result_path,
+        extra_allow=agent.preset.env,
+        set_env=agent.preset.set_env,
     )
     if agent.executable and shutil.which(agent.executable, path=env.get("PATH", "")) is None:
         return _not_installed(agent, role, log_path)
 
     done = proc.run(agent.command, cwd=worktree, env=env, timeout_s=timeout_s, log_path=log_path)
-    parsed = parse_usage(agent.preset.usage, done.stdout, who=role)
+    parsed = with_final_error(agent.preset.usage, done.stdout, parse_usage(agent.preset.usage, done.stdout, who=role))
     verdict_note = _verdict_from_output(role, agent, parsed, done.stdout, result_path)
     result, result_error, result_usage = _read_result(result_path, role)
-    usage, usage_notes = combine_usage(parsed, result_usage, agent.preset.usage)
+    usage, usage_notes = combine_usage(parsed, result_usage, agent.preset.usage, spec.model)
     # Notes quote the CLI's output (error messages): no secret may reach the record through them.
     secrets = secret_values()
     notes = tuple(mask_text(n, secrets)[0] for n in (*agent.notes, *usage_notes, *verdict_note))
@@ -163,6 +173,8 @@ def run_agent(
         command=agent.command,
         notes=notes,
         problem=problem,
+        transient_errors=parsed.transient_errors,
+        final_error=mask_text(parsed.final_error, secrets)[0] if parsed.final_error else None,
     )
 
 
@@ -173,11 +185,17 @@ def agent_env(
     result_path: Path,
     source: Mapping[str, str] | None = None,
     extra_allow: Sequence[str] = (),
+    set_env: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The complete environment of an agent: the allowlist (plus `extra_allow`, a preset's
-    declared names), `env_vars`, role and result path."""
+    declared names), `env_vars`, role and result path, and the preset's `set_env` defaults
+    for names the supervisor's environment does not set."""
     extra = {**env_vars, "AUTOPACK_ROLE": role, "AUTOPACK_RESULT": str(result_path)}
-    return proc.scrubbed_env((*AGENT_ENV_ALLOW, *extra_allow), extra=extra, source=source)
+    defaults = dict(set_env or {})
+    env = proc.scrubbed_env((*AGENT_ENV_ALLOW, *extra_allow, *defaults), extra=extra, source=source)
+    for name, value in defaults.items():
+        env.setdefault(name, value)  # the preset's default; the supervisor's own value wins
+    return env
 
 
 # -- resolving a spec against its preset -------------------------------------------------
@@ -355,23 +373,6 @@ def _verdict_from_output(
 
 
 # -- after the run -----------------------------------------------------------------------
-
-
-def combine_usage(parsed: ParsedUsage, from_result: Usage, fmt: str) -> tuple[Usage, tuple[str, ...]]:
-    """The CLI's own usage where it reports one, else the result file's; notes say which."""
-    notes = list(parsed.notes)
-    if parsed.usage is None:
-        if fmt != "none":
-            has = from_result.tokens or from_result.cost_usd
-            notes.append(
-                "usage taken from the AUTOPACK_RESULT file" if has else "no usage reported: counted as zero"
-            )
-        return from_result, tuple(notes)
-    usage = parsed.usage
-    if not parsed.has_cost and from_result.cost_usd:
-        usage = usage.model_copy(update={"cost_usd": from_result.cost_usd})
-        notes.append("cost taken from the AUTOPACK_RESULT file (the CLI reports none)")
-    return usage, tuple(notes)
 
 
 def _not_installed(agent: ResolvedAgent, role: Role, log_path: Path) -> AgentOutcome:

@@ -49,10 +49,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
-from pipeline.models.results import Usage
+from pipeline.models.results import Usage, UsageSources
 
 UsageFormat = Literal[
     "none", "claude_json", "codex_jsonl", "aider_text", "gemini_json", "opencode_jsonl", "cursor_json"
@@ -70,6 +70,12 @@ class ParsedUsage:
     notes: tuple[str, ...] = ()
     has_cost: bool = False
     final_text: str | None = None  # the CLI's final answer, where its format carries one
+    # Errors the CLI reported on the way and got past (codex's WebSocket reconnects, retries):
+    # counted as warnings, never a failure when the run completes.
+    transient_errors: int = 0
+    # The CLI's final events say it failed (codex `turn.failed` or a last `error`, claude
+    # `is_error`, gemini `error`): the attempt fails whatever the exit code.
+    final_error: str | None = None
 
 
 def _text(value: Any) -> str | None:
@@ -109,13 +115,16 @@ class _Counter:
     def get(self, name: str) -> float:
         return self.values.get(name, 0)
 
-    def usage(self, turns: int) -> Usage:
+    def usage(self, turns: int, has_cost: bool, model: str | None = None) -> Usage:
+        """The sums; a cost the CLI did not report is unknown (null), never zero."""
         return Usage(
             tokens_in=int(self.get("in")),
             tokens_out=int(self.get("out")),
             tokens_cached=int(self.get("cached")),
-            cost_usd=round(float(self.get("cost")), 6),
+            cost_usd=round(float(self.get("cost")), 6) if has_cost else None,
             turns=turns,
+            model=model,
+            sources=UsageSources(cost_usd="reported" if has_cost else "unknown"),
         )
 
     def notes(self, who: str) -> list[str]:
@@ -148,31 +157,36 @@ def _jsonl_events(text: str, who: str, notes: list[str]) -> Iterator[tuple[int, 
         notes.append(f"{who}: {len(broken)} JSONL line(s) did not parse (truncated output?), first at line {broken[0]}")
 
 
-def _json_objects(text: str) -> tuple[list[dict[str, Any]], int]:
+_JSON_START = re.compile(r"^[ \t]*([{\[])", re.M)
+
+
+def json_objects(text: str) -> tuple[list[dict[str, Any]], int]:
     """Top-level JSON objects that start at the beginning of a line (one-line or
-    pretty-printed), and how many such starts did not parse (truncated output)."""
+    pretty-printed), the objects of top-level JSON arrays (Claude Code's `--verbose` JSON is
+    an array of messages), and how many such starts did not parse (truncated output)."""
     decoder = json.JSONDecoder()
     found: list[dict[str, Any]] = []
     broken = 0
     pos = 0
-    length = len(text)
-    while pos < length:
-        start = text.find("{", pos)
-        if start < 0:
+    while True:
+        match = _JSON_START.search(text, pos)
+        if match is None:
             break
-        line_start = text.rfind("\n", 0, start) + 1
-        if text[line_start:start].strip():  # a brace inside a line of prose
-            pos = start + 1
-            continue
+        start = match.start(1)
         try:
             obj, end = decoder.raw_decode(text, start)
         except ValueError:
-            broken += 1
+            if match.group(1) == "{":
+                broken += 1
             nl = text.find("\n", start)
-            pos = length if nl < 0 else nl + 1
+            if nl < 0:
+                break
+            pos = nl + 1
             continue
         if isinstance(obj, dict):
             found.append(obj)
+        elif isinstance(obj, list):
+            found.extend(o for o in obj if isinstance(o, dict))
         pos = end
     return found, broken
 
@@ -189,16 +203,23 @@ def _number(token: str) -> int:
 
 
 def _done(
-    counter: _Counter, turns: int, notes: list[str], who: str, has_cost: bool, final_text: str | None = None
+    counter: _Counter,
+    turns: int,
+    notes: list[str],
+    who: str,
+    has_cost: bool,
+    final_text: str | None = None,
+    model: str | None = None,
 ) -> ParsedUsage:
-    return ParsedUsage(counter.usage(turns), tuple([*notes, *counter.notes(who)]), has_cost, final_text)
+    usage = counter.usage(turns, has_cost, model)
+    return ParsedUsage(usage, tuple([*notes, *counter.notes(who)]), has_cost, final_text)
 
 
 # -- Claude Code ---------------------------------------------------------------------------
 
 
 def _claude_json(text: str, who: str) -> ParsedUsage:
-    objects, broken = _json_objects(text)
+    objects, broken = json_objects(text)
     results = [o for o in objects if o.get("type") == "result"]
     if not results:
         why = "truncated" if broken else "missing"
@@ -223,17 +244,25 @@ def _claude_json(text: str, who: str) -> ParsedUsage:
     counter.add("cost", result, "total_cost_usd", "result")
     turns = result.get("num_turns", 0)
     turns = turns if isinstance(turns, int) and turns >= 0 else 0
-    return _done(counter, turns, notes, who, has_cost, _text(result.get("result")))
+    models = [m for m in _mapping(result.get("modelUsage")) if isinstance(m, str)]
+    model = models[0] if len(models) == 1 else None
+    return _done(counter, turns, notes, who, has_cost, _text(result.get("result")), model)
 
 
 # -- Codex CLI -----------------------------------------------------------------------------
 
 
 def _codex_jsonl(text: str, who: str) -> ParsedUsage:
+    """Usage from `turn.completed`; the outcome from the final events (issue 17): an
+    `error` event followed by a completed turn (a WebSocket reconnect, a retried request)
+    is a transient error, counted; a `turn.failed` or an `error` after the last completed
+    turn is the final error."""
     counter = _Counter()
     notes: list[str] = []
     turns = 0
     final: str | None = None
+    pending: list[str] = []  # errors since the last completed turn
+    transient = 0
     for number, event in _jsonl_events(text, who, notes):
         kind = event.get("type")
         item = _mapping(event.get("item"))
@@ -241,18 +270,27 @@ def _codex_jsonl(text: str, who: str) -> ParsedUsage:
             final = _text(item.get("text")) or final
         elif kind == "turn.completed":
             turns += 1
+            transient += len(pending)
+            pending = []
             usage = _mapping(event.get("usage"))
             counter.add("in", usage, "input_tokens", f"line {number}.usage")
             counter.add("cached", usage, "cached_input_tokens", f"line {number}.usage")
             counter.add("out", usage, "output_tokens", f"line {number}.usage")
         elif kind == "turn.failed":
             message = _mapping(event.get("error")).get("message", "")
-            notes.append(f"{who}: codex turn failed: {message}"[:300])
+            pending.append(f"codex turn failed: {message}"[:300])
         elif kind == "error":
-            notes.append(f"{who}: codex error: {event.get('message', '')}"[:300])
+            pending.append(f"codex error: {event.get('message', '')}"[:300])
+    if transient:
+        notes.append(f"{who}: codex reported {transient} transient error(s) before its turn completed")
+    final_error = pending[-1] if pending else None
+    if final_error:
+        notes.append(f"{who}: {final_error}")
     if turns == 0:
-        return ParsedUsage(None, (*notes, f"{who}: no `turn.completed` event in the codex output"), final_text=final)
-    return _done(counter, turns, notes, who, has_cost=False, final_text=final)
+        return ParsedUsage(None, (*notes, f"{who}: no `turn.completed` event in the codex output"),
+                           final_text=final, transient_errors=transient, final_error=final_error)
+    done = _done(counter, turns, notes, who, has_cost=False, final_text=final)
+    return replace(done, transient_errors=transient, final_error=final_error)
 
 
 # -- Aider ---------------------------------------------------------------------------------
@@ -263,42 +301,46 @@ _AIDER_TOKENS = re.compile(
 )
 _MONEY = r"([0-9][0-9,]*(?:\.[0-9]+)?)"
 _AIDER_COST = re.compile(rf"Cost: \${_MONEY} (?:message|request), \${_MONEY} session\.")
+_AIDER_MODEL = re.compile(r"^(?:Main model|Model): (\S+)", re.M)
 
 
 def _aider_text(text: str, who: str) -> ParsedUsage:
+    """Aider's report lines, read with every run of whitespace as one space: aider wraps
+    them at the terminal's width, and puts `Cost:` on a line of its own when both cache
+    write and cache hit are shown."""
     counter = _Counter()
     turns = 0
     session_cost: float | None = None
-    for line in text.splitlines():
-        match = _AIDER_TOKENS.search(line)
-        if match is None:
-            continue
+    flat = re.sub(r"\s+", " ", text)
+    for match in _AIDER_TOKENS.finditer(flat):
         turns += 1
         sent, _write, hit, received = match.groups()
         counter.values["in"] = counter.get("in") + _number(sent)
         if hit:
             counter.values["cached"] = counter.get("cached") + _number(hit)
         counter.values["out"] = counter.get("out") + _number(received)
-        cost = _AIDER_COST.search(line)
-        if cost is not None:
-            session = float(cost.group(2).replace(",", ""))
-            session_cost = session if session_cost is None else max(session_cost, session)
+    for cost in _AIDER_COST.finditer(flat):
+        session = float(cost.group(2).replace(",", ""))
+        session_cost = session if session_cost is None else max(session_cost, session)
     if turns == 0:
         return ParsedUsage(None, (f"{who}: no aider `Tokens: ... sent, ... received.` line in its output",))
+    model = _AIDER_MODEL.search(text)
     notes = [f"{who}: aider rounds its token counts (k = thousands)"]
     if session_cost is not None:
         counter.values["cost"] = session_cost  # `session` is cumulative: the last one is the total
     else:
         notes.append(f"{who}: aider printed no cost (the model has no price in its database)")
-    return _done(counter, turns, notes, who, has_cost=session_cost is not None)
+    return _done(counter, turns, notes, who, session_cost is not None, None, model.group(1) if model else None)
 
 
 # -- Gemini CLI ----------------------------------------------------------------------------
 
 
 def _gemini_json(text: str, who: str) -> ParsedUsage:
-    objects, broken = _json_objects(text)
-    outputs = [o for o in objects if "stats" in o or "response" in o]
+    objects, broken = json_objects(text)
+    outputs = [o for o in objects if "stats" in o or "response" in o or "error" in o]
+    if not outputs:  # stream-json: JSONL events, the last `result` carries the stats
+        outputs = [o for o in objects if o.get("type") == "result"]
     if not outputs:
         why = "truncated" if broken else "missing"
         return ParsedUsage(
@@ -311,11 +353,16 @@ def _gemini_json(text: str, who: str) -> ParsedUsage:
         message = _mapping(error).get("message", error)
         notes.append(f"{who}: gemini reported an error: {message}"[:300])
     final = _text(output.get("response"))
-    models = _mapping(_mapping(output.get("stats")).get("models"))
+    stats = _mapping(output.get("stats"))
+    if "input_tokens" in stats or "output_tokens" in stats:
+        return _gemini_stream_stats(stats, notes, who, final)
+    models = _mapping(stats.get("models"))
     if not models:
         return ParsedUsage(None, (*notes, f"{who}: the Gemini CLI output has no stats.models"), final_text=final)
     counter = _Counter()
     turns = 0
+    if not any("tokens" in _mapping(m) for m in models.values()):
+        return ParsedUsage(None, (*notes, f"{who}: the Gemini CLI stats carry no token counts"), final_text=final)
     for name, stats in models.items():
         tokens = _mapping(_mapping(stats).get("tokens"))
         where = f"stats.models.{name}.tokens"
@@ -325,7 +372,20 @@ def _gemini_json(text: str, who: str) -> ParsedUsage:
         counter.add("out", tokens, "thoughts", where)
         requests = _mapping(_mapping(stats).get("api")).get("totalRequests", 0)
         turns += requests if isinstance(requests, int) and requests >= 0 else 0
-    return _done(counter, turns, notes, who, has_cost=False, final_text=final)
+    main = max(models, key=lambda n: _mapping(_mapping(models[n]).get("tokens")).get("prompt") or 0)
+    return _done(counter, turns, notes, who, has_cost=False, final_text=final, model=str(main))
+
+
+def _gemini_stream_stats(stats: Mapping[str, Any], notes: list[str], who: str, final: str | None) -> ParsedUsage:
+    """`--output-format stream-json`'s final `result` event: `stats: {input_tokens (cached
+    included), output_tokens, cached, models: {<model>: {input_tokens, ...}}}`."""
+    counter = _Counter()
+    counter.add("in", stats, "input_tokens", "stats")
+    counter.add("out", stats, "output_tokens", "stats")
+    counter.add("cached", stats, "cached", "stats")
+    models = _mapping(stats.get("models"))
+    main = max(models, key=lambda n: _mapping(models[n]).get("input_tokens") or 0) if models else None
+    return _done(counter, 0, notes, who, has_cost=False, final_text=final, model=main)
 
 
 # -- opencode ------------------------------------------------------------------------------
@@ -369,7 +429,7 @@ def _opencode_jsonl(text: str, who: str) -> ParsedUsage:
 
 
 def _cursor_json(text: str, who: str) -> ParsedUsage:
-    objects, broken = _json_objects(text)
+    objects, broken = json_objects(text)
     results = [o for o in objects if o.get("type") == "result"]
     if not results:
         why = "truncated" if broken else "missing"
@@ -379,10 +439,21 @@ def _cursor_json(text: str, who: str) -> ParsedUsage:
     if result.get("is_error") or result.get("subtype") not in (None, "success"):
         notes.insert(0, f"{who}: cursor-agent reported {result.get('subtype') or 'an error'}")
     usage = result.get("usage")
-    if isinstance(usage, Mapping):  # not documented today; read it if a release adds it
+    # Releases that print usage use camelCase (inputTokens, outputTokens, cacheReadTokens,
+    # cacheWriteTokens); an object with neither spelling is no usage, not zeros.
+    camel = isinstance(usage, Mapping) and ("inputTokens" in usage or "outputTokens" in usage)
+    snake = isinstance(usage, Mapping) and ("input_tokens" in usage or "output_tokens" in usage)
+    if isinstance(usage, Mapping) and (camel or snake):
         counter = _Counter()
-        counter.add("in", usage, "input_tokens", "usage")
-        counter.add("out", usage, "output_tokens", "usage")
+        if camel:
+            counter.add("in", usage, "inputTokens", "usage")
+            counter.add("in", usage, "cacheReadTokens", "usage")
+            counter.add("in", usage, "cacheWriteTokens", "usage")
+            counter.add("cached", usage, "cacheReadTokens", "usage")
+            counter.add("out", usage, "outputTokens", "usage")
+        else:
+            counter.add("in", usage, "input_tokens", "usage")
+            counter.add("out", usage, "output_tokens", "usage")
         return _done(counter, 0, notes[:-1], who, has_cost=False, final_text=_text(result.get("result")))
     return ParsedUsage(None, tuple(notes), final_text=_text(result.get("result")))
 

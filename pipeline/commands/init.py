@@ -95,14 +95,14 @@ CI = """\
 """
 
 AGENTS = """\
-# Agent presets, merged key by key over the built-in ones
+# Agent presets, merged field by field over the built-in ones
 # (pipeline/data/agents.yaml: claude, codex, aider, gemini, opencode, cursor, command).
 # A plan uses one as `builder: claude` or `builder: {preset: claude, model: sonnet,
-# max_turns: 20}`. A list (env) replaces the built-in list. Examples:
+# max_turns: 20}`. The lists env and owned_files add to the built-in preset's. Examples:
 #
 # claude:
 #   defaults: {max_turns: 60}
-#   env: [ANTHROPIC_API_KEY]              # the only parent variable claude gets (plus the allowlist)
+#   env: [MY_GATEWAY_TOKEN]               # passed to claude on top of the preset's names
 #
 # my-agent:                               # a CLI of your own
 #   executable: my-agent                  # checked on PATH before running

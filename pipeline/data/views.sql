@@ -58,10 +58,10 @@ SELECT * FROM read_json(files, format = 'unstructured', records = true, filename
     run_scope: 'VARCHAR',
     safety_profile: 'VARCHAR',
     schema_version: 'BIGINT',
-    spend: 'STRUCT(active_seconds DOUBLE, auditor_attempts BIGINT, builder_attempts BIGINT, ci_runs BIGINT, cost_usd DOUBLE, major_issues BIGINT, minor_issues BIGINT, tokens BIGINT)',
+    spend: 'STRUCT(active_seconds DOUBLE, auditor_attempts BIGINT, builder_attempts BIGINT, ci_runs BIGINT, cost_estimated_usd DOUBLE, cost_reserved_usd DOUBLE, cost_usd DOUBLE, major_issues BIGINT, minor_issues BIGINT, tokens BIGINT, tokens_reserved BIGINT)',
     state: 'VARCHAR',
     target_repo: 'VARCHAR',
-    tiers: 'STRUCT(ci_cap_hit BOOLEAN, cleanliness VARCHAR, cleanliness_reasons VARCHAR[], major_issue_count BIGINT, minor_issue_count BIGINT, name VARCHAR, spend STRUCT(active_seconds DOUBLE, auditor_attempts BIGINT, builder_attempts BIGINT, ci_runs BIGINT, cost_usd DOUBLE, major_issues BIGINT, minor_issues BIGINT, tokens BIGINT), state VARCHAR, tier_id VARCHAR, token_cap_hit BOOLEAN)[]',
+    tiers: 'STRUCT(ci_cap_hit BOOLEAN, cleanliness VARCHAR, cleanliness_reasons VARCHAR[], major_issue_count BIGINT, minor_issue_count BIGINT, name VARCHAR, spend STRUCT(active_seconds DOUBLE, auditor_attempts BIGINT, builder_attempts BIGINT, ci_runs BIGINT, cost_estimated_usd DOUBLE, cost_reserved_usd DOUBLE, cost_usd DOUBLE, major_issues BIGINT, minor_issues BIGINT, tokens BIGINT, tokens_reserved BIGINT), state VARCHAR, tier_id VARCHAR, token_cap_hit BOOLEAN)[]',
     updated_at: 'VARCHAR',
     worktree: 'VARCHAR'
 });
@@ -70,7 +70,7 @@ CREATE OR REPLACE MACRO read_phase_records(files) AS TABLE
 SELECT * FROM read_json(files, format = 'unstructured', records = true, filename = true,
     hive_partitioning = false, maximum_object_size = 67108864, columns = {
     approved_attempt: 'BIGINT',
-    attempts: 'STRUCT(agent VARCHAR, base_commit VARCHAR, command VARCHAR, exit_code BIGINT, fingerprint VARCHAR, finished_at VARCHAR, k BIGINT, outcome VARCHAR, patch_files VARCHAR[], patch_sha256 VARCHAR, reason VARCHAR, result_notes VARCHAR, role VARCHAR, started_at VARCHAR, timed_out BOOLEAN, usage STRUCT(cost_usd DOUBLE, tokens_cached BIGINT, tokens_in BIGINT, tokens_out BIGINT, turns BIGINT))[]',
+    attempts: 'STRUCT(agent VARCHAR, base_commit VARCHAR, command VARCHAR, excluded_files VARCHAR[], exit_code BIGINT, fingerprint VARCHAR, finished_at VARCHAR, k BIGINT, outcome VARCHAR, patch_files VARCHAR[], patch_sha256 VARCHAR, reason VARCHAR, result_notes VARCHAR, role VARCHAR, started_at VARCHAR, timed_out BOOLEAN, transient_errors BIGINT, usage STRUCT(cost_usd DOUBLE, model VARCHAR, sources STRUCT(cost_usd VARCHAR, tokens_cached VARCHAR, tokens_in VARCHAR, tokens_out VARCHAR), tokens_cached BIGINT, tokens_in BIGINT, tokens_out BIGINT, turns BIGINT))[]',
     commit: 'VARCHAR',
     current_attempt: 'BIGINT',
     escalated: 'BOOLEAN',
@@ -81,7 +81,7 @@ SELECT * FROM read_json(files, format = 'unstructured', records = true, filename
     phase_id: 'VARCHAR',
     run_id: 'VARCHAR',
     schema_version: 'BIGINT',
-    spend: 'STRUCT(active_seconds DOUBLE, auditor_attempts BIGINT, builder_attempts BIGINT, ci_runs BIGINT, cost_usd DOUBLE, major_issues BIGINT, minor_issues BIGINT, tokens BIGINT)',
+    spend: 'STRUCT(active_seconds DOUBLE, auditor_attempts BIGINT, builder_attempts BIGINT, ci_runs BIGINT, cost_estimated_usd DOUBLE, cost_reserved_usd DOUBLE, cost_usd DOUBLE, major_issues BIGINT, minor_issues BIGINT, tokens BIGINT, tokens_reserved BIGINT)',
     state: 'VARCHAR',
     step: 'VARCHAR',
     tag: 'VARCHAR',
@@ -97,6 +97,7 @@ SELECT * FROM read_json(files, format = 'unstructured', records = true, filename
     agent: 'VARCHAR',
     base_commit: 'VARCHAR',
     command: 'VARCHAR',
+    excluded_files: 'VARCHAR[]',
     exit_code: 'BIGINT',
     fingerprint: 'VARCHAR',
     finished_at: 'VARCHAR',
@@ -109,7 +110,8 @@ SELECT * FROM read_json(files, format = 'unstructured', records = true, filename
     role: 'VARCHAR',
     started_at: 'VARCHAR',
     timed_out: 'BOOLEAN',
-    usage: 'STRUCT(cost_usd DOUBLE, tokens_cached BIGINT, tokens_in BIGINT, tokens_out BIGINT, turns BIGINT)'
+    transient_errors: 'BIGINT',
+    usage: 'STRUCT(cost_usd DOUBLE, model VARCHAR, sources STRUCT(cost_usd VARCHAR, tokens_cached VARCHAR, tokens_in VARCHAR, tokens_out VARCHAR), tokens_cached BIGINT, tokens_in BIGINT, tokens_out BIGINT, turns BIGINT)'
 });
 
 CREATE OR REPLACE MACRO read_ci_reports(files) AS TABLE
@@ -214,6 +216,10 @@ SELECT
     safety_profile, run_scope, debt_status, failure_reason,
     promotion_eligible_to_main, promotion_reasons,
     spend.tokens AS tokens, spend.cost_usd AS cost_usd,
+    -- the parts of the spend that were estimated (price table) or reserved (unknown usage)
+    coalesce(spend.cost_estimated_usd, 0) AS cost_estimated_usd,
+    coalesce(spend.cost_reserved_usd, 0) AS cost_reserved_usd,
+    coalesce(spend.tokens_reserved, 0) AS tokens_reserved,
     spend.builder_attempts AS builder_attempts, spend.auditor_attempts AS auditor_attempts,
     spend.ci_runs AS ci_runs, spend.active_seconds AS active_seconds,
     spend.minor_issues AS minor_issues, spend.major_issues AS major_issues,

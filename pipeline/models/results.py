@@ -21,16 +21,51 @@ class SuggestedIssue(Frozen):
     )
 
 
+UsageSource = Literal["reported", "estimated", "unknown"]
+
+
+class UsageSources(Frozen):
+    """Where each usage figure comes from: `reported` by the CLI (or the agent's result
+    file), `estimated` by the supervisor (a cost from a price table), or `unknown` (the CLI
+    said nothing usable: the figure is null, never zero)."""
+
+    tokens_in: UsageSource = "reported"
+    tokens_out: UsageSource = "reported"
+    tokens_cached: UsageSource = "reported"
+    cost_usd: UsageSource = "reported"
+
+
 class Usage(Frozen):
-    tokens_in: int = Field(default=0, ge=0)
-    tokens_out: int = Field(default=0, ge=0)
-    tokens_cached: int = Field(default=0, ge=0)
-    cost_usd: float = Field(default=0.0, ge=0)
+    tokens_in: int | None = Field(default=0, ge=0, description="null: unknown (see sources)")
+    tokens_out: int | None = Field(default=0, ge=0, description="null: unknown (see sources)")
+    tokens_cached: int | None = Field(default=0, ge=0, description="null: unknown (see sources)")
+    cost_usd: float | None = Field(default=0.0, ge=0, description="null: unknown (see sources)")
     turns: int = Field(default=0, ge=0)
+    model: str | None = Field(default=None, description="the model the figures are for, where known")
+    sources: UsageSources = Field(default_factory=UsageSources)
 
     @property
     def tokens(self) -> int:
-        return self.tokens_in + self.tokens_out
+        """The known tokens (an unknown count adds nothing here: budgets charge the call's
+        reservation for it, `tokens_known` says whether they must)."""
+        return (self.tokens_in or 0) + (self.tokens_out or 0)
+
+    @property
+    def tokens_known(self) -> bool:
+        return self.tokens_in is not None and self.tokens_out is not None
+
+    @property
+    def cost_known(self) -> bool:
+        return self.cost_usd is not None
+
+
+UNKNOWN_USAGE = Usage(
+    tokens_in=None,
+    tokens_out=None,
+    tokens_cached=None,
+    cost_usd=None,
+    sources=UsageSources(tokens_in="unknown", tokens_out="unknown", tokens_cached="unknown", cost_usd="unknown"),
+)
 
 
 class BuilderResult(Frozen):
@@ -81,6 +116,12 @@ class AttemptRecord(Frozen):
     usage: Usage = Field(default_factory=Usage)
     patch_sha256: str | None = None
     patch_files: list[str] = Field(default_factory=list)
+    excluded_files: list[str] = Field(
+        default_factory=list, description="files the agent CLI wrote for itself, left out of the patch"
+    )
+    transient_errors: int = Field(
+        default=0, ge=0, description="errors the CLI reported and got past (reconnects, retries): warnings"
+    )
     outcome: AttemptOutcome = "running"
     reason: str = ""
     fingerprint: str | None = None

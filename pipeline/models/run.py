@@ -17,6 +17,12 @@ class Spend(Frozen):
 
     tokens: int = 0
     cost_usd: float = 0.0
+    # The parts of `tokens` and `cost_usd` that are not what the CLIs reported: costs the
+    # supervisor estimated from a price table, and reservations charged for calls whose
+    # tokens or cost were unknown.
+    tokens_reserved: int = 0
+    cost_estimated_usd: float = 0.0
+    cost_reserved_usd: float = 0.0
     builder_attempts: int = 0
     auditor_attempts: int = 0
     ci_runs: int = 0

@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pipeline.models.results import Usage
 from pipeline.models.run import RunRecord, Spend
 from pipeline.models.strategy import PhaseStrategy, Strategy
 
@@ -171,3 +172,34 @@ def after_agent_call(
             dominant_slice(strategy, spends, "cost_usd"),
         )
     return None
+
+
+def reservation_cost(run: RunRecord, max_cost_usd: float | None, estimated: float | None) -> float:
+    """The cost an agent call is reserved before it runs: the agent's own `max_cost_usd`,
+    else the price of its token reservation where the model's price is known, else what
+    is left of the run's cost cap (none: nothing to protect)."""
+    if max_cost_usd is not None:
+        return float(max_cost_usd)
+    if estimated is not None:
+        return estimated
+    cap = run.budgets.cost_cap_usd
+    return max(0.0, cap - run.spend.cost_usd) if cap is not None else 0.0
+
+
+def charge(usage: Usage, reserved_tokens: int, reserved_cost: float, **counts: int) -> Spend:
+    """What one agent call costs the budgets: its reported or estimated figures, and for a
+    figure that is unknown the reservation made before the call, never zero."""
+    tokens = usage.tokens if usage.tokens_known else max(usage.tokens, reserved_tokens)
+    if usage.cost_usd is None:
+        cost, estimated, reserved = reserved_cost, 0.0, reserved_cost
+    else:
+        estimated = usage.cost_usd if usage.sources.cost_usd == "estimated" else 0.0
+        cost, reserved = usage.cost_usd, 0.0
+    return Spend(
+        tokens=tokens,
+        cost_usd=cost,
+        tokens_reserved=tokens - usage.tokens,
+        cost_estimated_usd=estimated,
+        cost_reserved_usd=reserved,
+        **counts,
+    )

@@ -116,13 +116,19 @@ def _runs_section(con: DuckDBPyConnection, total: int) -> Section:
     section.tables.append(
         _table(
             con,
-            "SELECT state, count(*) AS runs, sum(tokens) AS tokens, sum(cost_usd) AS cost, sum(ci_runs) AS ci "
+            "SELECT state, count(*) AS runs, sum(tokens) AS tokens, sum(cost_usd) AS cost, sum(ci_runs) AS ci, "
+            "sum(cost_estimated_usd) AS estimated, sum(cost_reserved_usd) AS reserved, "
+            "sum(tokens_reserved) AS tokens_reserved "
             "FROM runs GROUP BY state ORDER BY runs DESC, state",
             [
                 ("state", "text", lambda r: r["state"]),
                 ("runs", "num", lambda r: _num(r["runs"])),
                 ("tokens", "num", lambda r: _num(r["tokens"])),
+                ("of which reserved", "num", lambda r: _num(r["tokens_reserved"])),
                 ("cost", "num", lambda r: _usd(r["cost"])),
+                ("reported", "num", lambda r: _usd((r["cost"] or 0) - (r["estimated"] or 0) - (r["reserved"] or 0))),
+                ("estimated", "num", lambda r: _usd(r["estimated"])),
+                ("reserved", "num", lambda r: _usd(r["reserved"])),
                 ("CI runs", "num", lambda r: _num(r["ci"])),
             ],
             "by state",

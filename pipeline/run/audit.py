@@ -11,17 +11,18 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.agents import runner as agents
+from pipeline.agents.owned import drop_owned
 from pipeline.core import failpoints
 from pipeline.core.jsonio import write_model, write_text_atomic
 from pipeline.core.overrides import builtin_path
 from pipeline.models.enums import IssueSource, RunState
 from pipeline.models.results import AttemptRecord, AuditorResult, AuditRecord
-from pipeline.models.run import Spend
 from pipeline.models.strategy import PhaseStrategy
 from pipeline.run.build import agent_env, classify, outcome_notes, patch_files, patch_sha, undo_ref_changes, write_spec
 from pipeline.run.context import RunContext
 from pipeline.run.outcomes import (
     EndRun,
+    agent_spend,
     attempt_dir,
     audit_records,
     auditor_attempts,
@@ -144,7 +145,9 @@ def _call(ctx: RunContext, ps: PhaseStrategy, purpose: Purpose, patch: Path | No
         result_path=adir / "result.json",
         presets=ctx.ws.agent_presets,
     )
-    worktree_patch = ctx.git.collect_patch(ctx.worktree, base)
+    presets = ctx.ws.agent_presets
+    owned = presets[outcome.preset].owned_files if outcome.preset in presets else []
+    worktree_patch, _excluded = drop_owned(ctx.git.collect_patch(ctx.worktree, base), owned)
     result = outcome.result if isinstance(outcome.result, AuditorResult) else None
     # Read the suggested patch before the reset: a `patch` the auditor wrote inside the
     # worktree (a path relative to its cwd) is deleted by `git clean` in reset_to.
@@ -175,7 +178,7 @@ def _call(ctx: RunContext, ps: PhaseStrategy, purpose: Purpose, patch: Path | No
     write_model(adir / "auditor.json", audit)
     if suggested:
         write_text_atomic(adir / "suggested.diff", suggested)
-    record_agent_spend(ctx, ps, Spend(tokens=outcome.usage.tokens, cost_usd=outcome.usage.cost_usd, auditor_attempts=1))
+    record_agent_spend(ctx, ps, agent_spend(ctx, ps, ps.auditor, outcome.usage, auditor_attempts=1))
     ctx.rec.note(ps.phase_id, "auditor", purpose=purpose, audit=n, verdict=audit.verdict, error=reason)
     if kind is not None or result is None:
         save_issues(

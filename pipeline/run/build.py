@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from pipeline.agents import runner as agents
+from pipeline.agents.owned import drop_owned
 from pipeline.core.errors import AutopackError
 from pipeline.core.jsonio import read_model, write_model, write_text_atomic
 from pipeline.gate.patch import parse_patch
@@ -14,11 +15,12 @@ from pipeline.gate.verdict import CHECK_ORDER
 from pipeline.models.enums import IssueSource, RunState, Severity
 from pipeline.models.reports import GateCheck, GateReport
 from pipeline.models.results import AttemptOutcome, AttemptRecord, BuilderResult, Usage
-from pipeline.models.run import Spend
 from pipeline.models.strategy import PhaseStrategy
+from pipeline.policy.budgets import charge
 from pipeline.run.context import RunContext
 from pipeline.run.outcomes import (
     EndRun,
+    agent_spend,
     attempt_dir,
     check_agent_budget,
     fail_phase,
@@ -161,7 +163,9 @@ def build(ctx: RunContext, ps: PhaseStrategy) -> None:
         result_path=result_path,
         presets=ctx.ws.agent_presets,
     )
-    patch = ctx.git.collect_patch(ctx.worktree, base)
+    presets = ctx.ws.agent_presets
+    owned = presets[outcome.preset].owned_files if outcome.preset in presets else []
+    patch, excluded = drop_owned(ctx.git.collect_patch(ctx.worktree, base), owned)
     ctx.git.reset_to(ctx.worktree, ctx.branch, base)
     undo_ref_changes(ctx, ps, k, refs_before, adir / "builder.log")
     write_text_atomic(adir / "patch.diff", patch)
@@ -174,6 +178,8 @@ def build(ctx: RunContext, ps: PhaseStrategy) -> None:
             "usage": outcome.usage,
             "patch_sha256": patch_sha(patch),
             "patch_files": patch_files(patch),
+            "excluded_files": excluded,
+            "transient_errors": outcome.transient_errors,
             "outcome": kind or "running",
             "reason": reason,
             "result_notes": outcome_notes(outcome),
@@ -182,7 +188,7 @@ def build(ctx: RunContext, ps: PhaseStrategy) -> None:
     )
     write_model(adir / "builder.json", attempt)
     ctx.rec.save_phase(with_attempt(ctx.rec.phase(ps.phase_id), attempt))
-    record_agent_spend(ctx, ps, Spend(tokens=outcome.usage.tokens, cost_usd=outcome.usage.cost_usd, builder_attempts=1))
+    record_agent_spend(ctx, ps, agent_spend(ctx, ps, ps.builder, outcome.usage, builder_attempts=1))
     suggested = outcome.result.suggested_issues if isinstance(outcome.result, BuilderResult) else []
     save_issues(ctx, ps, suggested_issues(ctx, ps, suggested, IssueSource.builder_self_doubt, result_path))
     if kind is not None:
@@ -207,6 +213,8 @@ def classify(outcome: agents.AgentOutcome, patch: str, who: str = "builder") -> 
         return "timed_out", f"the {who} timed out after {outcome.duration_s:.0f}s"
     if outcome.exit_code not in (0, None):
         return "agent_failed", f"the {who} exited with {outcome.exit_code}"
+    if outcome.final_error:
+        return "agent_failed", f"the {who}'s CLI ended with an error: {outcome.final_error}"
     if outcome.result_error:
         return "bad_result", f"the {who}'s result file is invalid: {outcome.result_error}"
     if not patch.strip():
@@ -237,4 +245,4 @@ def record_submission(ctx: RunContext, ps: PhaseStrategy, patch: Path, result: P
     )
     write_model(adir / "builder.json", attempt)
     ctx.rec.save_phase(with_attempt(rec, attempt).model_copy(update={"step": "built", "current_attempt": k}))
-    record_agent_spend(ctx, ps, Spend(tokens=usage.tokens, cost_usd=usage.cost_usd, builder_attempts=1))
+    record_agent_spend(ctx, ps, charge(usage, ps.incident_token_cap, 0.0, builder_attempts=1))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from pipeline.core.jsonio import canonical_json, write_text_atomic
 from pipeline.issues.rules import distinct_counts
 from pipeline.models.enums import PhaseState, RunState, TierState
-from pipeline.models.run import TierSummary
+from pipeline.models.run import Spend, TierSummary
 from pipeline.reporting.inspect.page import PAGE, write_inspect
 
 if TYPE_CHECKING:
@@ -162,6 +162,7 @@ def _summary(ctx: RunContext) -> str:
             f"Spend: {run.spend.tokens} tokens (cap {run.budgets.token_cap}), ${run.spend.cost_usd:.2f}, "
             f"{run.spend.builder_attempts} builder attempts, {run.spend.ci_runs} CI runs, "
             f"{run.spend.active_seconds:.0f}s active.",
+            spend_sources(run.spend),
             "",
             "| phase | tier | name | state | attempts | tokens | tag |",
             "|---|---|---|---|---|---|---|",
@@ -220,3 +221,14 @@ def _copy_newest(root: Path, dest: Path) -> None:
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(newest, dest)
+
+
+def spend_sources(spend: Spend) -> str:
+    """How much of the spend the CLIs reported, the supervisor estimated from a price
+    table, or charged as the reservation of calls whose usage was unknown."""
+    reported = spend.cost_usd - spend.cost_estimated_usd - spend.cost_reserved_usd
+    return (
+        f"Cost by source: ${max(reported, 0.0):.4f} reported, ${spend.cost_estimated_usd:.4f} estimated, "
+        f"${spend.cost_reserved_usd:.4f} reserved (unknown); tokens: {spend.tokens - spend.tokens_reserved} "
+        f"reported, {spend.tokens_reserved} reserved (unknown)."
+    )

@@ -12,7 +12,8 @@ from pipeline.core.jsonio import read_model, write_model
 from pipeline.issues.rules import build_run_index, distinct_counts, effective, record_issues, resolve_fixed
 from pipeline.models.enums import IssueSource, PhaseState, RunState, Severity
 from pipeline.models.issues import Issue, PhaseIssueFile
-from pipeline.models.results import AttemptOutcome, AttemptRecord, AuditRecord, SuggestedIssue
+from pipeline.models.plan import AgentSpec
+from pipeline.models.results import AttemptOutcome, AttemptRecord, AuditRecord, SuggestedIssue, Usage
 from pipeline.models.run import PhaseRecord, Spend
 from pipeline.models.strategy import PhaseStrategy
 from pipeline.policy import budgets
@@ -232,6 +233,18 @@ def check_agent_budget(ctx: RunContext, ps: PhaseStrategy) -> None:
     exhausted = budgets.before_agent_call(ctx.rec.strategy, ctx.rec.run, spends(ctx), ps)
     if exhausted:
         end_for_budget(ctx, ps, exhausted)
+
+
+def agent_spend(ctx: RunContext, ps: PhaseStrategy, spec: AgentSpec, usage: Usage, **counts: int) -> Spend:
+    """One agent call's charge: unknown tokens or cost are charged the call's reservation."""
+    from pipeline.agents.prices import estimate_cost
+
+    reserved = ps.incident_token_cap
+    cost = 0.0
+    if usage.cost_usd is None:  # only then is the cost reservation charged (and worth pricing)
+        priced = estimate_cost(spec.model, reserved, 0) if spec.model else None
+        cost = budgets.reservation_cost(ctx.rec.run, spec.max_cost_usd, priced)
+    return budgets.charge(usage, reserved, cost, **counts)
 
 
 def record_agent_spend(ctx: RunContext, ps: PhaseStrategy, spend: Spend) -> None:

@@ -2,10 +2,12 @@
 apart as reported by the agent, estimated by the supervisor, or reserved ahead of a call
 (layer L4; reporting/ after the restructure).
 
-builder.json's `usage` is what the agent reported. When a usage carries `tokens_source`
-(or `cost_source`) = "estimated", those figures were estimated, not reported; a spend
-with `reserved_tokens` shows the reservation held for a call in flight. Records without
-those fields are all "reported".
+builder.json's `usage.sources` says per figure whether it was reported, estimated (a
+cost from the price table) or unknown; a spend's `tokens_reserved`, `cost_estimated_usd`
+and `cost_reserved_usd` are the parts of its tokens and cost that were not reported (the
+reservation charged for calls whose usage was unknown). A usage carrying `tokens_source`
+(or `cost_source`) and a spend with `reserved_tokens` (a reservation held for a call in
+flight) are read too. Records without those fields are all "reported".
 """
 
 from __future__ import annotations
@@ -25,8 +27,18 @@ LEGEND = (
 
 
 def usage_sources(usage: dict[str, Any]) -> dict[str, str]:
-    """{"tokens": "estimated", ...} from `usage.*_source` fields that are present."""
-    return {k.removesuffix("_source"): v for k, v in usage.items() if k.endswith("_source") and isinstance(v, str)}
+    """{"tokens": "unknown", "cost": "estimated", ...} from `usage.sources` (per figure) or
+    `usage.*_source` fields, where present."""
+    found: dict[str, str] = {}
+    sources = obj(usage, "sources")
+    if sources:
+        tokens = {text(sources, "tokens_in", "reported"), text(sources, "tokens_out", "reported")}
+        found["tokens"] = next((s for s in ("unknown", "estimated") if s in tokens), "reported")
+        found["cost"] = text(sources, "cost_usd", "reported")
+    found.update(
+        {k.removesuffix("_source"): v for k, v in usage.items() if k.endswith("_source") and isinstance(v, str)}
+    )
+    return found
 
 
 def usage_tokens(usage: dict[str, Any]) -> float:
@@ -45,9 +57,17 @@ def estimated_tokens(phase: Phase) -> float:
 
 def _token_parts(spend: dict[str, Any], estimated: float) -> list[tuple[str, float]]:
     used = num(spend, "tokens") or 0.0
-    reserved = num(spend, "reserved_tokens") or 0.0
-    estimated = min(estimated, used)
-    return [("reported", used - estimated), ("estimated", estimated), ("reserved", reserved)]
+    charged = min(num(spend, "tokens_reserved") or 0.0, used)  # unknown calls' reservations, within used
+    held = num(spend, "reserved_tokens") or 0.0  # a reservation held for a call in flight
+    estimated = min(estimated, used - charged)
+    return [("reported", used - estimated - charged), ("estimated", estimated), ("reserved", charged + held)]
+
+
+def _cost_parts(spend: dict[str, Any]) -> list[tuple[str, float]]:
+    cost = num(spend, "cost_usd") or 0.0
+    estimated = min(num(spend, "cost_estimated_usd") or 0.0, cost)
+    reserved = min(num(spend, "cost_reserved_usd") or 0.0, cost - estimated)
+    return [("reported", cost - estimated - reserved), ("estimated", estimated), ("reserved", reserved)]
 
 
 def _figure(parts: list[tuple[str, float]], cap: float | None, fmt: Any) -> str:
@@ -83,7 +103,7 @@ def run_rows(files: RunFiles) -> list[list[str]]:
     src = link("run.json")
     rows = [_row("tokens", _token_parts(spend, estimated), num(budgets, "token_cap"), fmt_num, src)]
     cost_cap = num(budgets, "cost_cap_usd")
-    rows.append(_row("cost (USD)", _used(num(spend, "cost_usd")), cost_cap, fmt_usd, src))
+    rows.append(_row("cost (USD)", _cost_parts(spend), cost_cap, fmt_usd, src))
     minutes = num(budgets, "max_duration_minutes")
     rows.append(
         _row("active time (s)", _used(num(spend, "active_seconds")), minutes * 60 if minutes else None, fmt_num, src)
