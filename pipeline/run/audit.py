@@ -29,6 +29,8 @@ from pipeline.run.outcomes import (
     escalation_calls,
     fail_phase,
     failed_attempt,
+    guard_before,
+    guard_violation,
     probe_issue,
     record_agent_spend,
     save_issues,
@@ -133,7 +135,9 @@ def _call(ctx: RunContext, ps: PhaseStrategy, purpose: Purpose, patch: Path | No
         "AUTOPACK_PATCH": str(patch) if patch and patch.exists() else "",
     }
     started = utc_now()
+    confinement = ctx.confinement()
     refs_before = ctx.git.refs_state()
+    snap = guard_before(ctx, [adir / "auditor.log", adir])
     outcome = agents.run_agent(
         spec=ps.auditor,
         role="auditor",
@@ -143,7 +147,9 @@ def _call(ctx: RunContext, ps: PhaseStrategy, purpose: Purpose, patch: Path | No
         log_path=adir / "auditor.log",
         result_path=adir / "result.json",
         presets=ctx.ws.agent_presets,
+        confinement=confinement,
     )
+    violation = guard_violation(ctx, ps, rec.current_attempt, snap, "auditor")
     worktree_patch = ctx.git.collect_patch(ctx.worktree, base)
     result = outcome.result if isinstance(outcome.result, AuditorResult) else None
     # Read the suggested patch before the reset: a `patch` the auditor wrote inside the
@@ -151,6 +157,8 @@ def _call(ctx: RunContext, ps: PhaseStrategy, purpose: Purpose, patch: Path | No
     suggested = _suggested_patch(ctx, result, worktree_patch)
     ctx.git.reset_to(ctx.worktree, ctx.branch, base)
     undo_ref_changes(ctx, ps, rec.current_attempt, refs_before, adir / "auditor.log")
+    if violation is not None:
+        raise violation
     kind, reason = classify(outcome, "x", who="auditor")
     if kind is None and result is not None and result.verdict == "revise" and not suggested.strip():
         # A revision with nothing in it is an invalid result (counted and retried like a

@@ -23,6 +23,8 @@ from pipeline.run.outcomes import (
     check_agent_budget,
     fail_phase,
     failed_attempt,
+    guard_before,
+    guard_violation,
     make_issue,
     probe_issue,
     record_agent_spend,
@@ -150,7 +152,9 @@ def build(ctx: RunContext, ps: PhaseStrategy) -> None:
     )
     rec = ctx.rec.save_phase(with_attempt(rec, attempt).model_copy(update={"step": "building"}))
     result_path = adir / "result.json"
+    confinement = ctx.confinement()
     refs_before = ctx.git.refs_state()
+    snap = guard_before(ctx, [adir / "builder.log", result_path.parent])
     outcome = agents.run_agent(
         spec=ps.builder,
         role="builder",
@@ -160,10 +164,16 @@ def build(ctx: RunContext, ps: PhaseStrategy) -> None:
         log_path=adir / "builder.log",
         result_path=result_path,
         presets=ctx.ws.agent_presets,
+        confinement=confinement,
     )
+    # The shared git state is checked (and put back) before git runs in the worktree
+    # again: a filter driver or hook the agent planted must never run.
+    violation = guard_violation(ctx, ps, k, snap, "builder")
     patch = ctx.git.collect_patch(ctx.worktree, base)
     ctx.git.reset_to(ctx.worktree, ctx.branch, base)
     undo_ref_changes(ctx, ps, k, refs_before, adir / "builder.log")
+    if violation is not None:
+        raise violation
     write_text_atomic(adir / "patch.diff", patch)
     kind, reason = classify(outcome, patch)
     attempt = attempt.model_copy(

@@ -141,6 +141,7 @@ def _run_phase_locked(ctx: RunContext, phase_id: str | None) -> StepOutcome:
     ps = _strategy_phase(ctx, phase_id) if phase_id else _next_phase(ctx)
     if ps is None:
         return _finish(ctx, None, *_final_state(ctx))
+    ctx.confinement()  # refuses before any change when the ruleset requires a sandbox
     rec = ctx.rec.phase(ps.phase_id)
     if rec.state.terminal:
         return StepOutcome(run.run_id, ps.phase_id, rec.state, run.state, f"phase {ps.phase_id} is {rec.state.value}")

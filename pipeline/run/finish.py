@@ -151,6 +151,7 @@ def _summary(ctx: RunContext) -> str:
             "",
             f"Project `{run.project_id}`, branch `{run.branch}` from `{run.base_ref}` ({run.base_commit[:12]}).",
             f"Safety profile {run.safety_profile.value}, scope {run.run_scope.value}.",
+            f"Isolation of untrusted steps: {run.isolation or 'no step ran'}.",
             "",
             f"**Outcome:** {run.state.value}" + (f" — {run.failure_reason}" if run.failure_reason else ""),
             "",

@@ -17,6 +17,7 @@ from pipeline.models.reports import GateReport
 from pipeline.models.run import PhaseRecord, Spend
 from pipeline.models.strategy import PhaseStrategy
 from pipeline.policy import budgets
+from pipeline.run import guard
 from pipeline.run.context import RunContext, tag_name
 from pipeline.run.outcomes import (
     EndRun,
@@ -25,6 +26,8 @@ from pipeline.run.outcomes import (
     end_for_budget,
     fail_phase,
     failed_attempt,
+    guard_before,
+    guard_violation,
     make_issue,
     mark_attempt,
     rel,
@@ -45,6 +48,7 @@ def gate_and_verify(ctx: RunContext, ps: PhaseStrategy) -> None:
         ctx.rec.run_to(RunState.GATE, phase=ps.phase_id, attempt=k)
     if rec.state == PhaseState.EXECUTING:
         ctx.rec.phase_to(ps.phase_id, PhaseState.GATE, attempt=k)
+    snap = guard_before(ctx, [adir])
     report = run_gate(
         patch_text=patch_path.read_text(errors="surrogateescape"),
         patch_path=patch_path,
@@ -56,6 +60,7 @@ def gate_and_verify(ctx: RunContext, ps: PhaseStrategy) -> None:
         attempt=k,
         log_dir=adir,
     )
+    _end_if_violated(ctx, ps, k, snap, "static checks", attempt.base_commit)
     write_model(adir / "gate.json", report)
     write_model(ctx.rec.phase_dir(ps) / "gate.json", report)
     if report.verdict != "pass":
@@ -91,6 +96,17 @@ def _tampering_review(ctx: RunContext, ps: PhaseStrategy, report: GateReport) ->
     ctx.rec.save_phase(rec.model_copy(update=update))
     failpoints.hit("after_tampering_review_recorded")
     return True
+
+
+def _end_if_violated(
+    ctx: RunContext, ps: PhaseStrategy, k: int, snap: guard.Snapshot, who: str, base: str | None
+) -> None:
+    """A step that touched the record or the shared git state ends the run; the worktree
+    goes back to the attempt's base first."""
+    violation = guard_violation(ctx, ps, k, snap, who)
+    if violation is not None:
+        ctx.git.reset_to(ctx.worktree, ctx.branch, base or ctx.git.head(ctx.worktree))
+        raise violation
 
 
 def _gate_fingerprint(report: GateReport) -> str:
@@ -141,6 +157,8 @@ def _verify(ctx: RunContext, ps: PhaseStrategy, k: int) -> None:
     profile = ctx.rec.strategy.ci_profiles[ps.ci_profile]
     if ps.ci_max_retries is not None and ps.ci_max_retries + 1 < profile.preflight_attempts:
         profile = profile.model_copy(update={"preflight_attempts": ps.ci_max_retries + 1})
+    confinement = ctx.confinement()
+    snap = guard_before(ctx, [out_dir])
     report = ci.run_ci(
         profile=profile,
         profile_name=ps.ci_profile.value,
@@ -148,7 +166,9 @@ def _verify(ctx: RunContext, ps: PhaseStrategy, k: int) -> None:
         out_dir=out_dir,
         phase_id=ps.phase_id,
         attempt=k,
+        confinement=confinement,
     )
+    _end_if_violated(ctx, ps, k, snap, "CI", ctx.rec.phase(ps.phase_id).attempts[-1].base_commit)
     write_model(out_dir / "ci.json", report)
     add_phase_spend(ctx, ps, Spend(ci_runs=1))
     evidence = rel(ctx, out_dir / "ci.json")
