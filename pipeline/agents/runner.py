@@ -152,6 +152,7 @@ def run_agent(
     problem = mask_text(_shell_missing_problem(agent, role, done.stdout), secrets)[0] if missing else None
     _finish_log(log_path, done, timeout_s, [*notes, *([problem] if problem else [])])
     mask_file(log_path)
+    mask_file(result_path)  # read above; the record keeps it only masked
     _remove_if_inside(result_path, worktree)
     return AgentOutcome(
         exit_code=None if done.timed_out else done.returncode,

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pipeline.core import sandbox
 from pipeline.core.errors import InvalidInput
+from pipeline.core.masking import mask_file
 from pipeline.core.proc import scrubbed_env
 from pipeline.models.base import ID_PATTERN
 from pipeline.models.plan import CiProfile, CiStep
@@ -164,6 +165,10 @@ def _run_step(
             notes.append(f"JUnit report {junit_path.name} is unreadable ({junit_error}); "
                          "the step counts as failed")
     _append_notes(log_path, notes)
+    # The step ran the patch's code: what it printed is kept only with secrets masked.
+    mask_file(log_path)
+    if junit_path.is_file():
+        mask_file(junit_path)
     result = CiStepResult(
         name=step.name,
         cmd=step.run,  # the template: the absolute JUnit path is machine-specific noise

@@ -13,6 +13,7 @@ from typing import Literal
 from pipeline.agents import runner as agents
 from pipeline.core import failpoints
 from pipeline.core.jsonio import write_model, write_text_atomic
+from pipeline.core.masking import masked
 from pipeline.core.overrides import builtin_path
 from pipeline.models.enums import IssueSource, RunState
 from pipeline.models.results import AttemptRecord, AuditorResult, AuditRecord
@@ -36,6 +37,7 @@ from pipeline.run.outcomes import (
     save_issues,
     suggested_issues,
     with_attempt,
+    write_patch,
 )
 from pipeline.store.events import utc_now
 
@@ -226,7 +228,7 @@ def _adopt_patch(ctx: RunContext, ps: PhaseStrategy, k: int, patch: str, result:
 
 def _record_attempt(ctx: RunContext, ps: PhaseStrategy, k: int, patch: str, result: AuditorResult) -> None:
     adir = attempt_dir(ctx, ps, k)
-    write_text_atomic(adir / "patch.diff", patch)
+    write_patch(ctx, ps, k, patch)
     now = utc_now()
     assert ps.auditor is not None
     attempt = AttemptRecord(
@@ -240,14 +242,14 @@ def _record_attempt(ctx: RunContext, ps: PhaseStrategy, k: int, patch: str, resu
         usage=result.usage,
         patch_sha256=patch_sha(patch),
         patch_files=patch_files(patch),
-        result_notes=result.notes,
+        result_notes=masked(result.notes),
     )
     write_model(adir / "builder.json", attempt)
     ctx.rec.save_phase(with_attempt(ctx.rec.phase(ps.phase_id), attempt))
 
 
 def _rejected(ctx: RunContext, ps: PhaseStrategy, result: AuditorResult) -> None:
-    reason = f"the auditor rejected phase {ps.phase_id}" + (f": {result.notes}" if result.notes else "")
+    reason = f"the auditor rejected phase {ps.phase_id}" + (f": {masked(result.notes)}" if result.notes else "")
     fail_phase(ctx, ps, reason)
     raise EndRun(RunState.DONE_FAILED_REQUIRES_HUMAN_REVIEW, reason)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from pipeline.agents import runner as agents
 from pipeline.core.errors import AutopackError
 from pipeline.core.jsonio import read_model, write_model, write_text_atomic
+from pipeline.core.masking import masked
 from pipeline.gate.patch import parse_patch
 from pipeline.gate.verdict import CHECK_ORDER
 from pipeline.models.enums import IssueSource, RunState, Severity
@@ -32,6 +33,7 @@ from pipeline.run.outcomes import (
     save_issues,
     suggested_issues,
     with_attempt,
+    write_patch,
 )
 from pipeline.run.spec import render_spec
 from pipeline.store.events import utc_now
@@ -174,7 +176,7 @@ def build(ctx: RunContext, ps: PhaseStrategy) -> None:
     undo_ref_changes(ctx, ps, k, refs_before, adir / "builder.log")
     if violation is not None:
         raise violation
-    write_text_atomic(adir / "patch.diff", patch)
+    write_patch(ctx, ps, k, patch)
     kind, reason = classify(outcome, patch)
     attempt = attempt.model_copy(
         update={
@@ -186,7 +188,7 @@ def build(ctx: RunContext, ps: PhaseStrategy) -> None:
             "patch_files": patch_files(patch),
             "outcome": kind or "running",
             "reason": reason,
-            "result_notes": outcome_notes(outcome),
+            "result_notes": masked(outcome_notes(outcome)),
             "command": outcome.command or attempt.command,
         }
     )
@@ -231,7 +233,7 @@ def record_submission(ctx: RunContext, ps: PhaseStrategy, patch: Path, result: P
     usage = read_model(result, BuilderResult).usage if result else Usage()
     adir = attempt_dir(ctx, ps, k)
     text = patch.read_text(errors="surrogateescape")
-    write_text_atomic(adir / "patch.diff", text)
+    write_patch(ctx, ps, k, text)
     now = utc_now()
     attempt = AttemptRecord(
         k=k,

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.core import jsonio
-from pipeline.core.jsonio import read_model, write_model
+from pipeline.core.jsonio import read_model, write_model, write_text_atomic
+from pipeline.core.masking import masked
 from pipeline.issues.rules import build_run_index, distinct_counts, effective, record_issues, resolve_fixed
 from pipeline.models.enums import IssueSource, PhaseState, RunState, Severity
 from pipeline.models.issues import Issue, PhaseIssueFile
@@ -90,9 +91,35 @@ def make_issue(
         complexity=ps.complexity,
         first_seen_run=run_id,
         last_seen_run=run_id,
-        evidence_refs=evidence,
-        message=message,
+        evidence_refs=[masked(e) for e in evidence],
+        message=masked(message),
     )
+
+
+QUARANTINE = Path(".autopack") / "quarantine"
+
+
+def quarantine_path(ctx: RunContext, ps: PhaseStrategy, k: int) -> Path:
+    """Where the raw text of attempt `k`'s patch is kept when it holds a secret: beside the
+    worktrees, git-ignored, never part of the record or the branch."""
+    return ctx.workspace / QUARANTINE / ctx.rec.run.run_id / ps.phase_id / f"{k}.diff"
+
+
+def write_patch(ctx: RunContext, ps: PhaseStrategy, k: int, patch: str) -> None:
+    """attempts/<k>/patch.diff, masked; the raw text, when it differs, only in the quarantine."""
+    safe = masked(patch)
+    raw = quarantine_path(ctx, ps, k)
+    if safe != patch:
+        write_text_atomic(raw, patch)
+    else:
+        raw.unlink(missing_ok=True)
+    write_text_atomic(attempt_dir(ctx, ps, k) / "patch.diff", safe)
+
+
+def raw_patch_path(ctx: RunContext, ps: PhaseStrategy, k: int) -> Path:
+    """The patch attempt `k` handed in, as it was: what the gate checks and applies."""
+    raw = quarantine_path(ctx, ps, k)
+    return raw if raw.is_file() else attempt_dir(ctx, ps, k) / "patch.diff"
 
 
 def probe_issue(ctx: RunContext, ps: PhaseStrategy, kind: str, reason: str, log: Path, who: str = "builder") -> Issue:

@@ -30,6 +30,7 @@ from pipeline.run.outcomes import (
     guard_violation,
     make_issue,
     mark_attempt,
+    raw_patch_path,
     rel,
     resolve_fixed_issues,
     save_issues,
@@ -42,7 +43,7 @@ def gate_and_verify(ctx: RunContext, ps: PhaseStrategy) -> None:
     k = rec.current_attempt
     attempt = rec.attempts[-1]
     adir = attempt_dir(ctx, ps, k)
-    patch_path = adir / "patch.diff"
+    patch_path = raw_patch_path(ctx, ps, k)
     ctx.git.reset_to(ctx.worktree, ctx.branch, attempt.base_commit or ctx.git.head(ctx.worktree))
     if ctx.rec.run.state == RunState.PHASE_EXECUTION:
         ctx.rec.run_to(RunState.GATE, phase=ps.phase_id, attempt=k)
@@ -235,7 +236,7 @@ def snapshot(ctx: RunContext, ps: PhaseStrategy) -> None:
     if sha is None:
         # CI may have left build products behind; the snapshot is exactly the gated patch.
         ctx.git.reset_to(ctx.worktree, ctx.branch, base)
-        applied = ctx.git.apply(ctx.worktree, attempt_dir(ctx, ps, attempt.k) / "patch.diff")
+        applied = ctx.git.apply(ctx.worktree, raw_patch_path(ctx, ps, attempt.k))
         if not applied.ok:
             raise GitError(
                 f"re-applying the verified patch of {ps.phase_id} failed: {applied.message}",
