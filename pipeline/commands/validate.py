@@ -79,7 +79,70 @@ def validate_run(workspace: Path | Workspace, run_id: str) -> list[str]:
             problems += _problems_of(lambda p=path, m=model: read_model(p, m))  # type: ignore[misc]
     problems += _problems_of(lambda: _check_events(store))
     problems += _problems_of(lambda: _check_frozen_plan(store))
+    problems += _problems_of(lambda: _check_strategy_exists(store))
+    problems += _chain_problems(store)
+    problems += _branch_problems(ws, store)
     return problems
+
+
+def _check_strategy_exists(store: RunStore) -> None:
+    if not store.strategy_json.is_file():
+        raise InvalidInput(f"{store.strategy_json}: missing", "restore it from git (`git checkout -- runs/<run>`)")
+
+
+def _chain_problems(store: RunStore) -> list[str]:
+    """Artifacts the events name, run and phase states against the last events."""
+    from pipeline.store import chain
+
+    try:
+        run = read_model(store.run_json, RunRecord)
+        strategy = read_model(store.strategy_json, Strategy)
+    except AutopackError:
+        return []  # reported by the schema checks above
+    states: dict[str, tuple[Path, str | None]] = {}
+    for ps in strategy.phases:
+        path = store.phase_dir(ps.index, ps.phase_id) / "phase.json"
+        try:
+            states[ps.phase_id] = (path, read_model(path, PhaseRecord).state.value if path.exists() else None)
+        except AutopackError:
+            continue  # reported above
+    return chain.problems(store.run_dir, store.events_path, run.run_id, run.state.value, states)
+
+
+def _branch_problems(ws: Workspace, store: RunStore) -> list[str]:
+    """Every COMPLETE phase's commit is on the run's branch and its tag points at it."""
+    from pipeline.run.context import current_target
+    from pipeline.vcs.remote import make_adapter
+
+    try:
+        run = read_model(store.run_json, RunRecord)
+        strategy = read_model(store.strategy_json, Strategy)
+    except AutopackError:
+        return []  # reported above
+    try:
+        git = make_adapter(current_target(ws.root, store, Path(run.target_repo)))
+        head = git.resolve(run.branch)
+    except AutopackError as exc:
+        return [f"{store.run_json}: cannot read branch {run.branch}: {exc}"]
+    found = []
+    for ps in strategy.phases:
+        path = store.phase_dir(ps.index, ps.phase_id) / "phase.json"
+        try:
+            rec = read_model(path, PhaseRecord)
+        except AutopackError:
+            continue
+        if rec.state.value != "COMPLETE":
+            continue
+        tagged = git.tag_target(rec.tag) if rec.tag else None
+        on_branch = bool(head and rec.commit and git.is_ancestor(rec.commit, head))
+        if not on_branch or tagged != rec.commit:
+            why = f"the tag points at {(tagged or 'nothing')[:12]}"
+            if not on_branch:
+                why = f"the commit is not on {run.branch}"
+            found.append(
+                f"{path}: COMPLETE with commit {(rec.commit or 'none')[:12]} and tag {rec.tag or 'none'}, but {why}"
+            )
+    return found
 
 
 def _check_frozen_plan(store: RunStore) -> None:

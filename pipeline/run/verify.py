@@ -36,6 +36,7 @@ from pipeline.run.outcomes import (
     save_issues,
     spends,
 )
+from pipeline.store import chain
 
 
 def gate_and_verify(ctx: RunContext, ps: PhaseStrategy) -> None:
@@ -270,7 +271,11 @@ def complete(ctx: RunContext, ps: PhaseStrategy) -> None:
     ctx.git.tag(ctx.worktree, tag, rec.commit, f"Autopack run {ctx.rec.run.run_id} phase {ps.phase_id}: {ps.name}")
     failpoints.hit("after_tag")
     ctx.rec.save_phase(rec.model_copy(update={"tag": tag}))
-    ctx.rec.phase_to(ps.phase_id, PhaseState.COMPLETE, commit=rec.commit, tag=tag)
+    k = rec.attempts[-1].k if rec.attempts else rec.current_attempt
+    adir = attempt_dir(ctx, ps, k)
+    ci_json = ctx.store.ci_dir(ps.index, ps.phase_id, k) / "ci.json"
+    named = chain.artifacts(ctx.store.run_dir, [adir / "patch.diff", adir / "gate.json", ci_json])
+    ctx.rec.phase_to(ps.phase_id, PhaseState.COMPLETE, commit=rec.commit, tag=tag, **{chain.ARTIFACTS: named})
     ctx.rec.save_phase(ctx.rec.phase(ps.phase_id).model_copy(update={"step": "done"}))
     # One run.json write: the run leaves the phase with the transition that ends it.
     ctx.rec.run = ctx.rec.run.model_copy(update={"current_phase": None})
