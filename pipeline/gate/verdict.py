@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from pipeline.gate.behaviour import before_texts, check_test_behaviour
 from pipeline.gate.evidence import POLICY_CHECKS, gate_check, limit_evidence
 from pipeline.gate.licence import check_attribution, check_licence
 from pipeline.gate.patch import ParsedPatch, PatchParseError, parse_patch
@@ -40,6 +41,7 @@ CHECK_ORDER = (
     "licence",
     "attribution",
     "apply",
+    "test_behaviour",
     "static_checks",
 )
 
@@ -99,6 +101,7 @@ def run_gate(
         failed = gate_check("parse", False, exc.message, [exc.fix] if exc.fix else [])
         return _report(phase, attempt, [failed], [], three_way=False)
     applied: list[ApplyOutcome] = []
+    tests_before = before_texts(patch, worktree)  # read now: `apply` changes them
     steps: list[Callable[[], GateCheck]] = [
         lambda: gate_check("parse", True, _summary(patch)),
         lambda: check_paths_safe(patch, worktree),
@@ -110,6 +113,7 @@ def run_gate(
         lambda: check_licence(patch, phase),
         lambda: check_attribution(patch, phase, worktree),
         lambda: _check_apply(git, worktree, patch_path, applied),
+        lambda: check_test_behaviour(patch, tests_before, worktree, phase.task_category),
         lambda: check_static(static_checks, worktree, log_dir),
     ]
     checks: list[GateCheck] = []
