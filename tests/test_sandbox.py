@@ -278,7 +278,8 @@ def test_hostile_builder_ends_in_a_violation_or_a_no_op(tmp_path: Path, mode: st
     assert "Isolation of untrusted steps: none" in summary
 
 
-def test_hostile_ci_step_cannot_rewrite_the_record(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize("where", ["ci", "static"])
+def test_hostile_ci_step_cannot_rewrite_the_record(tmp_path: Path, mode: str, where: str) -> None:
     code = (
         "import pathlib,sys\n"
         "p = pathlib.Path(sys.argv[1])\n"
@@ -290,6 +291,12 @@ def test_hostile_ci_step_cannot_rewrite_the_record(tmp_path: Path, mode: str) ->
         tmp_path, files=FILES, agent_body='write("mod.py", "X = 2\\n")',
         ci_steps=[{"name": "evil", "run": f"{sys.executable} {script} {tmp_path / 'workspace/runs/r1/strategy.json'}"}],
     )
+    if where == "static":  # the same command as a static check of the gate; CI itself is harmless
+        text = setup.plan_path.read_text()
+        evil = text[text.index("      - name: evil"):text.index("tiers:")]
+        harmless = f"      - name: ok\n        run: {sys.executable} -c pass\n"
+        moved = "    static_checks:\n" + evil + "    steps:\n" + harmless
+        setup.plan_path.write_text(text.replace("    steps:\n" + evil, moved))
     setup.start()
     strategy = _sha(setup.store.strategy_json)
     run_to_end(setup.workspace, setup.run_id)
@@ -299,7 +306,8 @@ def test_hostile_ci_step_cannot_rewrite_the_record(tmp_path: Path, mode: str) ->
         assert run["state"] == "DONE_SUCCESS"
     else:
         assert run["state"] == "DONE_FAILED_POLICY_VIOLATION"
-        assert "the CI changed what it must not touch" in run["failure_reason"]
+        who = "CI" if where == "ci" else "static checks"
+        assert f"the {who} changed what it must not touch" in run["failure_reason"]
         assert "strategy.json" in run["failure_reason"]
 
 

@@ -39,7 +39,9 @@ TAMPERED = {
     "early-return-in-class": BASE.replace("    def test_zero(self):\n", "    def test_zero(self):\n        return\n"),
     "skip-decorator": BASE.replace("def test_double():", "@pytest.mark.skip\ndef test_double():"),
     "xfail-decorator": BASE.replace("def test_double():", "@pytest.mark.xfail(reason='x')\ndef test_double():"),
-    "module-pytestmark": BASE.replace("from mod import double\n", "from mod import double\n\npytestmark = pytest.mark.skip\n"),
+    "module-pytestmark": BASE.replace(
+        "from mod import double\n", "from mod import double\n\npytestmark = pytest.mark.skip\n"
+    ),
     "removed-test": BASE.replace("def test_double():\n    assert double(2) == 4\n", ""),
     "assert-removed": BASE.replace("    assert double(2) == 4\n", "    double(2)\n"),
     "if-true-return": BASE.replace("def test_double():\n", "def test_double():\n    if True:\n        return\n"),

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from pipeline.core import sandbox
 from pipeline.gate.behaviour import before_texts, check_test_behaviour
 from pipeline.gate.evidence import POLICY_CHECKS, gate_check, limit_evidence
 from pipeline.gate.licence import check_attribution, check_licence
@@ -92,6 +93,7 @@ def run_gate(
     git: PatchApplier,
     attempt: int,
     log_dir: Path,
+    confinement: sandbox.Confinement = sandbox.UNCONFINED,
 ) -> GateReport:
     """Every gate check in order, stopping at the first failure; the patch is applied by
     the `apply` check and left applied (or half-done) for the caller to keep or reset."""
@@ -114,7 +116,7 @@ def run_gate(
         lambda: check_attribution(patch, phase, worktree),
         lambda: _check_apply(git, worktree, patch_path, applied),
         lambda: check_test_behaviour(patch, tests_before, worktree, phase.task_category),
-        lambda: check_static(static_checks, worktree, log_dir),
+        lambda: check_static(static_checks, worktree, log_dir, confinement),
     ]
     checks: list[GateCheck] = []
     for step in steps:

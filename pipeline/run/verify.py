@@ -50,6 +50,7 @@ def gate_and_verify(ctx: RunContext, ps: PhaseStrategy) -> None:
         ctx.rec.run_to(RunState.GATE, phase=ps.phase_id, attempt=k)
     if rec.state == PhaseState.EXECUTING:
         ctx.rec.phase_to(ps.phase_id, PhaseState.GATE, attempt=k)
+    confinement = ctx.confinement()
     snap = guard_before(ctx, [adir])
     report = run_gate(
         patch_text=patch_path.read_text(errors="surrogateescape"),
@@ -61,6 +62,7 @@ def gate_and_verify(ctx: RunContext, ps: PhaseStrategy) -> None:
         git=ctx.git,
         attempt=k,
         log_dir=adir,
+        confinement=confinement,
     )
     _end_if_violated(ctx, ps, k, snap, "static checks", attempt.base_commit)
     write_model(adir / "gate.json", report)
