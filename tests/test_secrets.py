@@ -171,7 +171,7 @@ def test_supervisor_secret_values_are_refused(monkeypatch: pytest.MonkeyPatch) -
      "-----BEGIN RSA PRIVATE KEY----- " * 30_000],
 )
 def test_long_lines_finish(line: str) -> None:
-    """Adversarial 1 MB lines are scanned (bench/bench_secrets.py prints the times)."""
+    """Adversarial 1 MB lines are scanned (bench/secrets.py prints the times)."""
     secret_catalogue.find(line)
 
 

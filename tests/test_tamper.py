@@ -127,3 +127,32 @@ def test_a_constant_assert_ends_the_attempt_in_a_run(tmp_path: Path, unsandboxed
     assert "asserts a constant condition" in " ".join(failed[0]["evidence"])
     assert setup.run_json()["state"] != "DONE_SUCCESS"
     assert "assert True" not in setup.git("show", f"{setup.branch}:tests/test_mod.py")
+
+
+def test_paths_git_changed_but_the_gate_did_not_see_fail_the_gate(tmp_path: Path) -> None:
+    """The gate cross-checks git's own list of changed paths after apply against the
+    parsed patch: a path the parser missed is a policy failure naming it."""
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from pipeline.models.reports import GateCheck, GateReport
+    from pipeline.run.verify import _cross_check_paths
+    from pipeline.vcs.local import LocalGitCli
+    from testing.gitrepo import git, make_repo
+
+    repo = make_repo(tmp_path / "repo", {"a.py": "A = 1\n"})
+    wt = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "autonomous/r", str(wt))
+    base = git(wt, "rev-parse", "HEAD")
+    (wt / "a.py").write_text("A = 2\n")
+    (wt / "hidden.py").write_text("B = 1\n")  # what a parser bug would let through
+    report = GateReport(
+        phase_id="P1", attempt=1, verdict="pass", touched_paths=["a.py"],
+        checks=[GateCheck(name="parse", verdict="pass", message="1 file")],
+    )
+    ctx = cast(Any, SimpleNamespace(git=LocalGitCli(repo), worktree=wt))
+    judged = _cross_check_paths(ctx, report, base)
+    assert judged.verdict == "fail" and judged.policy_violation
+    assert judged.checks[-1].evidence == ["hidden.py"]
+    (wt / "hidden.py").unlink()
+    assert _cross_check_paths(ctx, report, base).verdict == "pass"

@@ -5,7 +5,7 @@ backtracking (maximal runs of `[A-Za-z0-9_-]`), each token is compared with the 
 token shapes by its prefix and a single character class, and the few constructs that
 span tokens (a JWT, a `Bearer` header, a private key block, a Slack webhook, a
 `KEY=value` assignment) are examined with bounded look-ahead from the token that starts
-them. A 1 MB line costs one pass (`bench/bench_secrets.py`).
+them. A 1 MB line costs one pass (`bench/secrets.py`).
 
 What counts, and what must not (a hit ends the run):
 

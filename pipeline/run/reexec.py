@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from pipeline.config.workspace import Workspace
 from pipeline.core import proc, sandbox
 
 MARK = "AUTOPACK_REEXECED"
@@ -34,7 +35,7 @@ def withheld(needed: Iterable[str], source: Mapping[str, str] | None = None) -> 
     return sorted(name for name in src if name not in kept)
 
 
-def drop_secrets(workspace: Path) -> None:
+def drop_secrets(ws: Workspace) -> None:
     """Re-exec without the unneeded names when steps will run unsandboxed; a no-op with the
     sandbox, after a re-exec, or when nothing would be dropped."""
     if os.environ.get(MARK) or not _our_command_line():
@@ -42,7 +43,7 @@ def drop_secrets(workspace: Path) -> None:
     level, _why = sandbox.decide(False)
     if level == sandbox.ISOLATION_BWRAP:
         return
-    needed = _preset_names(workspace)
+    needed = _preset_names(ws)
     if not withheld(needed):
         return
     env = {**kept_env(needed), MARK: "1"}
@@ -59,11 +60,9 @@ def _our_command_line() -> bool:
     return ours and bool(sys.orig_argv)
 
 
-def _preset_names(workspace: Path) -> list[str]:
-    from pipeline.agents.presets import load_agent_presets
-
+def _preset_names(ws: Workspace) -> list[str]:
     try:
-        presets = load_agent_presets(workspace)
+        presets = ws.agent_presets
     except Exception:  # a bad presets file is reported by the run itself
         return []
     return sorted({name for preset in presets.values() for name in preset.env})

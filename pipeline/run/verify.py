@@ -9,7 +9,9 @@ from pipeline.ci import runner as ci
 from pipeline.core import failpoints
 from pipeline.core.errors import GitError
 from pipeline.core.jsonio import write_model
+from pipeline.gate.evidence import gate_check
 from pipeline.gate.licence import external_issue_category
+from pipeline.gate.patch import parse_patch
 from pipeline.gate.verdict import feedback_for, run_gate
 from pipeline.models.enums import IssueSource, PhaseState, RunState, Severity
 from pipeline.models.issues import Issue
@@ -65,6 +67,8 @@ def gate_and_verify(ctx: RunContext, ps: PhaseStrategy) -> None:
         confinement=confinement,
     )
     _end_if_violated(ctx, ps, k, snap, "static checks", attempt.base_commit)
+    if report.verdict == "pass":
+        report = _cross_check_paths(ctx, report, attempt.base_commit)
     write_model(adir / "gate.json", report)
     write_model(ctx.rec.phase_dir(ps) / "gate.json", report)
     if report.verdict != "pass":
@@ -100,6 +104,18 @@ def _tampering_review(ctx: RunContext, ps: PhaseStrategy, report: GateReport) ->
     ctx.rec.save_phase(rec.model_copy(update=update))
     failpoints.hit("after_tampering_review_recorded")
     return True
+
+
+def _cross_check_paths(ctx: RunContext, report: GateReport, base: str | None) -> GateReport:
+    """The paths git itself reports as changed after `apply` (3-way included) are the
+    paths the gate parsed and judged: any other path fails the gate as a policy violation."""
+    actual = parse_patch(ctx.git.collect_patch(ctx.worktree, base or ctx.git.head(ctx.worktree))).touched_paths
+    unseen = sorted(set(actual) - set(report.touched_paths))
+    if not unseen:
+        return report
+    check = gate_check("paths_safe", False, "git changed paths the gate did not see in the patch", unseen)
+    checks = [*report.checks, check.model_copy(update={"policy": True})]
+    return report.model_copy(update={"verdict": "fail", "checks": checks})
 
 
 def _end_if_violated(
