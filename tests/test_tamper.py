@@ -135,8 +135,7 @@ def test_paths_git_changed_but_the_gate_did_not_see_fail_the_gate(tmp_path: Path
     from types import SimpleNamespace
     from typing import Any, cast
 
-    from pipeline.models.reports import GateCheck, GateReport
-    from pipeline.run.verify import _cross_check_paths
+    from pipeline.run.verify import _applied_paths
     from pipeline.vcs.local import LocalGitCli
     from testing.gitrepo import git, make_repo
 
@@ -146,13 +145,8 @@ def test_paths_git_changed_but_the_gate_did_not_see_fail_the_gate(tmp_path: Path
     base = git(wt, "rev-parse", "HEAD")
     (wt / "a.py").write_text("A = 2\n")
     (wt / "hidden.py").write_text("B = 1\n")  # what a parser bug would let through
-    report = GateReport(
-        phase_id="P1", attempt=1, verdict="pass", touched_paths=["a.py"],
-        checks=[GateCheck(name="parse", verdict="pass", message="1 file")],
-    )
-    ctx = cast(Any, SimpleNamespace(git=LocalGitCli(repo), worktree=wt))
-    judged = _cross_check_paths(ctx, report, base)
-    assert judged.verdict == "fail" and judged.policy_violation
-    assert judged.checks[-1].evidence == ["hidden.py"]
+    check = _applied_paths(cast(Any, SimpleNamespace(git=LocalGitCli(repo), worktree=wt)), base)
+    judged = check(["a.py"])
+    assert judged.verdict == "fail" and judged.policy and judged.evidence == ["hidden.py"]
     (wt / "hidden.py").unlink()
-    assert _cross_check_paths(ctx, report, base).verdict == "pass"
+    assert check(["a.py"]).verdict == "pass"

@@ -42,6 +42,7 @@ CHECK_ORDER = (
     "licence",
     "attribution",
     "apply",
+    "applied_paths",
     "test_behaviour",
     "static_checks",
 )
@@ -94,6 +95,7 @@ def run_gate(
     attempt: int,
     log_dir: Path,
     confinement: sandbox.Confinement = sandbox.UNCONFINED,
+    applied_paths: Callable[[list[str]], GateCheck] | None = None,
 ) -> GateReport:
     """Every gate check in order, stopping at the first failure; the patch is applied by
     the `apply` check and left applied (or half-done) for the caller to keep or reset."""
@@ -115,6 +117,7 @@ def run_gate(
         lambda: check_licence(patch, phase),
         lambda: check_attribution(patch, phase, worktree),
         lambda: _check_apply(git, worktree, patch_path, applied),
+        lambda: applied_paths(patch.touched_paths) if applied_paths else gate_check("applied_paths", True, "not asked"),
         lambda: check_test_behaviour(patch, tests_before, worktree, phase.task_category),
         lambda: check_static(static_checks, worktree, log_dir, confinement),
     ]

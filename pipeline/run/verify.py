@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.ci import runner as ci
@@ -15,7 +16,7 @@ from pipeline.gate.patch import parse_patch
 from pipeline.gate.verdict import feedback_for, run_gate
 from pipeline.models.enums import IssueSource, PhaseState, RunState, Severity
 from pipeline.models.issues import Issue
-from pipeline.models.reports import GateReport
+from pipeline.models.reports import GateCheck, GateReport
 from pipeline.models.run import PhaseRecord, Spend
 from pipeline.models.strategy import PhaseStrategy
 from pipeline.policy import budgets
@@ -65,10 +66,9 @@ def gate_and_verify(ctx: RunContext, ps: PhaseStrategy) -> None:
         attempt=k,
         log_dir=adir,
         confinement=confinement,
+        applied_paths=_applied_paths(ctx, attempt.base_commit),
     )
     _end_if_violated(ctx, ps, k, snap, "static checks", attempt.base_commit)
-    if report.verdict == "pass":
-        report = _cross_check_paths(ctx, report, attempt.base_commit)
     write_model(adir / "gate.json", report)
     write_model(ctx.rec.phase_dir(ps) / "gate.json", report)
     if report.verdict != "pass":
@@ -106,16 +106,18 @@ def _tampering_review(ctx: RunContext, ps: PhaseStrategy, report: GateReport) ->
     return True
 
 
-def _cross_check_paths(ctx: RunContext, report: GateReport, base: str | None) -> GateReport:
-    """The paths git itself reports as changed after `apply` (3-way included) are the
-    paths the gate parsed and judged: any other path fails the gate as a policy violation."""
-    actual = parse_patch(ctx.git.collect_patch(ctx.worktree, base or ctx.git.head(ctx.worktree))).touched_paths
-    unseen = sorted(set(actual) - set(report.touched_paths))
-    if not unseen:
-        return report
-    check = gate_check("paths_safe", False, "git changed paths the gate did not see in the patch", unseen)
-    checks = [*report.checks, check.model_copy(update={"policy": True})]
-    return report.model_copy(update={"verdict": "fail", "checks": checks})
+def _applied_paths(ctx: RunContext, base: str | None) -> Callable[[list[str]], GateCheck]:
+    """The gate's check right after `apply`: the paths git itself reports as changed (3-way
+    included) are the paths the gate parsed; any other fails as a policy violation."""
+
+    def check(parsed: list[str]) -> GateCheck:
+        actual = parse_patch(ctx.git.collect_patch(ctx.worktree, base or ctx.git.head(ctx.worktree))).touched_paths
+        unseen = sorted(set(actual) - set(parsed))
+        if unseen:
+            return gate_check("applied_paths", False, "git changed paths the gate did not see in the patch", unseen)
+        return gate_check("applied_paths", True, f"git changed the {len(actual)} path(s) the gate checked")
+
+    return check
 
 
 def _end_if_violated(
