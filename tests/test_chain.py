@@ -155,4 +155,4 @@ def test_complete_phases_name_their_artifacts(tmp_path: Path) -> None:
     tag = f"autonomous/{setup.run_id}/P2"
     setup.git("tag", "-f", tag, "main")
     problems = validate_run(setup.workspace, setup.run_id)
-    assert any("the tag points at" in p for p in problems), problems
+    assert any(f"its tag {tag} points at" in p for p in problems), problems

@@ -112,9 +112,6 @@ def _exit_for(state: Any) -> None:
 
 def _run_phase(run: str, phase: str) -> None:
     from pipeline.run.driver import run_phase
-    from pipeline.run.reexec import drop_secrets
-
-    drop_secrets(_loaded_workspace())
 
     outcome = run_phase(_loaded_workspace(), _need(run, "run", "doit run_phase --run add-jitter"), phase or None)
     _print_outcome(outcome)
@@ -123,9 +120,6 @@ def _run_phase(run: str, phase: str) -> None:
 
 def _run(run: str) -> None:
     from pipeline.run.driver import run_to_end
-    from pipeline.run.reexec import drop_secrets
-
-    drop_secrets(_loaded_workspace())
 
     outcomes = run_to_end(_loaded_workspace(), _need(run, "run", "doit run --run add-jitter"))
     for outcome in outcomes:
@@ -149,9 +143,7 @@ def _status(run: str, as_json: bool) -> None:
 
 def _submit(run: str, phase: str, patch: str, result: str) -> None:
     from pipeline.run.driver import submit_patch
-    from pipeline.run.reexec import drop_secrets
 
-    drop_secrets(_loaded_workspace())
     outcome = submit_patch(
         _loaded_workspace(),
         _need(run, "run", "doit submit --run R --phase P --patch change.diff"),

@@ -118,7 +118,7 @@ def run_gate(
         lambda: check_attribution(patch, phase, worktree),
         lambda: _check_apply(git, worktree, patch_path, applied),
         lambda: applied_paths(patch.touched_paths) if applied_paths else gate_check("applied_paths", True, "not asked"),
-        lambda: check_test_behaviour(patch, tests_before, worktree, phase.task_category),
+        lambda: check_test_behaviour(patch, tests_before, worktree, phase.task_category, _tests_may_change(phase)),
         lambda: check_static(static_checks, worktree, log_dir, confinement),
     ]
     checks: list[GateCheck] = []

@@ -126,9 +126,8 @@ class RunContext:
             writable = tuple(Path(os.path.expanduser(p)) for p in rule.writable)
             self._confinement = sandbox.Confinement(level, tuple(readonly), frozenset(rule.no_network), writable)
             label = level if level == sandbox.ISOLATION_BWRAP else f"none ({why})"
-            if self.rec.run.isolation != label:
+            if self.rec.run.isolation != label:  # written with run.json's next save
                 self.rec.run = self.rec.run.model_copy(update={"isolation": label})
-                self.rec.note(self.rec.run.run_id, "isolation", level=level, reason=why)
         return self._confinement
 
     def phase_description(self, phase_id: str) -> str:

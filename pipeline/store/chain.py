@@ -134,3 +134,42 @@ def problems(
 def _what(event: dict[str, Any]) -> str:
     to = event.get("to_state")
     return f"{event.get('kind')} {event.get('entity')}" + (f" -> {to}" if to else "")
+
+
+def tag_commit(common_git_dir: Path, tag: str) -> str | None:
+    """The commit an annotated or lightweight tag points at, read from the repository's
+    files (loose ref and object, or packed-refs' peeled line); None when it cannot tell."""
+    import zlib
+
+    loose = common_git_dir / "refs" / "tags" / tag
+    sha = loose.read_text().strip() if loose.is_file() else _packed(common_git_dir, f"refs/tags/{tag}")
+    if not sha:
+        return None
+    if sha.startswith("^"):
+        return sha[1:]
+    obj = common_git_dir / "objects" / sha[:2] / sha[2:]
+    try:
+        data = zlib.decompress(obj.read_bytes())
+    except (OSError, zlib.error):
+        return _packed(common_git_dir, f"refs/tags/{tag}", peeled=True) or None
+    if data.startswith(b"commit "):
+        return sha
+    if data.startswith(b"tag "):
+        body = data.split(b"\0", 1)[-1]
+        first = body.split(b"\n", 1)[0]
+        return first.split(b" ", 1)[1].decode() if first.startswith(b"object ") else None
+    return None
+
+
+def _packed(common_git_dir: Path, ref: str, peeled: bool = False) -> str | None:
+    try:
+        lines = (common_git_dir / "packed-refs").read_text().splitlines()
+    except OSError:
+        return None
+    for i, line in enumerate(lines):
+        if line.endswith(f" {ref}"):
+            following = lines[i + 1] if i + 1 < len(lines) else ""
+            if following.startswith("^"):
+                return following if not peeled else following[1:]
+            return line.split(" ", 1)[0]
+    return None
