@@ -16,8 +16,11 @@
 FROM python:3.11-slim
 
 # git: every run is a branch and a linked worktree of the mounted checkout.
+# bubblewrap: the sandbox of agents and CI steps (docs/security.md); inside a container it
+# needs user namespaces (e.g. `--security-opt seccomp=unconfined`), else runs record the
+# isolation level `none` and rely on the supervisor's checks.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git \
+    && apt-get install -y --no-install-recommends git bubblewrap \
     && rm -rf /var/lib/apt/lists/*
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -30,3 +30,10 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A temp directory that is the current directory for the test."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def unsandboxed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Untrusted steps run without the bubblewrap sandbox (the fallback): for tests whose
+    scripted agents report through files outside the worktree, which the sandbox forbids."""
+    monkeypatch.setenv("AUTOPACK_SANDBOX", "off")

@@ -180,7 +180,7 @@ def test_a_good_patch_passes_every_check_and_is_applied(env: Env) -> None:
     assert (env.wt / "src/util.py").read_text() == "X = 1\n"
     assert (env.tmp / "gate-logs" / "static-sees_the_patch.log").is_file()
     assert [c.policy for c in report.checks] == [
-        n in ("paths_safe", "protected_paths", "scope", "secrets") for n in CHECK_ORDER
+        n in ("paths_safe", "protected_paths", "scope", "secrets", "applied_paths") for n in CHECK_ORDER
     ]
     assert "accepted" in feedback_for(report)
     GateReport.model_validate_json(report.model_dump_json())  # gate.json round-trips

@@ -36,6 +36,11 @@ ROOMY_CI = "tier_budgets:\n  ci_runs_per_phase: 5\n"
 # High-risk categories allow one auditor attempt; tests of auditor retries allow two.
 TWO_AUDITOR_ATTEMPTS = "categories:\n  schema_contract_change:\n    max_auditor_attempts: 2\n"
 
+# The scripted auditors report their environment in files beside their scripts, outside the
+# worktree: the sandbox forbids that, so these tests drive the fallback (tests/test_sandbox.py
+# covers the sandbox).
+pytestmark = pytest.mark.usefixtures("unsandboxed")
+
 
 # -- helpers -------------------------------------------------------------------------------
 

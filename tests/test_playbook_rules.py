@@ -29,6 +29,10 @@ from pipeline.policy.strategy import compile_strategy
 from testing.runs import phase
 from testing.synthetic import SynIssue, SynPhase, write_run
 
+# The scripted auditors log their calls beside their scripts, outside the worktree: the
+# sandbox forbids that, so these runs use the fallback (tests/test_sandbox.py covers it).
+pytestmark = pytest.mark.usefixtures("unsandboxed")
+
 # -- §5.2: counts are of distinct issue_keys ----------------------------------------------
 
 

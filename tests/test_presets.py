@@ -27,6 +27,11 @@ from pipeline.run.driver import run_phase
 from testing.gitrepo import write_script
 from testing.runs import RunSetup, make_workspace, phase, python_step
 
+# The fake CLIs dump their arguments and environment beside their bin dir, outside the
+# worktree: the sandbox forbids that, so these phases run with the fallback
+# (tests/test_sandbox.py covers the sandbox).
+pytestmark = pytest.mark.usefixtures("unsandboxed")
+
 FILES = {"mod.py": "X = 1\n"}
 CI_X2 = [python_step("x-is-2", "import mod; assert mod.X == 2, mod.X")]
 

@@ -150,7 +150,7 @@ result(status="success", usage={"tokens_in": 100, "tokens_out": 20, "cost_usd": 
 """
 
 
-def test_builder_commit_is_folded_into_our_snapshot(tmp_path: Path) -> None:
+def test_builder_commit_is_folded_into_our_snapshot(tmp_path: Path, unsandboxed: None) -> None:
     setup = make_workspace(
         tmp_path, files=FILES, agent_body=COMMITTING_AGENT,
         ci_steps=[python_step("import", "import mod, extra; assert mod.X == 2")],
@@ -280,7 +280,9 @@ STUBBORN_CHILD = (
 )
 
 
-def test_builder_timeout_is_an_issue_and_the_next_attempt_runs(tmp_path: Path, stray_pids: list[int]) -> None:
+def test_builder_timeout_is_an_issue_and_the_next_attempt_runs(
+    tmp_path: Path, stray_pids: list[int], unsandboxed: None
+) -> None:
     body = f"CHILD = {SLEEPING_CHILD!r}\nPAUSE = 0\n" + HANGING_AGENT
     setup = make_workspace(tmp_path, files=FILES, agent_body=body, builder_timeout_s=1, ci_steps=IMPORT_CI)
     before = started(setup)
@@ -304,7 +306,9 @@ def test_builder_timeout_is_an_issue_and_the_next_attempt_runs(tmp_path: Path, s
     assert_user_untouched(setup, before)
 
 
-def test_builder_timeout_kills_the_whole_process_group(tmp_path: Path, stray_pids: list[int]) -> None:
+def test_builder_timeout_kills_the_whole_process_group(
+    tmp_path: Path, stray_pids: list[int], unsandboxed: None
+) -> None:
     # Attempt 2 pauses so that a surviving helper of attempt 1 gets to write during it.
     body = f"CHILD = {STUBBORN_CHILD!r}\nPAUSE = 0.5\n" + HANGING_AGENT
     setup = make_workspace(tmp_path, files=FILES, agent_body=body, builder_timeout_s=2, ci_steps=IMPORT_CI)
@@ -695,7 +699,7 @@ def test_dirty_user_checkout_is_untouched(tmp_path: Path) -> None:
     assert setup.git("show", f"{sha}:stashed.py") == "T = 1"
 
 
-def test_agent_git_housekeeping_does_not_leak_into_the_user_repository(tmp_path: Path) -> None:
+def test_agent_git_housekeeping_does_not_leak_into_the_user_repository(tmp_path: Path, unsandboxed: None) -> None:
     body = """
 write("mod.py", "X = 'draft'\\n")
 git("stash", "push", "-q", "-m", "agent draft")

@@ -41,7 +41,7 @@ from pipeline.agents.presets import (
     preset_named,
 )
 from pipeline.agents.usage import ParsedUsage, find_json_object, parse_usage
-from pipeline.core import proc
+from pipeline.core import proc, sandbox
 from pipeline.core.errors import AutopackError, EnvironmentProblem, InvalidInput
 from pipeline.core.jsonio import read_json, read_model, write_json_atomic, write_text_atomic
 from pipeline.core.masking import mask_file, mask_text, secret_values
@@ -111,6 +111,7 @@ def run_agent(
     log_path: Path,
     result_path: Path,
     presets: Mapping[str, AgentPreset] | None = None,
+    confinement: sandbox.Confinement = sandbox.UNCONFINED,
 ) -> AgentOutcome:
     """Run the agent `spec` in `worktree` and collect its exit, log, result and usage.
 
@@ -118,7 +119,8 @@ def run_agent(
     `AUTOPACK_RESULT` (= `result_path`) are set here so the file the agent is told about is
     the one that is read. `timeout_s` is the caller's final limit (it has already weighed
     `spec.timeout_s` against the remaining budgets). `presets` are the workspace's
-    (`pipeline.agents.presets.load_agent_presets`); None means the built-in ones.
+    (`pipeline.agents.presets.load_agent_presets`); None means the built-in ones. `confinement`
+    is the run's sandbox: the agent may write its worktree and its result's directory.
 
     Raises only for definition errors (no command, an unknown preset, a missing worktree);
     agent misbehaviour comes back as values.
@@ -147,7 +149,8 @@ def run_agent(
     if agent.executable and shutil.which(agent.executable, path=env.get("PATH", "")) is None:
         return _not_installed(agent, role, log_path)
 
-    done = proc.run(agent.command, cwd=worktree, env=env, timeout_s=timeout_s, log_path=log_path)
+    with confinement.jail(worktree, role, writable=[result_path.parent]) as jail:
+        done = sandbox.run(jail, agent.command, cwd=worktree, env=env, timeout_s=timeout_s, log_path=log_path)
     parsed = with_final_error(agent.preset.usage, done.stdout, parse_usage(agent.preset.usage, done.stdout, who=role))
     verdict_note = _verdict_from_output(role, agent, parsed, done.stdout, result_path)
     result, result_error, result_usage = _read_result(result_path, role)
@@ -159,6 +162,7 @@ def run_agent(
     problem = mask_text(_shell_missing_problem(agent, role, done.stdout), secrets)[0] if missing else None
     _finish_log(log_path, done, timeout_s, [*notes, *([problem] if problem else [])])
     mask_file(log_path)
+    mask_file(result_path)  # read above; the record keeps it only masked
     _remove_if_inside(result_path, worktree)
     return AgentOutcome(
         exit_code=None if done.timed_out else done.returncode,

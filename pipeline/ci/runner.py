@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from pipeline.core import sandbox
 from pipeline.core.errors import InvalidInput
-from pipeline.core.proc import run, scrubbed_env
+from pipeline.core.masking import mask_file
+from pipeline.core.proc import scrubbed_env
 from pipeline.models.base import ID_PATTERN
 from pipeline.models.plan import CiProfile, CiStep
 from pipeline.models.reports import CheckVerdict, CiReport, CiStepResult, CiTry, TestCaseResult
@@ -75,12 +77,14 @@ def run_ci(
     phase_id: str,
     attempt: int,
     env: Mapping[str, str] | None = None,
+    confinement: sandbox.Confinement = sandbox.UNCONFINED,
 ) -> CiReport:
     """Run `profile.steps` in `worktree`, retrying red tries, and summarise them.
 
     Logs and JUnit files go to `out_dir` as `try<n>-<step>.log` / `.junit.xml`; the
     report's paths are relative to `out_dir`. Steps get `env` (the scrubbed environment
-    when None) plus `AUTOPACK_CI_TRY=<n>`.
+    when None) plus `AUTOPACK_CI_TRY=<n>`. Each step runs in `confinement`'s sandbox,
+    writing only the worktree, `out_dir` and its private temp dir.
     """
     # Checked up front: a bad id would otherwise surface only after the whole CI ran.
     if not re.match(ID_PATTERN, phase_id):
@@ -97,7 +101,7 @@ def run_ci(
     tries: list[CiTry] = []
     environment_error: str | None = None
     for n in range(1, profile.preflight_attempts + 1):
-        ci_try, environment_error = _run_try(n, profile.steps, worktree, out_dir, base_env)
+        ci_try, environment_error = _run_try(n, profile.steps, worktree, out_dir, base_env, confinement)
         tries.append(ci_try)
         # A missing tool stays missing: retrying only burns the CI budget.
         if ci_try.verdict == "pass" or environment_error:
@@ -106,7 +110,12 @@ def run_ci(
 
 
 def _run_try(
-    n: int, steps: Sequence[CiStep], worktree: Path, out_dir: Path, env: Mapping[str, str]
+    n: int,
+    steps: Sequence[CiStep],
+    worktree: Path,
+    out_dir: Path,
+    env: Mapping[str, str],
+    confinement: sandbox.Confinement,
 ) -> tuple[CiTry, str | None]:
     """One pass over the steps, stopping at the first that fails."""
     step_env = {**env, TRY_ENV_VAR: str(n)}
@@ -114,7 +123,7 @@ def _run_try(
     used: set[str] = set()
     for index, step in enumerate(steps):
         stem = _file_stem(n, index, step.name, used)
-        outcome = _run_step(step, stem, worktree, out_dir, step_env)
+        outcome = _run_step(step, stem, worktree, out_dir, step_env, confinement)
         results.append(outcome.result)
         if outcome.failed:
             return CiTry(n=n, verdict="fail", steps=results), outcome.environment_error
@@ -132,14 +141,15 @@ def _file_stem(n: int, index: int, name: str, used: set[str]) -> str:
 
 
 def _run_step(
-    step: CiStep, stem: str, worktree: Path, out_dir: Path, env: Mapping[str, str]
+    step: CiStep, stem: str, worktree: Path, out_dir: Path, env: Mapping[str, str], confinement: sandbox.Confinement
 ) -> _StepRun:
     log_path = out_dir / f"{stem}.log"
     junit_path = out_dir / f"{stem}.junit.xml"
     # A stale report from an earlier invocation would be mistaken for this step's.
     junit_path.unlink(missing_ok=True)
     command = step.run.replace(JUNIT_PLACEHOLDER, shlex.quote(str(junit_path)))
-    res = run(command, cwd=worktree, env=env, timeout_s=step.timeout_s, log_path=log_path)
+    with confinement.jail(worktree, "ci", step.name, writable=[out_dir]) as jail:
+        res = sandbox.run(jail, command, cwd=worktree, env=env, timeout_s=step.timeout_s, log_path=log_path)
     output = res.stdout + res.stderr
     notes: list[str] = []
     if res.stderr:  # proc.run could not start the shell at all; keep its reason in the log
@@ -155,6 +165,10 @@ def _run_step(
             notes.append(f"JUnit report {junit_path.name} is unreadable ({junit_error}); "
                          "the step counts as failed")
     _append_notes(log_path, notes)
+    # The step ran the patch's code: what it printed is kept only with secrets masked.
+    mask_file(log_path)
+    if junit_path.is_file():
+        mask_file(junit_path)
     result = CiStepResult(
         name=step.name,
         cmd=step.run,  # the template: the absolute JUnit path is machine-specific noise

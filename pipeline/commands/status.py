@@ -41,6 +41,7 @@ def render_run(status: dict[str, Any]) -> str:
         f"{budgets['token_cap']}, cost ${spend['cost_usd']:.2f}, CI runs {spend['ci_runs']}, "
         f"active {spend['active_seconds']:.0f}s",
     ]
+    lines.append(f"  isolation: {status.get('isolation') or 'no step ran yet'}")
     if status.get("failure_reason"):
         lines.append(f"  failure: {status['failure_reason']}")
     if status["state"].startswith("DONE_"):

@@ -79,7 +79,68 @@ def validate_run(workspace: Path | Workspace, run_id: str) -> list[str]:
             problems += _problems_of(lambda p=path, m=model: read_model(p, m))  # type: ignore[misc]
     problems += _problems_of(lambda: _check_events(store))
     problems += _problems_of(lambda: _check_frozen_plan(store))
+    problems += _problems_of(lambda: _check_strategy_exists(store))
+    problems += _chain_problems(store)
+    problems += _branch_problems(store)
     return problems
+
+
+def _check_strategy_exists(store: RunStore) -> None:
+    if not store.strategy_json.is_file():
+        raise InvalidInput(f"{store.strategy_json}: missing", "restore it from git (`git checkout -- runs/<run>`)")
+
+
+def _chain_problems(store: RunStore) -> list[str]:
+    """Artifacts the events name, run and phase states against the last events."""
+    from pipeline.store import chain
+
+    try:
+        run = read_model(store.run_json, RunRecord)
+        strategy = read_model(store.strategy_json, Strategy)
+    except AutopackError:
+        return []  # reported by the schema checks above
+    states: dict[str, tuple[Path, str | None]] = {}
+    for ps in strategy.phases:
+        path = store.phase_dir(ps.index, ps.phase_id) / "phase.json"
+        try:
+            states[ps.phase_id] = (path, read_model(path, PhaseRecord).state.value if path.exists() else None)
+        except AutopackError:
+            continue  # reported above
+    return chain.problems(store.run_dir, store.events_path, run.run_id, run.state.value, states)
+
+
+def _branch_problems(store: RunStore) -> list[str]:
+    """Every COMPLETE phase's tag points at the commit phase.json names (read from the
+    repository's files: validate runs no git)."""
+    from pipeline.core.sandbox import git_dirs
+    from pipeline.store.chain import tag_commit
+
+    try:
+        run = read_model(store.run_json, RunRecord)
+        strategy = read_model(store.strategy_json, Strategy)
+    except AutopackError:
+        return []  # reported above
+    _own, common = git_dirs(Path(run.target_repo) / ".git")
+    if common is None:
+        return []  # the target is not here (a CI job's fresh clone checks it there)
+    found = []
+    for ps in strategy.phases:
+        path = store.phase_dir(ps.index, ps.phase_id) / "phase.json"
+        try:
+            rec = read_model(path, PhaseRecord)
+        except AutopackError:
+            continue
+        if rec.state.value != "COMPLETE" or not rec.tag:
+            continue
+        tagged = tag_commit(common, rec.tag)
+        if tagged is not None and tagged != rec.commit:
+            found.append(
+                f"{path}: COMPLETE with commit {(rec.commit or 'none')[:12]}, but its tag {rec.tag} "
+                f"points at {tagged[:12]}"
+            )
+        elif tagged is None and not (common / "packed-refs").is_file():
+            found.append(f"{path}: COMPLETE with tag {rec.tag}, but the tag does not exist in {common}")
+    return found
 
 
 def _check_frozen_plan(store: RunStore) -> None:

@@ -7,9 +7,9 @@ Two kinds of value become `***`:
   (`*_TOKEN`, `*_KEY`, `*_SECRET`, `*PASSWORD*`, `*SECRET*`, `*CREDENTIALS*`, `*_PAT`,
   `AWS_*`, ...), whether or not the agent was given them: an agent given
   ANTHROPIC_API_KEY may echo it, and one that read a secret from disk may too;
-- well-known token shapes wherever they appear: OpenAI/Anthropic `sk-...`, GitHub
-  `ghp_`/`gho_`/`ghu_`/`ghs_`/`ghr_`/`github_pat_`, AWS access key ids `AKIA...`/`ASIA...`,
-  Slack `xox?-`, GitLab `glpat-`, Google `AIza...`, and PEM private key blocks.
+- whatever the secret catalogue recognises (`pipeline.core.secret_catalogue`, the one
+  the gate uses): token shapes (`sk-...`, `ghp_...`, `AKIA...`, `glpat-...`, `AIza...`,
+  JWTs, bearer headers, private key blocks, ...) and secret-looking `KEY=value` values.
 
 The log is rewritten atomically (pipeline.core.jsonio.write_text_atomic) and only when
 something was masked.
@@ -22,6 +22,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from pipeline.core import secret_catalogue
 from pipeline.core.jsonio import write_text_atomic
 
 MASK = "***"
@@ -40,17 +41,6 @@ _SECRET_NAME = re.compile(
 _NOT_SECRET = frozenset({"AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_DEFAULT_OUTPUT", "AWS_PAGER"})
 # Shorter values are not masked: "1", "true" or "dev" would blank out half the log.
 MIN_SECRET_LENGTH = 6
-
-TOKEN_SHAPES: tuple[re.Pattern[str], ...] = (
-    re.compile(r"\bsk-(?:[A-Za-z0-9]+-)*[A-Za-z0-9_]{20,}"),  # sk-..., sk-proj-..., sk-ant-api03-...
-    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}"),
-    re.compile(r"\bgithub_pat_[A-Za-z0-9_]{30,}"),
-    re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
-    re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
-    re.compile(r"\bglpat-[A-Za-z0-9_-]{20,}"),
-    re.compile(r"\bAIza[0-9A-Za-z_-]{35}"),
-    re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----", re.DOTALL),
-)
 
 
 def is_secret_name(name: str) -> bool:
@@ -73,9 +63,14 @@ def mask_text(text: str, values: Iterable[str] = ()) -> tuple[str, int]:
         if value and value in text:
             count += text.count(value)
             text = text.replace(value, MASK)
-    for pattern in TOKEN_SHAPES:
-        text, n = pattern.subn(MASK, text)
-        count += n
+    spans = list(secret_catalogue.spans(text))
+    if spans:
+        parts, last = [], 0
+        for start, end in spans:
+            parts += [text[last:start], MASK]
+            last = end
+        text = "".join([*parts, text[last:]])
+        count += len(spans)
     return text, count
 
 
@@ -90,3 +85,9 @@ def mask_file(path: Path, source: Mapping[str, str] | None = None) -> int:
     if count:
         write_text_atomic(Path(path), masked)
     return count
+
+
+def masked(text: str) -> str:
+    """`text` with every secret the catalogue or this process's environment knows masked:
+    what the record keeps from an agent or a patch goes through here."""
+    return mask_text(text, secret_values())[0]

@@ -38,6 +38,10 @@ BASE_ENV_ALLOW = (
     "SYSTEMROOT",
 )
 _KILL_GRACE_S = 2.0
+_PR_SET_CHILD_SUBREAPER = 36
+# Children this module started and has not reaped yet: never mistaken for orphans.
+_LIVE: set[int] = set()
+_LIVE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -97,15 +101,17 @@ def run(
     log_file = open(log_path, "wb") if log_path else None  # noqa: SIM115 - closed below
     try:
         try:
-            proc = subprocess.Popen(
-                args,
-                cwd=cwd,
-                env=dict(env) if env is not None else None,
-                stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
-                stdout=log_file or subprocess.PIPE,
-                stderr=subprocess.STDOUT if log_file else subprocess.PIPE,
-                start_new_session=True,
-            )
+            with _LIVE_LOCK:
+                proc = subprocess.Popen(
+                    args,
+                    cwd=cwd,
+                    env=dict(env) if env is not None else None,
+                    stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+                    stdout=log_file or subprocess.PIPE,
+                    stderr=subprocess.STDOUT if log_file else subprocess.PIPE,
+                    start_new_session=True,
+                )
+                _LIVE.add(proc.pid)
         except FileNotFoundError as exc:
             return ProcResult(tuple(args), 127, "", str(exc), time.monotonic() - started)
         deadline = _WATCHDOG.watch(proc, timeout_s) if timeout_s is not None else None
@@ -119,6 +125,8 @@ def run(
         finally:
             timed_out = _WATCHDOG.done(deadline) if deadline is not None else False
             reaper.join()
+            with _LIVE_LOCK:
+                _LIVE.discard(proc.pid)
         duration = time.monotonic() - started
     finally:
         if log_file:
@@ -218,3 +226,69 @@ def _kill_leftovers(proc: subprocess.Popen[bytes]) -> None:
     """KILL whatever is left in the command's process group (its own session)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+# -- orphans: what an unsandboxed step left behind in another session ----------------------
+
+
+def adopt_orphans() -> bool:
+    """Make this process the child subreaper (Linux): a process a step detached (`setsid`,
+    a double fork) is re-parented here instead of to init, so `kill_orphans` finds it.
+    False where the system does not offer it."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def kill_orphans() -> list[int]:
+    """KILL every process re-parented to this one (and whatever it started since), other
+    than the commands `run` is running now; the pids killed."""
+    killed: list[int] = []
+    for _ in range(50):  # a killed parent's children are re-parented here in turn
+        with _LIVE_LOCK:
+            me, live = os.getpid(), set(_LIVE)
+            parents = _parents()
+            found = [pid for pid, ppid in parents.items() if ppid == me and pid not in live]
+        if not found:
+            break
+        for pid in found:
+            for victim in [pid, *_descendants(pid, parents)]:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(victim, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            killed.append(pid)
+    return killed
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process visible in /proc."""
+    out: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1:
+            out[int(entry)] = int(fields[1])
+    return out
+
+
+def _descendants(pid: int, parents: Mapping[int, int]) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for child, parent in parents.items():
+        children.setdefault(parent, []).append(child)
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out

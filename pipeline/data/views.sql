@@ -46,6 +46,7 @@ SELECT * FROM read_json(files, format = 'unstructured', records = true, filename
     events_head: 'VARCHAR',
     failure_reason: 'VARCHAR',
     finished_at: 'VARCHAR',
+    isolation: 'VARCHAR',
     last_snapshot: 'VARCHAR',
     phases: 'STRUCT(attempts BIGINT, commit VARCHAR, complexity VARCHAR, cost_usd DOUBLE, index BIGINT, name VARCHAR, phase_id VARCHAR, state VARCHAR, tag VARCHAR, task_category VARCHAR, tier_id VARCHAR, tokens BIGINT)[]',
     plan_sha256: 'VARCHAR',
@@ -234,7 +235,7 @@ SELECT
     -- wall-clock time from start to the terminal state (active_seconds is time spent working)
     epoch(utc(finished_at) - utc(created_at)) AS duration_s,
     base_ref, base_commit, branch, target_repo, worktree, plan_sha256, current_phase, last_snapshot,
-    promoted_commit, utc(promoted_at) AS promoted_at, chained_from, chain_next,
+    promoted_commit, utc(promoted_at) AS promoted_at, chained_from, chain_next, isolation,
     events_count, events_head, schema_version, filename
 FROM raw_runs;
 

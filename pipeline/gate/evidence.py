@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # both cost tens of ms to import; a task that never gates ski
 
 
 # A failure of these ends the run as a policy violation; the others go back to the builder.
-POLICY_CHECKS = frozenset({"paths_safe", "protected_paths", "scope", "secrets"})
+POLICY_CHECKS = frozenset({"paths_safe", "protected_paths", "scope", "secrets", "applied_paths"})
 
 
 

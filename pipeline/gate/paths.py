@@ -34,9 +34,24 @@ def check_paths_safe(patch: ParsedPatch, worktree: Path) -> GateCheck:
         reason = _symlink_problem(root, fc.path, target) if target is not None else None
         if reason:
             problems.append(f"{fc.path}: {reason}")
+        problems.extend(_submodule_problems(fc))
     if problems:
         return gate_check("paths_safe", False, "the patch writes outside the worktree", problems)
     return gate_check("paths_safe", True, "every path stays inside the worktree")
+
+
+GITLINK_MODE = "160000"
+_SUBMODULE_FIX = "autonomous phases may not add or change submodules: make that change by hand"
+
+
+def _submodule_problems(fc: FileChange) -> list[str]:
+    """A gitlink or a `.gitmodules` makes git fetch and check out code from elsewhere (an
+    `ext::` URL runs a command): refused."""
+    found = []
+    if fc.new_mode == GITLINK_MODE:
+        found.append(f"{fc.path}: a gitlink (submodule commit); {_SUBMODULE_FIX}")
+    found += [f"{p}: .gitmodules; {_SUBMODULE_FIX}" for p in fc.paths if p.rsplit("/", 1)[-1] == ".gitmodules"]
+    return found
 
 
 def _resulting_symlink(fc: FileChange, root: Path) -> str | None:

@@ -74,7 +74,30 @@ def check_test_tampering(patch: ParsedPatch, task_category: str, may_change: str
     return gate_check("test_tampering", True, "tests are left intact")
 
 
+# pytest's configuration: options that deselect or hide tests from every run.
+_PYTEST_CONFIG = frozenset({"pytest.ini", "pyproject.toml", "setup.cfg", "tox.ini", "conftest.py"})
+_DESELECT = re.compile(
+    r"""--deselect\b|(?<![\w-])-k\b|--ignore(?:-glob)?\b|(?<![\w-])-m\b|\bcollect_ignore\w*
+    |\bnorecursedirs\b|\bpython_(?:files|classes|functions)\b|\btestpaths\b|-p\s*no:""",
+    re.VERBOSE,
+)
+
+
+def _config_tampering(fc: FileChange) -> list[str]:
+    """Tests deselected through pytest's configuration (addopts, collect_ignore, ...)."""
+    if posixpath.basename(fc.path) not in _PYTEST_CONFIG:
+        return []
+    return [
+        f"{fc.path}:{line.number}: changes which tests run `{match.group(0).strip()}`"
+        for line in fc.added_lines
+        if not _COMMENT.match(line.text) and (match := _DESELECT.search(line.text))
+    ]
+
+
 def _tampering_in(fc: FileChange) -> list[str]:
+    config = _config_tampering(fc)
+    if config:
+        return config
     was_test = is_test_file(fc.old_path or fc.path)
     if fc.status == "deleted" and is_test_file(fc.path):
         return [f"{fc.path}: test file deleted"]

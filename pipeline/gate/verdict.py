@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from pipeline.core import sandbox
+from pipeline.gate.behaviour import before_texts, check_test_behaviour
 from pipeline.gate.evidence import POLICY_CHECKS, gate_check, limit_evidence
 from pipeline.gate.licence import check_attribution, check_licence
 from pipeline.gate.patch import ParsedPatch, PatchParseError, parse_patch
@@ -40,6 +42,8 @@ CHECK_ORDER = (
     "licence",
     "attribution",
     "apply",
+    "applied_paths",
+    "test_behaviour",
     "static_checks",
 )
 
@@ -90,6 +94,8 @@ def run_gate(
     git: PatchApplier,
     attempt: int,
     log_dir: Path,
+    confinement: sandbox.Confinement = sandbox.UNCONFINED,
+    applied_paths: Callable[[list[str]], GateCheck] | None = None,
 ) -> GateReport:
     """Every gate check in order, stopping at the first failure; the patch is applied by
     the `apply` check and left applied (or half-done) for the caller to keep or reset."""
@@ -99,6 +105,7 @@ def run_gate(
         failed = gate_check("parse", False, exc.message, [exc.fix] if exc.fix else [])
         return _report(phase, attempt, [failed], [], three_way=False)
     applied: list[ApplyOutcome] = []
+    tests_before = before_texts(patch, worktree)  # read now: `apply` changes them
     steps: list[Callable[[], GateCheck]] = [
         lambda: gate_check("parse", True, _summary(patch)),
         lambda: check_paths_safe(patch, worktree),
@@ -110,7 +117,9 @@ def run_gate(
         lambda: check_licence(patch, phase),
         lambda: check_attribution(patch, phase, worktree),
         lambda: _check_apply(git, worktree, patch_path, applied),
-        lambda: check_static(static_checks, worktree, log_dir),
+        lambda: applied_paths(patch.touched_paths) if applied_paths else gate_check("applied_paths", True, "not asked"),
+        lambda: check_test_behaviour(patch, tests_before, worktree, phase.task_category, _tests_may_change(phase)),
+        lambda: check_static(static_checks, worktree, log_dir, confinement),
     ]
     checks: list[GateCheck] = []
     for step in steps:

@@ -104,6 +104,20 @@ class ProjectDefaults(Frozen):
     safety_profile: SafetyProfile = SafetyProfile.normal
     default_run_scope: RunScope = RunScope.multi_tier
 
+class SandboxRule(Frozen):
+    """How untrusted steps (agents, CI steps, static checks) are confined (pipeline.sandbox)."""
+
+    isolation: Literal["auto", "required"] = Field(
+        default="auto", description="required: refuse to run a step without the bubblewrap sandbox"
+    )
+    no_network: list[str] = Field(
+        default_factory=list,
+        description="steps cut off the network: builder, auditor, ci, static_checks, or a CI step's name",
+    )
+    writable: list[str] = Field(
+        default_factory=list, description="extra paths a step may write (~ expands), e.g. an agent CLI's config dir"
+    )
+
 
 class Ruleset(Frozen):
     version: int = 1
@@ -117,6 +131,7 @@ class Ruleset(Frozen):
     protected_paths: list[str]
     on_policy_violation: Literal["fail_run", "retry"] = "fail_run"
     debt_cleanup: Literal["off", "auto"] = "off"
+    sandbox: SandboxRule = Field(default_factory=SandboxRule)
     severity_upgrades: list[SeverityUpgrade] = Field(
         default_factory=list, description="issues matching a rule are major (effective severity)"
     )

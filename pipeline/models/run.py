@@ -123,3 +123,6 @@ class RunRecord(Frozen):
     phases: list[PhaseSummary] = Field(default_factory=list)
     promoted_commit: str | None = Field(default=None, description="the merge commit `promote` made on the base")
     promoted_at: str | None = None
+    isolation: str | None = Field(
+        default=None, description="how untrusted steps ran in the latest session: bwrap, or none (why)"
+    )

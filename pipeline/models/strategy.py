@@ -14,7 +14,7 @@ from pipeline.models.enums import (
     Severity,
 )
 from pipeline.models.plan import AgentSpec, CiProfile, PlanReuse
-from pipeline.models.ruleset import SeverityUpgrade
+from pipeline.models.ruleset import SandboxRule, SeverityUpgrade
 
 
 class PhaseStrategy(Frozen):
@@ -98,6 +98,7 @@ class Strategy(Frozen):
     effective_severity: dict[str, Severity] = Field(
         default_factory=dict, description="issue_key -> severity raised by backlog aging"
     )
+    sandbox: SandboxRule = Field(default_factory=SandboxRule, description="the ruleset's sandbox rule")
 
     def phase(self, phase_id: str) -> PhaseStrategy:
         for p in self.phases:

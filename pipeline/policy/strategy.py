@@ -372,4 +372,5 @@ def compile_strategy(
         stop_on_not_clean_tier=profile.stop_on_not_clean_tier or plan.safety_profile == SafetyProfile.safety_critical,
         effective_severity=dict(aged_issue_keys or {}),
         severity_upgrades=list(ruleset.severity_upgrades),
+        sandbox=ruleset.sandbox,
     )

@@ -14,6 +14,7 @@ from pipeline.agents import runner as agents
 from pipeline.agents.owned import drop_owned
 from pipeline.core import failpoints
 from pipeline.core.jsonio import write_model, write_text_atomic
+from pipeline.core.masking import masked
 from pipeline.core.overrides import builtin_path
 from pipeline.models.enums import IssueSource, RunState
 from pipeline.models.results import AttemptRecord, AuditorResult, AuditRecord
@@ -30,11 +31,14 @@ from pipeline.run.outcomes import (
     escalation_calls,
     fail_phase,
     failed_attempt,
+    guard_before,
+    guard_violation,
     probe_issue,
     record_agent_spend,
     save_issues,
     suggested_issues,
     with_attempt,
+    write_patch,
 )
 from pipeline.store.events import utc_now
 
@@ -134,7 +138,9 @@ def _call(ctx: RunContext, ps: PhaseStrategy, purpose: Purpose, patch: Path | No
         "AUTOPACK_PATCH": str(patch) if patch and patch.exists() else "",
     }
     started = utc_now()
+    confinement = ctx.confinement()
     refs_before = ctx.git.refs_state()
+    snap = guard_before(ctx, [adir / "auditor.log", adir])
     outcome = agents.run_agent(
         spec=ps.auditor,
         role="auditor",
@@ -144,7 +150,9 @@ def _call(ctx: RunContext, ps: PhaseStrategy, purpose: Purpose, patch: Path | No
         log_path=adir / "auditor.log",
         result_path=adir / "result.json",
         presets=ctx.ws.agent_presets,
+        confinement=confinement,
     )
+    violation = guard_violation(ctx, ps, rec.current_attempt, snap, "auditor")
     presets = ctx.ws.agent_presets
     owned = presets[outcome.preset].owned_files if outcome.preset in presets else []
     worktree_patch, _excluded = drop_owned(ctx.git.collect_patch(ctx.worktree, base), owned)
@@ -154,6 +162,8 @@ def _call(ctx: RunContext, ps: PhaseStrategy, purpose: Purpose, patch: Path | No
     suggested = _suggested_patch(ctx, result, worktree_patch)
     ctx.git.reset_to(ctx.worktree, ctx.branch, base)
     undo_ref_changes(ctx, ps, rec.current_attempt, refs_before, adir / "auditor.log")
+    if violation is not None:
+        raise violation
     kind, reason = classify(outcome, "x", who="auditor")
     if kind is None and result is not None and result.verdict == "revise" and not suggested.strip():
         # A revision with nothing in it is an invalid result (counted and retried like a
@@ -221,7 +231,7 @@ def _adopt_patch(ctx: RunContext, ps: PhaseStrategy, k: int, patch: str, result:
 
 def _record_attempt(ctx: RunContext, ps: PhaseStrategy, k: int, patch: str, result: AuditorResult) -> None:
     adir = attempt_dir(ctx, ps, k)
-    write_text_atomic(adir / "patch.diff", patch)
+    write_patch(ctx, ps, k, patch)
     now = utc_now()
     assert ps.auditor is not None
     attempt = AttemptRecord(
@@ -235,14 +245,14 @@ def _record_attempt(ctx: RunContext, ps: PhaseStrategy, k: int, patch: str, resu
         usage=result.usage,
         patch_sha256=patch_sha(patch),
         patch_files=patch_files(patch),
-        result_notes=result.notes,
+        result_notes=masked(result.notes),
     )
     write_model(adir / "builder.json", attempt)
     ctx.rec.save_phase(with_attempt(ctx.rec.phase(ps.phase_id), attempt))
 
 
 def _rejected(ctx: RunContext, ps: PhaseStrategy, result: AuditorResult) -> None:
-    reason = f"the auditor rejected phase {ps.phase_id}" + (f": {result.notes}" if result.notes else "")
+    reason = f"the auditor rejected phase {ps.phase_id}" + (f": {masked(result.notes)}" if result.notes else "")
     fail_phase(ctx, ps, reason)
     raise EndRun(RunState.DONE_FAILED_REQUIRES_HUMAN_REVIEW, reason)
 

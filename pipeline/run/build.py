@@ -10,6 +10,7 @@ from pipeline.agents import runner as agents
 from pipeline.agents.owned import drop_owned
 from pipeline.core.errors import AutopackError
 from pipeline.core.jsonio import read_model, write_model, write_text_atomic
+from pipeline.core.masking import masked
 from pipeline.gate.patch import parse_patch
 from pipeline.gate.verdict import CHECK_ORDER
 from pipeline.models.enums import IssueSource, RunState, Severity
@@ -25,6 +26,8 @@ from pipeline.run.outcomes import (
     check_agent_budget,
     fail_phase,
     failed_attempt,
+    guard_before,
+    guard_violation,
     make_issue,
     probe_issue,
     record_agent_spend,
@@ -32,6 +35,7 @@ from pipeline.run.outcomes import (
     save_issues,
     suggested_issues,
     with_attempt,
+    write_patch,
 )
 from pipeline.run.spec import render_spec
 from pipeline.store.events import utc_now
@@ -152,7 +156,9 @@ def build(ctx: RunContext, ps: PhaseStrategy) -> None:
     )
     rec = ctx.rec.save_phase(with_attempt(rec, attempt).model_copy(update={"step": "building"}))
     result_path = adir / "result.json"
+    confinement = ctx.confinement()
     refs_before = ctx.git.refs_state()
+    snap = guard_before(ctx, [adir / "builder.log", result_path.parent])
     outcome = agents.run_agent(
         spec=ps.builder,
         role="builder",
@@ -162,13 +168,19 @@ def build(ctx: RunContext, ps: PhaseStrategy) -> None:
         log_path=adir / "builder.log",
         result_path=result_path,
         presets=ctx.ws.agent_presets,
+        confinement=confinement,
     )
+    # The shared git state is checked (and put back) before git runs in the worktree
+    # again: a filter driver or hook the agent planted must never run.
+    violation = guard_violation(ctx, ps, k, snap, "builder")
     presets = ctx.ws.agent_presets
     owned = presets[outcome.preset].owned_files if outcome.preset in presets else []
     patch, excluded = drop_owned(ctx.git.collect_patch(ctx.worktree, base), owned)
     ctx.git.reset_to(ctx.worktree, ctx.branch, base)
     undo_ref_changes(ctx, ps, k, refs_before, adir / "builder.log")
-    write_text_atomic(adir / "patch.diff", patch)
+    if violation is not None:
+        raise violation
+    write_patch(ctx, ps, k, patch)
     kind, reason = classify(outcome, patch)
     attempt = attempt.model_copy(
         update={
@@ -182,7 +194,7 @@ def build(ctx: RunContext, ps: PhaseStrategy) -> None:
             "transient_errors": outcome.transient_errors,
             "outcome": kind or "running",
             "reason": reason,
-            "result_notes": outcome_notes(outcome),
+            "result_notes": masked(outcome_notes(outcome)),
             "command": outcome.command or attempt.command,
         }
     )
@@ -229,7 +241,7 @@ def record_submission(ctx: RunContext, ps: PhaseStrategy, patch: Path, result: P
     usage = read_model(result, BuilderResult).usage if result else Usage()
     adir = attempt_dir(ctx, ps, k)
     text = patch.read_text(errors="surrogateescape")
-    write_text_atomic(adir / "patch.diff", text)
+    write_patch(ctx, ps, k, text)
     now = utc_now()
     attempt = AttemptRecord(
         k=k,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 from pipeline.config.workspace import Workspace
+from pipeline.core import sandbox
 from pipeline.core.jsonio import write_if_missing
 from pipeline.run.recorder import Recorder
 from pipeline.store.rundir import RunStore
@@ -87,6 +88,7 @@ class RunContext:
     worktree: Path
     record_in_branch: bool
     ws: Workspace
+    _confinement: sandbox.Confinement | None = field(default=None, repr=False)
 
     def __enter__(self) -> RunContext:
         return self
@@ -107,6 +109,26 @@ class RunContext:
     def in_place(self) -> bool:
         """The run works in the workspace's own checkout (of its integration branch)."""
         return self.worktree == self.workspace.resolve()
+
+    def confinement(self) -> sandbox.Confinement:
+        """How this session's untrusted steps are confined; decided once, and recorded
+        in run.json (`isolation`) with an event when it differs from the last session's.
+        Raises when the ruleset requires a sandbox that is not usable here."""
+        if self._confinement is None:
+            rule = self.rec.strategy.sandbox
+            level, why = sandbox.decide(rule.isolation == "required")
+            _own, common = sandbox.git_dirs(self.worktree / ".git")
+            readonly = [self.store.run_dir.parent, self.workspace / ".git", self.workspace / WORKTREES_DIR.parts[0]]
+            if common is not None:
+                readonly.append(common)
+            if self.in_place:
+                readonly.append(self.worktree / ".git")
+            writable = tuple(Path(os.path.expanduser(p)) for p in rule.writable)
+            self._confinement = sandbox.Confinement(level, tuple(readonly), frozenset(rule.no_network), writable)
+            label = level if level == sandbox.ISOLATION_BWRAP else f"none ({why})"
+            if self.rec.run.isolation != label:  # written with run.json's next save
+                self.rec.run = self.rec.run.model_copy(update={"isolation": label})
+        return self._confinement
 
     def phase_description(self, phase_id: str) -> str:
         """The plan's description of `phase_id` ("" if it has none)."""

@@ -25,6 +25,7 @@ from pipeline.run import verify as verifying
 from pipeline.run.context import RunContext, open_context
 from pipeline.run.finish import finish_run, tier_cleanliness
 from pipeline.run.outcomes import EndRun, commit_record, fail_phase, needs_review, submit_overdue
+from pipeline.run.reexec import drop_secrets
 from pipeline.store.rundir import RunStore
 
 
@@ -44,6 +45,7 @@ class StepOutcome:
 
 def run_phase(workspace: Path | Workspace, run_id: str, phase_id: str | None = None) -> StepOutcome:
     ws = Workspace.of(workspace)
+    drop_secrets(ws)  # `doit run`/`run_phase` without a sandbox: start again without them
     store = RunStore(ws.root, run_id)
     _require_started(store)
     with store.lock(), open_context(ws, run_id) as ctx:
@@ -89,6 +91,7 @@ def submit_patch(
 ) -> StepOutcome:
     """Hand in an external builder's patch; it takes the same gated path."""
     ws = Workspace.of(workspace)
+    drop_secrets(ws)
     store = RunStore(ws.root, run_id)
     _require_started(store)
     if not patch.is_file():
@@ -141,6 +144,7 @@ def _run_phase_locked(ctx: RunContext, phase_id: str | None) -> StepOutcome:
     ps = _strategy_phase(ctx, phase_id) if phase_id else _next_phase(ctx)
     if ps is None:
         return _finish(ctx, None, *_final_state(ctx))
+    ctx.confinement()  # refuses before any change when the ruleset requires a sandbox
     rec = ctx.rec.phase(ps.phase_id)
     if rec.state.terminal:
         return StepOutcome(run.run_id, ps.phase_id, rec.state, run.state, f"phase {ps.phase_id} is {rec.state.value}")

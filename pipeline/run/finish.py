@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.core.jsonio import canonical_json, write_text_atomic
+from pipeline.core.masking import masked
 from pipeline.issues.rules import distinct_counts
 from pipeline.models.enums import PhaseState, RunState, TierState
 from pipeline.models.run import Spend, TierSummary
@@ -36,10 +37,10 @@ def finish_run(ctx: RunContext, state: RunState, reason: str) -> None:
     )
     ctx.rec.run_to(state, reason=reason, promotion_eligible=eligible)
     for tier in ctx.rec.run.tiers:
-        write_text_atomic(ctx.store.tiers_dir / f"{tier.tier_id}.md", _tier_page(ctx, tier))
+        write_text_atomic(ctx.store.tiers_dir / f"{tier.tier_id}.md", masked(_tier_page(ctx, tier)))
     if state != RunState.DONE_SUCCESS:
         _incident_pack(ctx, state, reason)
-    write_text_atomic(ctx.store.summary_md, _summary(ctx))
+    write_text_atomic(ctx.store.summary_md, masked(_summary(ctx)))
     # Last, so nothing above depends on it; a step killed before it gets it on the next step.
     ctx.rec.flush()  # the page reads the record from disk
     write_inspect(ctx.store.run_dir)
@@ -151,6 +152,7 @@ def _summary(ctx: RunContext) -> str:
             "",
             f"Project `{run.project_id}`, branch `{run.branch}` from `{run.base_ref}` ({run.base_commit[:12]}).",
             f"Safety profile {run.safety_profile.value}, scope {run.run_scope.value}.",
+            f"Isolation of untrusted steps: {run.isolation or 'no step ran'}.",
             "",
             f"**Outcome:** {run.state.value}" + (f" — {run.failure_reason}" if run.failure_reason else ""),
             "",
@@ -192,7 +194,7 @@ def _incident_pack(ctx: RunContext, state: RunState, reason: str) -> None:
         "budgets": ctx.rec.run.budgets.model_dump(mode="json"),
         "spend": ctx.rec.run.spend.model_dump(mode="json"),
     }
-    write_text_atomic(incident / "incident.json", canonical_json(facts))
+    write_text_atomic(incident / "incident.json", masked(canonical_json(facts)))
     if ps is None:
         return
     rec = ctx.rec.phase(ps.phase_id)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.core.jsonio import read_model, write_model
+from pipeline.core import jsonio
+from pipeline.core.jsonio import read_model, write_model, write_text_atomic
+from pipeline.core.masking import masked
 from pipeline.issues.rules import build_run_index, distinct_counts, effective, record_issues, resolve_fixed
 from pipeline.models.enums import IssueSource, PhaseState, RunState, Severity
 from pipeline.models.issues import Issue, PhaseIssueFile
@@ -17,6 +19,7 @@ from pipeline.models.results import AttemptOutcome, AttemptRecord, AuditRecord, 
 from pipeline.models.run import PhaseRecord, Spend
 from pipeline.models.strategy import PhaseStrategy
 from pipeline.policy import budgets
+from pipeline.run import guard
 from pipeline.run.context import RunContext
 
 
@@ -89,9 +92,35 @@ def make_issue(
         complexity=ps.complexity,
         first_seen_run=run_id,
         last_seen_run=run_id,
-        evidence_refs=evidence,
-        message=message,
+        evidence_refs=[masked(e) for e in evidence],
+        message=masked(message),
     )
+
+
+QUARANTINE = Path(".autopack") / "quarantine"
+
+
+def quarantine_path(ctx: RunContext, ps: PhaseStrategy, k: int) -> Path:
+    """Where the raw text of attempt `k`'s patch is kept when it holds a secret: beside the
+    worktrees, git-ignored, never part of the record or the branch."""
+    return ctx.workspace / QUARANTINE / ctx.rec.run.run_id / ps.phase_id / f"{k}.diff"
+
+
+def write_patch(ctx: RunContext, ps: PhaseStrategy, k: int, patch: str) -> None:
+    """attempts/<k>/patch.diff, masked; the raw text, when it differs, only in the quarantine."""
+    safe = masked(patch)
+    raw = quarantine_path(ctx, ps, k)
+    if safe != patch:
+        write_text_atomic(raw, patch)
+    else:
+        raw.unlink(missing_ok=True)
+    write_text_atomic(attempt_dir(ctx, ps, k) / "patch.diff", safe)
+
+
+def raw_patch_path(ctx: RunContext, ps: PhaseStrategy, k: int) -> Path:
+    """The patch attempt `k` handed in, as it was: what the gate checks and applies."""
+    raw = quarantine_path(ctx, ps, k)
+    return raw if raw.is_file() else attempt_dir(ctx, ps, k) / "patch.diff"
 
 
 def probe_issue(ctx: RunContext, ps: PhaseStrategy, kind: str, reason: str, log: Path, who: str = "builder") -> Issue:
@@ -393,3 +422,62 @@ def commit_record(ctx: RunContext, what: str) -> None:
         f"autopack: record {ctx.rec.run.run_id}: {what}",
         {"Autopack-Run": ctx.rec.run.run_id, "Autopack-Event": str(ctx.rec.run.events_count)},
     )
+
+
+# -- defence in depth around untrusted steps ----------------------------------------------
+
+
+def guard_before(ctx: RunContext, allowed: list[Path]) -> guard.Snapshot:
+    """The record and shared git state as they stand before an untrusted step (everything
+    the recorder holds back written first)."""
+    ctx.rec.flush()
+    jsonio.barrier()
+    return guard.take(ctx.store.run_dir, ctx.worktree, allowed)
+
+
+def guard_after(ctx: RunContext, ps: PhaseStrategy, k: int, snap: guard.Snapshot, who: str) -> None:
+    """After an untrusted step: anything it changed in the record or the shared git state
+    is put back, and the run ends as a policy violation naming the file."""
+    found = guard.changes(snap)
+    if not found:
+        return
+    lost = guard.restore(snap)
+    shown = [_shown(ctx, line) for line in found]
+    message = f"the {who} changed what it must not touch: {', '.join(shown[:3])}" + (
+        f" (+{len(shown) - 3} more)" if len(shown) > 3 else ""
+    )
+    evidence = [*shown[:20], *(f"could not restore (too large to keep): {_shown(ctx, p)}" for p in lost)]
+    ctx.rec.note(ps.phase_id, "guard_violation", attempt=k, who=who, changes=shown[:50], unrestored=lost[:50])
+    issue = make_issue(
+        ctx,
+        ps,
+        key=f"guard:{who}",
+        source=IssueSource.probe,
+        category="sandbox_escape",
+        severity=Severity.major,
+        evidence=evidence,
+        message=message,
+    )
+    _store_issues(ctx, ps, [issue])
+    fail_phase(ctx, ps, message)
+    raise EndRun(RunState.DONE_FAILED_POLICY_VIOLATION, f"phase {ps.phase_id}: {message}")
+
+
+def guard_violation(ctx: RunContext, ps: PhaseStrategy, k: int, snap: guard.Snapshot, who: str) -> EndRun | None:
+    """`guard_after`'s policy violation returned instead of raised, so the caller puts the
+    worktree and the refs back before the run ends."""
+    try:
+        guard_after(ctx, ps, k, snap, who)
+    except EndRun as end:
+        return end
+    return None
+
+
+def _shown(ctx: RunContext, line: str) -> str:
+    """A change line with its path relative to the workspace where it lies inside it."""
+    verb, _, path = line.partition(" ")
+    if not path:
+        verb, path = "", line
+    root = ctx.workspace.resolve()
+    shown = str(Path(path).relative_to(root)) if Path(path).is_relative_to(root) else path
+    return f"{verb} {shown}".strip()

@@ -25,12 +25,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from pipeline.core.errors import InvalidInput
 from pipeline.core.jsonio import add_barrier, model_text, read_model, remove_barrier, write_text_atomic
 from pipeline.models.enums import Complexity, PhaseState, RunState, TierState
 from pipeline.models.issues import PhaseIssueFile
 from pipeline.models.run import PhaseRecord, PhaseSummary, RunRecord, Spend, TierSummary
 from pipeline.models.strategy import PhaseStrategy, Strategy
 from pipeline.policy import states
+from pipeline.store import chain
 from pipeline.store.events import utc_now
 from pipeline.store.rundir import RunStore
 
@@ -68,8 +70,25 @@ class Recorder:
         strategy = read_model(store.strategy_json, Strategy)
         store.events.verify(expected_count=run.events_count, expected_head=run.events_head or None)
         rec = cls(store, strategy, run)
+        rec._check_chain()
         rec._repair_summaries()
         return rec
+
+    def _check_chain(self) -> None:
+        """The strategy, run.json and every phase.json as the event chain names them: a
+        forged or deleted file stops the run before it acts on it (exit 2)."""
+        states: dict[str, tuple[Path, str | None]] = {}
+        for ps in self.strategy.phases:
+            path = self.phase_dir(ps) / "phase.json"
+            states[ps.phase_id] = (path, self.phase(ps.phase_id).state.value if path.exists() else None)
+        run_dir, events = self.store.run_dir, self.store.events_path
+        found = chain.problems(run_dir, events, self.run.run_id, self.run.state.value, states)
+        if found:
+            more = f" (+{len(found) - 1} more: `doit validate --run {self.run.run_id}`)" if len(found) > 1 else ""
+            raise InvalidInput(
+                f"the run record disagrees with its event chain: {found[0]}{more}",
+                "restore the record from git (`git checkout -- runs/<run>`), or start a new run id",
+            )
 
     def phase_dir(self, phase: PhaseStrategy) -> Path:
         return self.store.phase_dir(phase.index, phase.phase_id)

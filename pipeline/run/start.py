@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config.workspace import Workspace
 from pipeline.core.errors import InvalidInput, ValidationErrors
@@ -22,6 +23,7 @@ from pipeline.plan import file as planfile
 from pipeline.plan.chaining import next_in_chain, split_plan
 from pipeline.policy.strategy import agent_spec, compile_strategy
 from pipeline.run.recorder import Recorder, initial_summaries
+from pipeline.store import chain
 from pipeline.store.events import utc_now
 from pipeline.store.rundir import RunStore
 
@@ -203,6 +205,7 @@ def start_run(workspace: Path | Workspace, run_id: str) -> RunRecord:
         base = plan.target.base or git.current_branch()
         branch = branch_name(run_id)
         worktree = worktree_path(workspace, run_id)
+        _refuse_foreign_state(store, git, target, branch, base)
         git.ensure_worktree(branch, base, worktree)
         base_commit = git.resolve(base) or ""
         rec = _create_records(store, plan, strategy, target, base, base_commit, branch, worktree)
@@ -212,7 +215,15 @@ def start_run(workspace: Path | Workspace, run_id: str) -> RunRecord:
                 "chain_next": chained[0] if chained else next_in_chain(workspace, run_id),
             }
         )
-        rec.run_to(RunState.RUN_CREATED, plan_sha256=strategy.plan_sha256, base=base, base_commit=base_commit)
+        # plan.yaml is bound by run.json's plan_sha256 (the frozen-plan check names it)
+        named = chain.artifacts(store.run_dir, [store.strategy_json])
+        rec.run_to(
+            RunState.RUN_CREATED,
+            plan_sha256=strategy.plan_sha256,
+            base=base,
+            base_commit=base_commit,
+            **{chain.ARTIFACTS: named},
+        )
         _note_aging(rec, run_id, aging)
         if chained:
             rec.note(run_id, "chained", runs=chained, max_phases=max_phases)
@@ -220,6 +231,57 @@ def start_run(workspace: Path | Workspace, run_id: str) -> RunRecord:
         if record_lives_in_branch(workspace, target):
             _commit_record(git, store, worktree, run_id, rec, chained)
         return rec.run
+
+
+# What start_run itself writes before run.json: a crash in between may leave these, and
+# starting again over them is safe. Anything else means the run went further.
+_START_EVENTS = {("run", "RUN_CREATED"), ("run", "PHASE_QUEUEING"), ("note", "backlog_aging"), ("note", "chained")}
+
+
+def _refuse_foreign_state(store: RunStore, git: GitAdapter, target: Path, branch: str, base: str) -> None:
+    """A run without run.json is new only if nothing says otherwise: an event log that went
+    past the start (run.json deleted: its finished phases would be applied again) or an
+    integration branch with commits start_run did not make (an ungated commit would end
+    on the promoted branch) is refused."""
+    events = _logged_events(store.events_path)
+    beyond = [e for e in events if _start_key(e) not in _START_EVENTS]
+    if beyond:
+        last = beyond[-1]
+        raise InvalidInput(
+            f"{store.events_path}: run {store.run_id} has an event log that went past its start "
+            f"({len(events)} events; event {last.get('seq')} is {last.get('kind')} {last.get('entity')}) "
+            f"but no run.json: its record is damaged",
+            f"restore {store.run_json} (e.g. `git checkout -- {store.run_json}`), or start a new run id",
+        )
+    if events:
+        store.events_path.unlink()  # a start that crashed before run.json: start over
+    head, base_sha = git.resolve(branch), git.resolve(base)
+    if head is not None and head != base_sha:
+        raise InvalidInput(
+            f"branch '{branch}' already exists in {target} at {head[:12]}, not at the base '{base}' "
+            f"({(base_sha or '?')[:12]}): start_run did not create it and will not adopt its commits",
+            f"delete it if it is stale (`git -C {target} branch -D {branch}`), or start a new run id",
+        )
+
+
+def _start_key(event: dict[str, Any]) -> tuple[Any, Any]:
+    data = event.get("data")
+    return event.get("kind"), event.get("to_state") or (data.get("what") if isinstance(data, dict) else None)
+
+
+def _logged_events(path: Path) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    found: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            event = {"kind": "unreadable", "entity": line[:40]}
+        found.append(event if isinstance(event, dict) else {"kind": "unreadable", "entity": str(event)[:40]})
+    return found
 
 
 def _create_records(

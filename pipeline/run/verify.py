@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.ci import runner as ci
 from pipeline.core import failpoints
 from pipeline.core.errors import GitError
 from pipeline.core.jsonio import write_model
+from pipeline.gate.evidence import gate_check
 from pipeline.gate.licence import external_issue_category
+from pipeline.gate.patch import parse_patch
 from pipeline.gate.verdict import feedback_for, run_gate
 from pipeline.models.enums import IssueSource, PhaseState, RunState, Severity
 from pipeline.models.issues import Issue
-from pipeline.models.reports import GateReport
+from pipeline.models.reports import GateCheck, GateReport
 from pipeline.models.run import PhaseRecord, Spend
 from pipeline.models.strategy import PhaseStrategy
 from pipeline.policy import budgets
+from pipeline.run import guard
 from pipeline.run.context import RunContext, tag_name
 from pipeline.run.outcomes import (
     EndRun,
@@ -25,13 +29,17 @@ from pipeline.run.outcomes import (
     end_for_budget,
     fail_phase,
     failed_attempt,
+    guard_before,
+    guard_violation,
     make_issue,
     mark_attempt,
+    raw_patch_path,
     rel,
     resolve_fixed_issues,
     save_issues,
     spends,
 )
+from pipeline.store import chain
 
 
 def gate_and_verify(ctx: RunContext, ps: PhaseStrategy) -> None:
@@ -39,12 +47,14 @@ def gate_and_verify(ctx: RunContext, ps: PhaseStrategy) -> None:
     k = rec.current_attempt
     attempt = rec.attempts[-1]
     adir = attempt_dir(ctx, ps, k)
-    patch_path = adir / "patch.diff"
+    patch_path = raw_patch_path(ctx, ps, k)
     ctx.git.reset_to(ctx.worktree, ctx.branch, attempt.base_commit or ctx.git.head(ctx.worktree))
     if ctx.rec.run.state == RunState.PHASE_EXECUTION:
         ctx.rec.run_to(RunState.GATE, phase=ps.phase_id, attempt=k)
     if rec.state == PhaseState.EXECUTING:
         ctx.rec.phase_to(ps.phase_id, PhaseState.GATE, attempt=k)
+    confinement = ctx.confinement()
+    snap = guard_before(ctx, [adir])
     report = run_gate(
         patch_text=patch_path.read_text(errors="surrogateescape"),
         patch_path=patch_path,
@@ -55,7 +65,10 @@ def gate_and_verify(ctx: RunContext, ps: PhaseStrategy) -> None:
         git=ctx.git,
         attempt=k,
         log_dir=adir,
+        confinement=confinement,
+        applied_paths=_applied_paths(ctx, attempt.base_commit),
     )
+    _end_if_violated(ctx, ps, k, snap, "static checks", attempt.base_commit)
     write_model(adir / "gate.json", report)
     write_model(ctx.rec.phase_dir(ps) / "gate.json", report)
     if report.verdict != "pass":
@@ -77,7 +90,8 @@ def _tampering_review(ctx: RunContext, ps: PhaseStrategy, report: GateReport) ->
     may approve the change with a recorded reason (playbook §2.3: major findings)."""
     rec = ctx.rec.phase(ps.phase_id)
     failed = [c.name for c in report.checks if c.verdict == "fail"]
-    if failed != ["test_tampering"] or ps.auditor is None or ps.max_auditor_attempts == 0:
+    only_tests = bool(failed) and set(failed) <= {"test_tampering", "test_behaviour"}
+    if not only_tests or ps.auditor is None or ps.max_auditor_attempts == 0:
         return False
     if rec.tampering_review_attempt == rec.current_attempt:
         return False
@@ -91,6 +105,31 @@ def _tampering_review(ctx: RunContext, ps: PhaseStrategy, report: GateReport) ->
     ctx.rec.save_phase(rec.model_copy(update=update))
     failpoints.hit("after_tampering_review_recorded")
     return True
+
+
+def _applied_paths(ctx: RunContext, base: str | None) -> Callable[[list[str]], GateCheck]:
+    """The gate's check right after `apply`: the paths git itself reports as changed (3-way
+    included) are the paths the gate parsed; any other fails as a policy violation."""
+
+    def check(parsed: list[str]) -> GateCheck:
+        actual = parse_patch(ctx.git.collect_patch(ctx.worktree, base or ctx.git.head(ctx.worktree))).touched_paths
+        unseen = sorted(set(actual) - set(parsed))
+        if unseen:
+            return gate_check("applied_paths", False, "git changed paths the gate did not see in the patch", unseen)
+        return gate_check("applied_paths", True, f"git changed the {len(actual)} path(s) the gate checked")
+
+    return check
+
+
+def _end_if_violated(
+    ctx: RunContext, ps: PhaseStrategy, k: int, snap: guard.Snapshot, who: str, base: str | None
+) -> None:
+    """A step that touched the record or the shared git state ends the run; the worktree
+    goes back to the attempt's base first."""
+    violation = guard_violation(ctx, ps, k, snap, who)
+    if violation is not None:
+        ctx.git.reset_to(ctx.worktree, ctx.branch, base or ctx.git.head(ctx.worktree))
+        raise violation
 
 
 def _gate_fingerprint(report: GateReport) -> str:
@@ -141,6 +180,8 @@ def _verify(ctx: RunContext, ps: PhaseStrategy, k: int) -> None:
     profile = ctx.rec.strategy.ci_profiles[ps.ci_profile]
     if ps.ci_max_retries is not None and ps.ci_max_retries + 1 < profile.preflight_attempts:
         profile = profile.model_copy(update={"preflight_attempts": ps.ci_max_retries + 1})
+    confinement = ctx.confinement()
+    snap = guard_before(ctx, [out_dir])
     report = ci.run_ci(
         profile=profile,
         profile_name=ps.ci_profile.value,
@@ -148,7 +189,9 @@ def _verify(ctx: RunContext, ps: PhaseStrategy, k: int) -> None:
         out_dir=out_dir,
         phase_id=ps.phase_id,
         attempt=k,
+        confinement=confinement,
     )
+    _end_if_violated(ctx, ps, k, snap, "CI", ctx.rec.phase(ps.phase_id).attempts[-1].base_commit)
     write_model(out_dir / "ci.json", report)
     add_phase_spend(ctx, ps, Spend(ci_runs=1))
     evidence = rel(ctx, out_dir / "ci.json")
@@ -215,7 +258,7 @@ def snapshot(ctx: RunContext, ps: PhaseStrategy) -> None:
     if sha is None:
         # CI may have left build products behind; the snapshot is exactly the gated patch.
         ctx.git.reset_to(ctx.worktree, ctx.branch, base)
-        applied = ctx.git.apply(ctx.worktree, attempt_dir(ctx, ps, attempt.k) / "patch.diff")
+        applied = ctx.git.apply(ctx.worktree, raw_patch_path(ctx, ps, attempt.k))
         if not applied.ok:
             raise GitError(
                 f"re-applying the verified patch of {ps.phase_id} failed: {applied.message}",
@@ -249,7 +292,11 @@ def complete(ctx: RunContext, ps: PhaseStrategy) -> None:
     ctx.git.tag(ctx.worktree, tag, rec.commit, f"Autopack run {ctx.rec.run.run_id} phase {ps.phase_id}: {ps.name}")
     failpoints.hit("after_tag")
     ctx.rec.save_phase(rec.model_copy(update={"tag": tag}))
-    ctx.rec.phase_to(ps.phase_id, PhaseState.COMPLETE, commit=rec.commit, tag=tag)
+    k = rec.attempts[-1].k if rec.attempts else rec.current_attempt
+    adir = attempt_dir(ctx, ps, k)
+    ci_json = ctx.store.ci_dir(ps.index, ps.phase_id, k) / "ci.json"
+    named = chain.artifacts(ctx.store.run_dir, [adir / "patch.diff", adir / "gate.json", ci_json])
+    ctx.rec.phase_to(ps.phase_id, PhaseState.COMPLETE, commit=rec.commit, tag=tag, **{chain.ARTIFACTS: named})
     ctx.rec.save_phase(ctx.rec.phase(ps.phase_id).model_copy(update={"step": "done"}))
     # One run.json write: the run leaves the phase with the transition that ends it.
     ctx.rec.run = ctx.rec.run.model_copy(update={"current_phase": None})

@@ -86,6 +86,8 @@ _CONFIG_OVERRIDES = (
     "diff.relative=false",
     "advice.detachedHead=false",
     "core.quotePath=true",
+    "protocol.ext.allow=never",
+    "submodule.recurse=false",
 )
 
 
