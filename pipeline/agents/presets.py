@@ -3,7 +3,7 @@
 The built-in presets ship in `pipeline/data/agents.yaml`; a workspace's
 `profiles/agents.yaml` is merged over them field by field (`pipeline.core.overrides.deep_merge`): a
 project overrides one field of a preset (say `claude.defaults.max_turns`) or adds its own.
-The lists `env` and `owned_files` add to the built-in preset's; other lists replace.
+The lists `env`, `owned_files` and `state_dirs` add to the built-in preset's; other lists replace.
 
 A plan names a preset (`builder: claude`) or gives options with it (`builder: {preset:
 claude, model: sonnet, max_turns: 20}`); `pipeline.agents.runner` turns the two into the shell
@@ -83,6 +83,12 @@ class AgentPreset(Frozen):
         default_factory=list,
         description="patterns of the files the CLI writes for itself (`.aider*`, `.gemini/`): "
         "left out of every patch and recorded as excluded, whatever the target's .gitignore",
+    )
+    state_dirs: list[str] = Field(
+        default_factory=list,
+        description="directories under the agent's HOME (`~/...`) where the CLI keeps its own state: "
+        "created if missing and left writable inside the sandbox, where everything else but the "
+        "worktree is read-only",
     )
     install: str = Field(default="", description="how to install the CLI")
     docs: str = Field(default="", description="where the CLI's flags and output format are documented")
@@ -192,7 +198,7 @@ def _load_agent_presets(override_path: Path | None) -> dict[str, AgentPreset]:
 
 
 # Lists an override adds to (the built-in preset's names stay); other lists replace.
-ADDED_LISTS: tuple[str, ...] = ("env", "owned_files")
+ADDED_LISTS: tuple[str, ...] = ("env", "owned_files", "state_dirs")
 
 
 def _with_added_lists(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

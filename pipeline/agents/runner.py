@@ -149,7 +149,8 @@ def run_agent(
     if agent.executable and shutil.which(agent.executable, path=env.get("PATH", "")) is None:
         return _not_installed(agent, role, log_path)
 
-    with confinement.jail(worktree, role, writable=[result_path.parent]) as jail:
+    writable = [result_path.parent, *state_dirs(agent.preset.state_dirs, env)]
+    with confinement.jail(worktree, role, writable=writable) as jail:
         done = sandbox.run(jail, agent.command, cwd=worktree, env=env, timeout_s=timeout_s, log_path=log_path)
     parsed = with_final_error(agent.preset.usage, done.stdout, parse_usage(agent.preset.usage, done.stdout, who=role))
     verdict_note = _verdict_from_output(role, agent, parsed, done.stdout, result_path)
@@ -203,6 +204,23 @@ def agent_env(
 
 
 # -- resolving a spec against its preset -------------------------------------------------
+
+
+def state_dirs(patterns: Sequence[str], env: Mapping[str, str]) -> list[Path]:
+    """The CLI's own state directories under the agent's HOME, created so that the sandbox can
+    leave them writable (a CLI that cannot write its config or session files fails)."""
+    home = env.get("HOME")
+    if not home:
+        return []
+    found = []
+    for pattern in patterns:
+        rel = pattern.removeprefix("~/")
+        if rel == pattern or ".." in Path(rel).parts:
+            continue  # only paths inside HOME
+        path = Path(home) / rel
+        path.mkdir(parents=True, exist_ok=True)
+        found.append(path)
+    return found
 
 
 def resolve_agent(spec: AgentSpec, presets: Mapping[str, AgentPreset]) -> ResolvedAgent:

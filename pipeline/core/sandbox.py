@@ -41,6 +41,7 @@ from pipeline.core.errors import EnvironmentProblem
 Isolation = Literal["bwrap", "none"]
 ISOLATION_BWRAP: Isolation = "bwrap"
 ISOLATION_NONE: Isolation = "none"
+ISOLATION_ENV = "AUTOPACK_ISOLATION"  # told to the step: its isolation level
 SWITCH_ENV = "AUTOPACK_SANDBOX"  # "off": always the fallback
 INSTALL_FIX = (
     "install bubblewrap (`apt-get install -y bubblewrap`) or set sandbox.isolation: auto in profiles/ruleset.yaml"
@@ -72,8 +73,11 @@ class Jail:
         return [*bwrap_prefix(self, cwd), "--", *inner]
 
     def env(self, env: Mapping[str, str]) -> dict[str, str]:
-        """The step's environment: TMPDIR is its private temp dir."""
-        return {**env, "TMPDIR": str(self.tmp)} if self.tmp is not None else dict(env)
+        """The step's environment: TMPDIR is its private temp dir, and AUTOPACK_ISOLATION says
+        which isolation the step has (a CLI with a sandbox of its own, which cannot nest in
+        bubblewrap, can leave the confinement to it: the codex preset does)."""
+        extra = {ISOLATION_ENV: self.level, **({"TMPDIR": str(self.tmp)} if self.tmp is not None else {})}
+        return {**env, **extra}
 
 
 def bwrap_prefix(jail: Jail, cwd: Path) -> list[str]:
