@@ -494,7 +494,7 @@ def best_of(n: int, fn: Any) -> tuple[float, Any]:
 
 
 def query_times(ws: Path) -> dict[str, float]:
-    from pipeline.reporting import rollup as duck
+    from pipeline.store import rollup as duck
 
     def setup_and_query() -> list[tuple[Any, ...]]:
         # what `doit sql` does: check for changed runs (none), define the views, query

@@ -37,9 +37,9 @@ from pipeline.models.issues import PhaseIssueFile, ProjectBacklog, RunIssueIndex
 from pipeline.models.reports import CiReport
 from pipeline.models.results import AttemptRecord
 from pipeline.models.run import PhaseRecord, RunRecord
-from pipeline.reporting import rollup
 from pipeline.reporting.queries import metrics_diff, run_sql
 from pipeline.reporting.report import build_report
+from pipeline.store import rollup
 from testing.runtree import AttemptSpec, IssueSpec, PhaseSpec, RunSpec, TierSpec, write_run
 
 ROOT = Path(__file__).resolve().parent.parent
