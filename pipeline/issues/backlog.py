@@ -199,8 +199,20 @@ _FROM_FILES = {
 _FROM_ROLLUP = {
     "@RUNS@": "(SELECT created_at, updated_at, finished_at, safety_profile, phases, filename FROM rollup.raw_runs)",
     "@ISSUES@": "(SELECT phase_id, tier_id, issues, filename FROM rollup.raw_phase_issues)",
-    "@CI@": "(SELECT tries, filename FROM rollup.raw_ci)",
 }
+
+# The rollup variant of _GREEN_SQL over the tests it unnested at ingest; per key only the
+# last green report (by run rank, then phase id) is returned: `_resolution` uses no other.
+_GREEN_ROLLUP_SQL = f"""
+SELECT '{TEST_PREFIX}' || g.node_id AS issue_key,
+       arg_max(r.run_id, (r.run_rank, g.phase_id)) AS run_id,
+       arg_max(g.phase_id, (r.run_rank, g.phase_id)) AS phase_id,
+       max(r.run_rank) AS run_rank
+FROM rollup.green_tests g JOIN runs r USING (run_id)
+WHERE list_contains($keys, '{TEST_PREFIX}' || g.node_id)
+GROUP BY issue_key
+ORDER BY issue_key
+"""
 
 
 def _sql(template: str, sources: Mapping[str, str]) -> str:
@@ -321,7 +333,7 @@ def _green_tests(
     if not keys:
         return {}
     if tmp is None:
-        rows = con.execute(_sql(_GREEN_SQL, _FROM_ROLLUP), {"keys": keys}).fetchall()
+        rows = con.execute(_GREEN_ROLLUP_SQL, {"keys": keys}).fetchall()
     else:
         gathered = gather(workspace, ("*", "phases", "*", "ci", "*", "ci.json"), tmp)
         if gathered is None:

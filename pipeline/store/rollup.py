@@ -51,7 +51,7 @@ ROLLUP_DIR = REPORTS_DIR / "rollup"
 ROLLUP_DB = ROLLUP_DIR / "rollup.duckdb"
 BACKLOG_FILE = REPORTS_DIR / "project_issue_backlog.json"
 # Bump when the rollup's own tables change in a way views.sql does not show.
-ROLLUP_FORMAT = "3"
+ROLLUP_FORMAT = "4"
 # Runs per ingest batch: reading one batch overlaps with DuckDB parsing the previous one.
 INGEST_BATCH = 1000
 INGEST_THREADS = int(os.environ.get("AUTOPACK_INGEST_THREADS", "1"))
@@ -105,6 +105,23 @@ _ATTEMPTS_OF_GONE_RUNS = (
     "AS filename FROM (SELECT run_id, filename, unnest(attempts) AS a FROM rollup.raw_phases "
     "WHERE run_id IN (SELECT run_id FROM gone))"
 )
+
+
+# The tests each CI report saw pass, one row per (run, phase, test): what the backlog asks
+# of ci.json (a test:<node_id> key is resolved by a later green run), unnested once at
+# ingest rather than at every start_run (10,000 runs: ~1 s of unnesting tries and steps).
+_GREEN_TESTS_OF_GONE_RUNS = r"""
+WITH tries AS (
+    SELECT run_id, regexp_extract(filename, 'phases[/\\][0-9]+-([^/\\]+)[/\\]ci[/\\]', 1) AS phase_id,
+           unnest(tries) AS try
+    FROM rollup.raw_ci WHERE run_id IN (SELECT run_id FROM gone)
+), steps AS (
+    SELECT run_id, phase_id, unnest(try.steps) AS step FROM tries
+), tests AS (
+    SELECT run_id, phase_id, unnest(step.tests) AS t FROM steps
+)
+SELECT DISTINCT run_id, phase_id, t.node_id AS node_id FROM tests WHERE t.outcome = 'passed'
+"""
 
 
 @dataclass(frozen=True)
@@ -439,6 +456,7 @@ def _create_tables(con: DuckDBPyConnection) -> None:
     con.execute(
         f"CREATE TABLE rollup.raw_attempts AS SELECT NULL::VARCHAR AS run_id, * FROM read_attempt_records({empty})"
     )
+    con.execute("CREATE TABLE rollup.green_tests (run_id VARCHAR, phase_id VARCHAR, node_id VARCHAR)")
     con.execute("CREATE TABLE rollup.rollup_files (run_id VARCHAR PRIMARY KEY, stamp VARCHAR NOT NULL)")
     con.execute("CREATE TABLE rollup.rollup_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
     con.execute("INSERT INTO rollup.rollup_meta VALUES ('version', ?)", [_rollup_version()])
@@ -573,7 +591,7 @@ def _apply(
             "CREATE OR REPLACE TEMP TABLE gone AS SELECT unnest(string_split(?, chr(10))) AS run_id",
             ["\n".join(changed + removed)],
         )
-        for view in [*(s.view for s in SOURCES), "raw_attempts"]:
+        for view in [*(s.view for s in SOURCES), "raw_attempts", "green_tests"]:
             con.execute(f"DELETE FROM rollup.{view} WHERE run_id IN (SELECT run_id FROM gone)")
         with (
             tempfile.TemporaryDirectory(dir=workspace / ROLLUP_DIR, prefix=".ingest-") as tmp,
@@ -588,6 +606,7 @@ def _apply(
             raise first
         _check_run_ids(con)
         con.execute(f"INSERT INTO rollup.raw_attempts BY NAME {_ATTEMPTS_OF_GONE_RUNS}")
+        con.execute(f"INSERT INTO rollup.green_tests {_GREEN_TESTS_OF_GONE_RUNS}")
         con.execute("RESET threads")  # the commit compresses and writes: every core helps
         con.execute("DELETE FROM rollup.rollup_files WHERE run_id IN (SELECT run_id FROM gone)")
         if changed:
