@@ -24,9 +24,9 @@ the safety profile given (the new run's) or of the run it was last seen in (`nor
 / 2 tiers, `safety_critical` 2 / 1 in the built-in ruleset).
 
 run.json, issues.json and ci.json are read from the rollup (`pipeline.store.rollup`,
-brought up to date first: only runs whose run.json or run_issue_index.json changed are
-re-read), so a start_run pays for what changed, not for the tree (10,000 runs: 23 s when
-every file was read, see bench/README.md). When the rollup cannot be used (another
+brought up to date first: only runs whose run.json changed are re-read), so a start_run
+pays for what changed, not for the tree (10,000 runs: 23 s when every file was read,
+see bench/README.md). When the rollup cannot be used (another
 process is writing it, a read-only workspace) they are gathered by Python into one
 newline-delimited stream each (every document tagged with its path as `filename`) and
 read by the same SQL; the two give the same backlog, byte for byte (a test keeps them
