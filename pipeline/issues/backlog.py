@@ -197,7 +197,10 @@ _FROM_FILES = {
     "@CI@": f"read_json($ci, columns = {with_filename(_CI_COLUMNS)}, {GATHERED_OPTIONS})",
 }
 _FROM_ROLLUP = {
-    "@RUNS@": "(SELECT created_at, updated_at, finished_at, safety_profile, phases, filename FROM rollup.raw_runs)",
+    # only the phase summaries' fields the backlog reads (the rest would be copied for nothing)
+    "@RUNS@": "(SELECT created_at, updated_at, finished_at, safety_profile, filename, list_transform(phases, "
+    "p -> {'phase_id': p.phase_id, 'state': p.state, 'task_category': p.task_category}) AS phases "
+    "FROM rollup.raw_runs)",
     "@ISSUES@": "(SELECT phase_id, tier_id, issues, filename FROM rollup.raw_phase_issues)",
 }
 
