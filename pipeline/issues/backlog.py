@@ -23,6 +23,10 @@ Thresholds come from the caller, or per key from its strategy slice: the ruleset
 the safety profile given (the new run's) or of the run it was last seen in (`normal` 3 runs
 / 2 tiers, `safety_critical` 2 / 1 in the built-in ruleset).
 
+One module on purpose: the SQL over the rollup and over the gathered files, and the Python
+that decides each key's status, share one encoding of order (a run's rank and a phase
+index folded into `ord`); apart, the two reading paths could drift from each other.
+
 run.json, issues.json and ci.json are read from the rollup (`pipeline.store.rollup`,
 brought up to date first: only runs whose run.json changed are re-read), so a start_run
 pays for what changed, not for the tree (10,000 runs: 23 s when every file was read,
