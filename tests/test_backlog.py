@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from pipeline.models.plan import Plan
 from pipeline.models.strategy import Strategy
 from pipeline.plan.file import load_plan, plan_sha256
 from pipeline.run.driver import run_to_end
+from pipeline.store import rollup
 from testing.runs import RunSetup, command, make_workspace, phase, python_step, write_agent
 from testing.synthetic import SynIssue, SynPhase, write_run
 
@@ -155,6 +157,58 @@ def test_thresholds_follow_the_safety_profile_of_the_last_run(tmp_path: Path) ->
     assert aged_keys(backlog, 2, 2) == {"a": Severity.major}  # b: 1 run, 1 tier
     assert aged_keys(backlog, 1, 5) == {"a": Severity.major, "b": Severity.major}
     assert aged_keys(backlog, 3, 2) == {}
+
+
+# -- the rollup ------------------------------------------------------------------------------
+
+
+def _mixed_workspace(workspace: Path) -> None:
+    failing = SynIssue(TEST_KEY, category="test_failure", evidence=(NODE,))
+    for n in (1, 2, 3):
+        one_key_run(workspace, f"r{n}", n, profile=CRITICAL if n == 2 else SafetyProfile.normal)
+    write_run(workspace, "r4", ts(4), [SynPhase("P1", issues=(failing,)), SynPhase("P2", "T2", issues=(failing,))])
+    write_run(workspace, "r5", ts(5), [SynPhase("P1", tests=((NODE, "passed"),))])
+    write_run(workspace, "r6", ts(6), [SynPhase("P1", issues=(SynIssue("lint:x"),)), debt_phase()])
+
+
+def debt_phase() -> SynPhase:
+    return SynPhase("DEBT.1", "DEBT", task_category="debt_cleanup", cleans=(KEY,))
+
+
+def _hold_rollup(workspace: Path) -> subprocess.Popen[str]:
+    """Another process with the rollup open for writing (a `doit report` under way)."""
+    db = workspace / "reports" / "rollup" / "rollup.duckdb"
+    code = f"import duckdb, sys; con = duckdb.connect({str(db)!r}); print('ready', flush=True); sys.stdin.read()"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_the_backlog_reads_the_rollup_and_the_files_give_the_same_bytes(tmp_path: Path) -> None:
+    """derive_backlog brings the rollup up to date and reads it; when another process holds
+    the rollup it reads the files instead, to the same byte."""
+    _mixed_workspace(tmp_path)
+    from_rollup = write_backlog(tmp_path).read_bytes()
+    assert rollup.refresh(tmp_path).reread == 0  # the backlog left the rollup current
+    entries = derive_backlog(tmp_path).issues_by_key
+    assert entries[TEST_KEY].resolved_by == "ci r5/P1" and entries[KEY].resolved_by == "debt_cleanup r6/DEBT.1"
+    holder = _hold_rollup(tmp_path)
+    try:
+        write_run(tmp_path, "r6", ts(6), [SynPhase("P1", issues=(SynIssue("lint:x"),)), SynPhase("P2")])
+        from_files = write_backlog(tmp_path).read_bytes()
+    finally:
+        holder.communicate("")
+    assert json.loads(from_files)["issues_by_key"][KEY]["resolved_by"] is None
+    assert write_backlog(tmp_path).read_bytes() == from_files  # the rollup caught up
+    write_run(tmp_path, "r6", ts(6), [SynPhase("P1", issues=(SynIssue("lint:x"),)), debt_phase()])
+    assert write_backlog(tmp_path).read_bytes() == from_rollup
+
+
+def test_a_removed_run_leaves_the_backlog(tmp_path: Path) -> None:
+    _mixed_workspace(tmp_path)
+    assert entry(tmp_path).age_in_runs == 3
+    shutil.rmtree(tmp_path / "runs" / "r3")
+    assert entry(tmp_path).age_in_runs == 2
 
 
 # -- resolution ----------------------------------------------------------------------------

@@ -37,9 +37,9 @@ from pipeline.models.issues import PhaseIssueFile, ProjectBacklog, RunIssueIndex
 from pipeline.models.reports import CiReport
 from pipeline.models.results import AttemptRecord
 from pipeline.models.run import PhaseRecord, RunRecord
-from pipeline.reporting import rollup
 from pipeline.reporting.queries import metrics_diff, run_sql
 from pipeline.reporting.report import build_report
+from pipeline.store import rollup
 from testing.runtree import AttemptSpec, IssueSpec, PhaseSpec, RunSpec, TierSpec, write_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -522,8 +522,16 @@ def test_rollup_follows_changes_and_removals(ws: Path) -> None:
     assert rollup.refresh(ws) == rollup.Refresh(runs=3, reread=0, removed=0)
     shutil.rmtree(ws / "runs" / "r-old")
     time.sleep(0.01)
-    os.utime(ws / "runs" / "r-ok" / "run_issue_index.json")
-    assert rollup.refresh(ws) == rollup.Refresh(runs=2, reread=1, removed=1)
+    # A run's stamp is its run.json, the last file the supervisor writes whenever the run's
+    # record changes (one stat per run, not two): a touch of run_issue_index.json alone is
+    # not seen until run.json changes; deleting the rollup re-reads every run.
+    index = ws / "runs" / "r-ok" / "run_issue_index.json"
+    os.utime(index)
+    assert rollup.refresh(ws) == rollup.Refresh(runs=2, reread=0, removed=1)
+    os.utime(ws / "runs" / "r-ok" / "run.json")
+    assert rollup.refresh(ws) == rollup.Refresh(runs=2, reread=1, removed=0)
+    shutil.rmtree(ws / "reports" / "rollup")
+    assert rollup.refresh(ws) == rollup.Refresh(runs=2, reread=2, removed=0)
     with rollup.connect(ws, refresh_first=False) as con:
         assert rows(con, "SELECT count(*) AS n FROM attempts") == [{"n": 9}]
         assert rows(con, "SELECT count(*) AS n FROM run_issues WHERE run_id = 'r-old'") == [{"n": 0}]

@@ -73,7 +73,7 @@ def _report_uptodate(task: Any, values: dict[str, Any]) -> bool:
     # opened, no duckdb import): fast at 10,000 runs, and it is computed only when the
     # report task is selected, unlike a file_dep list built at every task load.
     from pipeline.reporting.report import INDEX_HTML, INDEX_MD, fingerprint
-    from pipeline.reporting.rollup import scan
+    from pipeline.store.rollup import scan
 
     stamps = scan(workspace_root())
     setattr(task, _SCAN_ATTR, stamps)  # the action refreshes the rollup from this scan

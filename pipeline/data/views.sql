@@ -17,10 +17,10 @@
 --      (`union_by_name` is not needed: with explicit columns every file is read into the
 --      same shape. `hive_partitioning` is off: `runs/<id>/` is not a key=value path.)
 --   2. raw_*: one row per artifact file, the artifact's own fields plus `filename`.
---      `doit report` and `doit sql` keep raw_runs, raw_phases and raw_run_issues (and
---      the attempts inside phase.json) in an incremental rollup,
---      reports/rollup/rollup.duckdb, re-read only for runs whose run.json or
---      run_issue_index.json changed; the other raw views read the files directly
+--      `doit report`, `doit sql` and the backlog keep raw_runs, raw_phases,
+--      raw_run_issues, raw_phase_issues and raw_ci (and the attempts inside phase.json)
+--      in an incremental rollup, reports/rollup/rollup.duckdb, re-read only for runs
+--      whose run.json changed; the other raw views read the files directly
 --      (DuckDB lists a deep glob slowly: ~30 s for 200,000 builder.json files).
 --   3. the views: runs, tiers, phases, phase_records, attempts, ci_runs, issues,
 --      run_issues, events, backlog (derived here), backlog_file (the materialised file).

@@ -23,12 +23,20 @@ Thresholds come from the caller, or per key from its strategy slice: the ruleset
 the safety profile given (the new run's) or of the run it was last seen in (`normal` 3 runs
 / 2 tiers, `safety_critical` 2 / 1 in the built-in ruleset).
 
-The JSON is read with explicit column types (never sampled), so a file whose first
+One module on purpose: the SQL over the rollup and over the gathered files, and the Python
+that decides each key's status, share one encoding of order (a run's rank and a phase
+index folded into `ord`); apart, the two reading paths could drift from each other.
+
+run.json, issues.json and ci.json are read from the rollup (`pipeline.store.rollup`,
+brought up to date first: only runs whose run.json changed are re-read), so a start_run
+pays for what changed, not for the tree (10,000 runs: 23 s when every file was read,
+see bench/README.md). When the rollup cannot be used (another
+process is writing it, a read-only workspace) they are gathered by Python into one
+newline-delimited stream each (every document tagged with its path as `filename`) and
+read by the same SQL; the two give the same backlog, byte for byte (a test keeps them
+so). The JSON is read with explicit column types (never sampled), so a file whose first
 records happen to be empty still gives the same types, and records written before a field
-existed (e.g. `cleans`) read NULL there. run.json, issues.json and ci.json are gathered by
-Python into one newline-delimited stream each (every document tagged with its path as
-`filename`) rather than globbed by DuckDB, which reads many small files ~9x slower than a
-plain read (1,000 runs on the 2-core machine: 5.4-5.8 s before, 0.9 s after).
+existed (e.g. `cleans`) read NULL there.
 """
 
 from __future__ import annotations
@@ -42,12 +50,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config.workspace import Workspace
-from pipeline.core.errors import InvalidInput
+from pipeline.core.errors import InvalidInput, StepFailed
 from pipeline.core.jsonio import write_model
 from pipeline.issues.gathered import GATHERED_OPTIONS, gather, read_gathered, with_filename
 from pipeline.models.enums import SafetyProfile, Severity
 from pipeline.models.issues import BacklogEntry, BacklogStatus, ProjectBacklog
 from pipeline.models.ruleset import Ruleset
+from pipeline.store import rollup
 
 if TYPE_CHECKING:
     import duckdb
@@ -89,7 +98,7 @@ FROM (
            coalesce(finished_at, updated_at, created_at) AS seen_at,
            coalesce(safety_profile, 'normal') AS safety_profile,
            coalesce(phases, []) AS phases
-    FROM read_json($runs, columns = {with_filename(_RUN_COLUMNS)}, {GATHERED_OPTIONS})
+    FROM @RUNS@
 )
 """
 
@@ -99,7 +108,7 @@ WITH files AS (
                filename, '({_PART}){_SEP}phases{_SEP}([0-9]+)-{_PART}{_SEP}issues\\.json$',
                ['run_id', 'phase_index']) AS loc,
            phase_id, tier_id, issues
-    FROM read_json($issues, columns = {with_filename(_ISSUE_COLUMNS)}, {GATHERED_OPTIONS})
+    FROM @ISSUES@
 ), hits AS (
     SELECT loc.run_id AS run_id, CAST(loc.phase_index AS BIGINT) AS phase_index, phase_id, tier_id,
            unnest(issues) AS issue
@@ -170,7 +179,7 @@ WITH reports AS (
                filename, '({_PART}){_SEP}phases{_SEP}([0-9]+)-({_PART}){_SEP}ci{_SEP}{_PART}{_SEP}ci\\.json$',
                ['run_id', 'phase_index', 'phase_id']) AS loc,
            tries
-    FROM read_json($ci, columns = {with_filename(_CI_COLUMNS)}, {GATHERED_OPTIONS})
+    FROM @CI@
 ), tries AS (
     SELECT loc, unnest(tries) AS try FROM reports
 ), steps AS (
@@ -183,6 +192,40 @@ FROM tests JOIN runs r ON r.run_id = loc.run_id
 WHERE t.outcome = 'passed' AND list_contains($keys, '{TEST_PREFIX}' || t.node_id)
 ORDER BY issue_key, r.run_rank, phase_id
 """
+
+
+# Where the three SQL statements above read from: the gathered files, or the rollup.
+_FROM_FILES = {
+    "@RUNS@": f"read_json($runs, columns = {with_filename(_RUN_COLUMNS)}, {GATHERED_OPTIONS})",
+    "@ISSUES@": f"read_json($issues, columns = {with_filename(_ISSUE_COLUMNS)}, {GATHERED_OPTIONS})",
+    "@CI@": f"read_json($ci, columns = {with_filename(_CI_COLUMNS)}, {GATHERED_OPTIONS})",
+}
+_FROM_ROLLUP = {
+    # only the phase summaries' fields the backlog reads (the rest would be copied for nothing)
+    "@RUNS@": "(SELECT created_at, updated_at, finished_at, safety_profile, filename, list_transform(phases, "
+    "p -> {'phase_id': p.phase_id, 'state': p.state, 'task_category': p.task_category}) AS phases "
+    "FROM rollup.raw_runs)",
+    "@ISSUES@": "(SELECT phase_id, tier_id, issues, filename FROM rollup.raw_phase_issues)",
+}
+
+# The rollup variant of _GREEN_SQL over the tests it unnested at ingest; per key only the
+# last green report (by run rank, then phase id) is returned: `_resolution` uses no other.
+_GREEN_ROLLUP_SQL = f"""
+SELECT '{TEST_PREFIX}' || g.node_id AS issue_key,
+       arg_max(r.run_id, (r.run_rank, g.phase_id)) AS run_id,
+       arg_max(g.phase_id, (r.run_rank, g.phase_id)) AS phase_id,
+       max(r.run_rank) AS run_rank
+FROM rollup.green_tests g JOIN runs r USING (run_id)
+WHERE list_contains($keys, '{TEST_PREFIX}' || g.node_id)
+GROUP BY issue_key
+ORDER BY issue_key
+"""
+
+
+def _sql(template: str, sources: Mapping[str, str]) -> str:
+    for name, source in sources.items():
+        template = template.replace(name, source)
+    return template
 
 
 @dataclass(frozen=True)
@@ -218,20 +261,44 @@ def _has_files(con: duckdb.DuckDBPyConnection, pattern: str) -> bool:
     return bool(row and row[0])
 
 
-def _load_runs(con: duckdb.DuckDBPyConnection, workspace: Path, tmp: Path) -> int:
-    gathered = gather(workspace, ("*", "run.json"), tmp)
-    if gathered is None:
-        return 0
-    read_gathered(con, _RUNS_SQL, {"runs": str(gathered[0])}, gathered)
+def _attach_rollup(con: duckdb.DuckDBPyConnection, workspace: Path, current: Mapping[str, str]) -> bool:
+    """Bring the rollup up to date and attach it; False when it cannot be (a read-only
+    workspace, another process writing it): then the backlog reads the files."""
+    import duckdb
+
+    try:
+        rollup.refresh(workspace, current)
+    except (PermissionError, StepFailed):
+        return False
+    db = str(Path(workspace) / rollup.ROLLUP_DB).replace("'", "''")
+    try:
+        con.execute(f"ATTACH '{db}' AS rollup (READ_ONLY)")
+    except duckdb.Error:
+        return False
+    return True
+
+
+def _load_runs(con: duckdb.DuckDBPyConnection, workspace: Path, tmp: Path | None) -> int:
+    """The `runs` table; `tmp` None: from the attached rollup, else from the gathered files."""
+    if tmp is None:
+        con.execute(_sql(_RUNS_SQL, _FROM_ROLLUP))
+    else:
+        gathered = gather(workspace, ("*", "run.json"), tmp)
+        if gathered is None:
+            return 0
+        read_gathered(con, _sql(_RUNS_SQL, _FROM_FILES), {"runs": str(gathered[0])}, gathered)
     row = con.execute("SELECT count(*) FROM runs").fetchone()
     return int(row[0]) if row else 0
 
 
-def _seen(con: duckdb.DuckDBPyConnection, workspace: Path, tmp: Path) -> list[_Seen]:
-    gathered = gather(workspace, ("*", "phases", "*", "issues.json"), tmp)
-    if gathered is None:
-        return []
-    rows = read_gathered(con, _KEYS_SQL, {"issues": str(gathered[0])}, gathered).fetchall()
+def _seen(con: duckdb.DuckDBPyConnection, workspace: Path, tmp: Path | None) -> list[_Seen]:
+    if tmp is None:
+        rows = con.execute(_sql(_KEYS_SQL, _FROM_ROLLUP)).fetchall()
+    else:
+        gathered = gather(workspace, ("*", "phases", "*", "issues.json"), tmp)
+        if gathered is None:
+            return []
+        rows = read_gathered(con, _sql(_KEYS_SQL, _FROM_FILES), {"issues": str(gathered[0])}, gathered).fetchall()
     return [
         _Seen(
             key=row[0],
@@ -267,14 +334,20 @@ def _debt_cleanings(con: duckdb.DuckDBPyConnection, workspace: Path) -> dict[str
 
 
 def _green_tests(
-    con: duckdb.DuckDBPyConnection, workspace: Path, keys: list[str], tmp: Path
+    con: duckdb.DuckDBPyConnection, workspace: Path, keys: list[str], tmp: Path | None
 ) -> dict[str, list[tuple[int, str]]]:
     """test key -> [(run rank, "run/phase")] of the CI reports that saw that test pass."""
-    gathered = gather(workspace, ("*", "phases", "*", "ci", "*", "ci.json"), tmp) if keys else None
-    if gathered is None:
+    if not keys:
         return {}
+    if tmp is None:
+        rows = con.execute(_GREEN_ROLLUP_SQL, {"keys": keys}).fetchall()
+    else:
+        gathered = gather(workspace, ("*", "phases", "*", "ci", "*", "ci.json"), tmp)
+        if gathered is None:
+            return {}
+        params = {"ci": str(gathered[0]), "keys": keys}
+        rows = read_gathered(con, _sql(_GREEN_SQL, _FROM_FILES), params, gathered).fetchall()
     found: dict[str, list[tuple[int, str]]] = {}
-    rows = read_gathered(con, _GREEN_SQL, {"ci": str(gathered[0]), "keys": keys}, gathered).fetchall()
     for key, run_id, phase_id, rank in rows:
         found.setdefault(key, []).append((int(rank), f"{run_id}/{phase_id}"))
     return found
@@ -362,17 +435,21 @@ def derive_backlog(
     ws = Workspace.of(workspace)
     workspace = ws.root
     ruleset = ws.ruleset.ruleset
+    current = rollup.scan(workspace)
+    if not current:
+        return ProjectBacklog()  # no started run (what the files would say too, without DuckDB)
     con = duckdb.connect()
     try:
         con.execute("SET enable_progress_bar = false")  # no bar drawn over the command's output
         with tempfile.TemporaryDirectory(prefix="autopack-backlog-") as tmp:
-            runs_read = _load_runs(con, workspace, Path(tmp))
+            source = None if _attach_rollup(con, workspace, current) else Path(tmp)
+            runs_read = _load_runs(con, workspace, source)
             if not runs_read:
                 return ProjectBacklog()
-            seen = _seen(con, workspace, Path(tmp))
+            seen = _seen(con, workspace, source)
             debt = _debt_cleanings(con, workspace)
             keys = [s.key for s in seen if s.key.startswith(TEST_PREFIX)]
-            green = _green_tests(con, workspace, keys, Path(tmp))
+            green = _green_tests(con, workspace, keys, source)
     except duckdb.Error as exc:
         # DuckDB names the file and the position; a broken artifact is the user's to repair.
         raise InvalidInput(

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pipeline.store.rollup import one_line, read_artifact
 
 if TYPE_CHECKING:
     import duckdb
@@ -46,52 +47,15 @@ def _files(root: str, parts: tuple[str, ...]) -> list[str]:
     return paths
 
 
-# DuckDB's own limit for one document (`maximum_object_size` above).
-_MAX_BYTES = 67108864
-# What stands for a file that is not a regular file or is too large: not JSON, so the
-# read fails and `_broken` names the file.
-_NOT_A_DOCUMENT = b"!"
-
-
-def _read_or_none(path: str) -> bytes | None:
-    """The file's bytes; None when it is missing. A FIFO, device or directory where an
-    artifact belongs (a record checked out from git can hold anything) is never waited
-    on or read without bound: it reads as `_NOT_A_DOCUMENT`."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError:
-        return _NOT_A_DOCUMENT
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return _NOT_A_DOCUMENT
-        with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(_MAX_BYTES + 1)
-        return data if len(data) <= _MAX_BYTES else _NOT_A_DOCUMENT
-    finally:
-        os.close(fd)
-
-
-def _tagged(path: str, data: bytes) -> bytes:
-    """The document on one line with `"filename": path` first (a broken one stays broken)."""
-    body = data.translate(None, b"\r\n").strip()
-    if not body.startswith(b"{"):
-        return body or _NOT_A_DOCUMENT  # DuckDB refuses it; `_broken` names the file
-    rest = body[1:].lstrip()
-    tag = b'{"filename":' + json.dumps(path).encode()
-    return tag + (rest if rest.startswith(b"}") else b"," + rest)
-
-
 def gather(workspace: Path, parts: tuple[str, ...], into: Path) -> tuple[Path, list[str]] | None:
     """One newline-delimited file of every `runs/<parts>` file; None when there is none."""
     paths = _files(str(Path(workspace).resolve() / "runs"), parts)
     out, kept = into / f"{'-'.join(p for p in parts if p != '*')}.ndjson", []
     with open(out, "wb") as f:
         for path in paths:
-            data = _read_or_none(path)
+            data = read_artifact(path)
             if data is not None:
-                f.write(_tagged(path, data) + b"\n")
+                f.write(one_line(data, path) + b"\n")
                 kept.append(path)
     return (out, kept) if kept else None
 
@@ -99,7 +63,7 @@ def gather(workspace: Path, parts: tuple[str, ...], into: Path) -> tuple[Path, l
 def _broken(paths: list[str]) -> str:
     """The first file that is not one JSON object (looked for only after a read failed)."""
     for path in paths:
-        data = _read_or_none(path)
+        data = read_artifact(path)
         try:
             if data is not None and not isinstance(json.loads(data), dict):
                 return path

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core.errors import InvalidInput
-from pipeline.reporting import rollup
 from pipeline.reporting.render import md_table
 from pipeline.reporting.sections import Table
+from pipeline.store import rollup
 
 if TYPE_CHECKING:
     pass

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from pipeline.core.jsonio import write_text_atomic
-from pipeline.reporting import rollup
 from pipeline.reporting.render import render_html, render_markdown
 from pipeline.reporting.sections import Report, collect
+from pipeline.store import rollup
 
 if TYPE_CHECKING:
     pass

@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipeline.reporting import charts, rollup
+from pipeline.reporting import charts
+from pipeline.store import rollup
 
 if TYPE_CHECKING:
     from duckdb import DuckDBPyConnection

@@ -6,11 +6,12 @@ of which files changed; apart, they would drift.
 Measured on the 2-core machine (bench/reports.py):
 DuckDB's read_json costs ~50-120 µs per file (10,000 run.json: 0.4-0.8 s, slower than a
 json.load loop), and listing a deep glob is far worse (200,000 builder.json under
-`runs/*/phases/*/attempts/*/`: ~30 s). So the sources reports need — run.json,
-run_issue_index.json and phase.json (whose attempts[] are the AttemptRecords of
-builder.json) — are kept in `reports/rollup/rollup.duckdb`, one table per raw view, and
-a run is re-read only when its run.json or run_issue_index.json changed (mtime, size,
-inode; every phase write also rewrites run.json, `Recorder.save_phase`).
+`runs/*/phases/*/attempts/*/`: ~30 s). So the sources reports and the project backlog
+need — run.json, run_issue_index.json, phase.json (whose attempts[] are the
+AttemptRecords of builder.json), every phase's issues.json and ci.json — are kept in
+`reports/rollup/rollup.duckdb`, one table per raw view, and
+a run is re-read only when its run.json changed (mtime, size, inode; every write of the
+run's record ends with run.json, see `scan`).
 
 Re-reading: Python reads the changed runs' files in batches and writes each batch as one
 newline-delimited temp file per source; a worker thread hands each to the same reader
@@ -29,8 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,25 +51,31 @@ ROLLUP_DIR = REPORTS_DIR / "rollup"
 ROLLUP_DB = ROLLUP_DIR / "rollup.duckdb"
 BACKLOG_FILE = REPORTS_DIR / "project_issue_backlog.json"
 # Bump when the rollup's own tables change in a way views.sql does not show.
-ROLLUP_FORMAT = "2"
+ROLLUP_FORMAT = "5"
 # Runs per ingest batch: reading one batch overlaps with DuckDB parsing the previous one.
 INGEST_BATCH = 1000
 INGEST_THREADS = int(os.environ.get("AUTOPACK_INGEST_THREADS", "1"))
 # pipeline.models.base.ID_PATTERN (a test keeps them equal), not imported: the up-to-date
 # check of `doit report` imports this module and should not pay for pydantic.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-_ID = re.compile(ID_PATTERN)
+_IDS = re.compile(ID_PATTERN, re.MULTILINE)
 _PHASE_DIR = re.compile(r"^[0-9]+-" + ID_PATTERN.lstrip("^"))
 
 
 @dataclass(frozen=True)
 class Source:
-    """A raw view kept in the rollup: where each run's files are, how a row names its file."""
+    """A raw view kept in the rollup: where each run's files are, how a row names its file.
+
+    A `tagged` source's files do not name their run (issues.json, ci.json): each document
+    is tagged with its own path as `filename` when it is concatenated, and its table keeps
+    the run id (taken from that path) in an extra first column, `run_id`.
+    """
 
     view: str
     reader: str
     pattern: str  # relative to runs/<run_id>/
-    filename_sql: str  # the row's file, rebuilt from its fields (the reader saw a temp file)
+    filename_sql: str = ""  # the row's file, rebuilt from its fields (the reader saw a temp file)
+    tagged: bool = False
 
 
 SOURCES = (
@@ -83,6 +92,9 @@ SOURCES = (
         "phases/*/phase.json",
         "'runs/' || run_id || '/phases/' || printf('%02d', index) || '-' || phase_id || '/phase.json'",
     ),
+    # what the project backlog reads (issues/backlog.py): every phase's issues, the tests CI saw
+    Source("raw_phase_issues", "read_phase_issue_files", "phases/*/issues.json", tagged=True),
+    Source("raw_ci", "read_ci_reports", "phases/*/ci/*/ci.json", tagged=True),
 )
 
 # In the rollup, attempts come from phase.json's attempts[] (written together with
@@ -93,6 +105,23 @@ _ATTEMPTS_OF_GONE_RUNS = (
     "AS filename FROM (SELECT run_id, filename, unnest(attempts) AS a FROM rollup.raw_phases "
     "WHERE run_id IN (SELECT run_id FROM gone))"
 )
+
+
+# The tests each CI report saw pass, one row per (run, phase, test): what the backlog asks
+# of ci.json (a test:<node_id> key is resolved by a later green run), unnested once at
+# ingest rather than at every start_run (10,000 runs: ~1 s of unnesting tries and steps).
+_GREEN_TESTS_OF_GONE_RUNS = r"""
+WITH tries AS (
+    SELECT run_id, regexp_extract(filename, 'phases[/\\][0-9]+-([^/\\]+)[/\\]ci[/\\]', 1) AS phase_id,
+           unnest(tries) AS try
+    FROM rollup.raw_ci WHERE run_id IN (SELECT run_id FROM gone)
+), steps AS (
+    SELECT run_id, phase_id, unnest(try.steps) AS step FROM tries
+), tests AS (
+    SELECT run_id, phase_id, unnest(step.tests) AS t FROM steps
+)
+SELECT DISTINCT run_id, phase_id, t.node_id AS node_id FROM tests WHERE t.outcome = 'passed'
+"""
 
 
 @dataclass(frozen=True)
@@ -260,28 +289,37 @@ def _stat_stamp(path: str) -> str:
 
 
 def scan(workspace: Path) -> dict[str, str]:
-    """run id -> stamp of its run.json and run_issue_index.json, for every started run.
+    """run id -> stamp (mtime, size, inode) of its run.json, for every started run.
 
-    Two stat calls per run and nothing else (10,000 runs: ~60 ms): `doit sql` and the
-    up-to-date check of `doit report` pay it every time.
+    One stat call per run, relative to an open runs/ directory, and nothing else (10,000
+    runs: ~35-50 ms under load, half of what stat-ing run_issue_index.json too cost):
+    `doit sql` and the up-to-date check of `doit report` pay it every time. run.json is
+    the run's last write whenever its record changes (the recorder rewrites it, with
+    `updated_at`, after the phase, issue and CI files it summarises), so its stamp stands
+    for the run; a hand edit of run.json itself, in place or by rename, is seen too. A
+    hand edit of another file alone is not: touch run.json, or delete `reports/rollup/`
+    (a cache, rebuilt by the next report) to have every run re-read.
     """
     runs: dict[str, str] = {}
+    root = os.path.join(str(workspace), "runs")
     try:
-        entries = os.scandir(Path(workspace) / "runs")
+        names = os.listdir(root)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     except (FileNotFoundError, NotADirectoryError):
         return runs
-    with entries:
-        for entry in entries:
-            name = entry.name
-            if not _ID.fullmatch(name):
-                continue
+    try:
+        stat_at = os.stat
+        # one regex pass over every name, not a call per name (a name holding a line
+        # break yields its parts: each is stat-ed like any other name, and names a run
+        # only if that run's directory exists)
+        for name in dict.fromkeys(_IDS.findall("\n".join(names))):
             try:
-                st = os.stat(f"{entry.path}/run.json")
+                st = stat_at(name + "/run.json", dir_fd=fd)
             except (FileNotFoundError, NotADirectoryError):
                 continue
-            runs[name] = f"{st.st_mtime_ns}.{st.st_size}.{st.st_ino}:" + _stat_stamp(
-                f"{entry.path}/run_issue_index.json"
-            )
+            runs[name] = f"{st.st_mtime_ns}.{st.st_size}.{st.st_ino}"
+    finally:
+        os.close(fd)
     return runs
 
 
@@ -298,8 +336,8 @@ def fingerprint(workspace: Path, extra: str = "", current: Mapping[str, str] | N
     """
     digest = hashlib.sha256(f"{code_version()}\n{extra}\n".encode())
     digest.update(_stat_stamp(str(Path(workspace) / BACKLOG_FILE)).encode())
-    for run_id, stamp in sorted((scan(workspace) if current is None else current).items()):
-        digest.update(f"\n{run_id} {stamp}".encode())
+    stamps = sorted((scan(workspace) if current is None else current).items())
+    digest.update("".join(f"\n{run_id} {stamp}" for run_id, stamp in stamps).encode())
     return digest.hexdigest()
 
 
@@ -307,34 +345,74 @@ def fingerprint(workspace: Path, extra: str = "", current: Mapping[str, str] | N
 
 
 def _source_files(run_dir: str, pattern: str) -> list[str]:
+    """The files of `pattern` (`*`: a phase directory, or any directory deeper) in a run."""
     # Plain strings and os.scandir: at 100,000 files pathlib's overhead is most of the time.
-    if "/" not in pattern:
-        return [f"{run_dir}/{pattern}"]
-    sub, name = pattern.split("/*/")
-    try:
-        with os.scandir(f"{run_dir}/{sub}") as entries:
-            found = sorted(e.path for e in entries if _PHASE_DIR.match(e.name))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    return [f"{path}/{name}" for path in found]
+    paths = [run_dir]
+    for depth, part in enumerate(pattern.split("/")):
+        if part != "*":
+            paths = [f"{p}/{part}" for p in paths]
+            continue
+        found: list[str] = []
+        for p in paths:
+            try:
+                with os.scandir(p) as entries:
+                    found += sorted(
+                        e.path for e in entries if (_PHASE_DIR.match(e.name) if depth == 1 else e.is_dir())
+                    )
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+        paths = found
+    return paths
 
 
-def _read(path: str) -> bytes | None:
+# DuckDB's limit for one document (`maximum_object_size` in views.sql).
+_MAX_BYTES = 67108864
+# What stands for a file that is not one JSON object, not a regular file or too large:
+# not JSON, so the bulk read fails and `_first_bad_file` names the file.
+NOT_A_DOCUMENT = b"!"
+
+
+def read_artifact(path: str) -> bytes | None:
+    """The file's bytes; None when it is missing. A FIFO, device or directory where an
+    artifact belongs (a record checked out from git can hold anything) is never waited
+    on or read without bound: it reads as `NOT_A_DOCUMENT`."""
     # os.open/os.read: half the cost of open() and its buffered reader, per small file.
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError:
+        return NOT_A_DOCUMENT
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return NOT_A_DOCUMENT
         data = os.read(fd, 1 << 16)
         if len(data) == 1 << 16:
             chunks = [data]
-            while more := os.read(fd, 1 << 20):
+            size = len(data)
+            while size <= _MAX_BYTES and (more := os.read(fd, 1 << 20)):
                 chunks.append(more)
+                size += len(more)
             data = b"".join(chunks)
-        return data
+        return data if len(data) <= _MAX_BYTES else NOT_A_DOCUMENT
     finally:
         os.close(fd)
+
+
+def one_line(data: bytes, tag: str | None = None) -> bytes:
+    """The document on one line, with `"filename": tag` first when given; anything but a
+    JSON object becomes `NOT_A_DOCUMENT` (DuckDB refuses it and the file is named)."""
+    # Valid JSON has no raw line break inside a string, so dropping them all makes the
+    # pretty-printed file one line: DuckDB splits newline-delimited input across threads
+    # (5x faster than reading the pretty-printed stream).
+    body = data.translate(None, b"\r\n").strip()
+    if not body.startswith(b"{"):
+        return NOT_A_DOCUMENT
+    if tag is None:
+        return body
+    rest = body[1:].lstrip()
+    head = b'{"filename":' + json.dumps(tag).encode()
+    return head + (rest if rest.startswith(b"}") else b"," + rest)
 
 
 def _concatenate(workspace: Path, run_ids: Sequence[str], into: Path, tag: str) -> list[tuple[Source, Path]]:
@@ -348,13 +426,10 @@ def _concatenate(workspace: Path, run_ids: Sequence[str], into: Path, tag: str) 
             run_dir = f"{runs}/{run_id}"
             for source in SOURCES:
                 for path in _source_files(run_dir, source.pattern):
-                    data = _read(path)
+                    data = read_artifact(path)
                     if data is not None:
-                        # Valid JSON has no raw line break inside a string, so dropping them
-                        # all makes the pretty-printed file one line: DuckDB splits
-                        # newline-delimited input across threads (5x faster than reading
-                        # the pretty-printed stream).
-                        handles[source.view].write(data.translate(None, b"\r\n") + b"\n")
+                        named = f"runs/{path[len(runs) + 1 :]}" if source.tagged else None
+                        handles[source.view].write(one_line(data, named) + b"\n")
                         written.add(source.view)
     finally:
         for handle in handles.values():
@@ -364,16 +439,14 @@ def _concatenate(workspace: Path, run_ids: Sequence[str], into: Path, tag: str) 
 
 def _first_bad_file(workspace: Path, run_ids: Sequence[str]) -> str:
     """Which file broke a bulk read (only looked for after one failed)."""
-    import json
-
     runs = os.path.join(str(workspace), "runs")
     for run_id in run_ids:
         for source in SOURCES:
             for path in _source_files(os.path.join(runs, run_id), source.pattern):
-                data = _read(path)
+                data = read_artifact(path)
                 try:
-                    if data is not None:
-                        json.loads(data)
+                    if data is not None and not isinstance(json.loads(data), dict):
+                        return f"{path}: not a JSON object"
                 except ValueError as exc:
                     return f"{path}: {exc}"
     return ""
@@ -382,10 +455,17 @@ def _first_bad_file(workspace: Path, run_ids: Sequence[str]) -> str:
 def _create_tables(con: DuckDBPyConnection) -> None:
     empty = _sql_text(str(none_file()))
     for source in SOURCES:
-        con.execute(f"CREATE TABLE rollup.{source.view} AS FROM {source.reader}({empty})")
+        if source.tagged:
+            con.execute(
+                f"CREATE TABLE rollup.{source.view} AS SELECT NULL::VARCHAR AS run_id, * "
+                f"FROM {source.reader}_tagged({empty})"
+            )
+        else:
+            con.execute(f"CREATE TABLE rollup.{source.view} AS FROM {source.reader}({empty})")
     con.execute(
         f"CREATE TABLE rollup.raw_attempts AS SELECT NULL::VARCHAR AS run_id, * FROM read_attempt_records({empty})"
     )
+    con.execute("CREATE TABLE rollup.green_tests (run_id VARCHAR, phase_id VARCHAR, node_id VARCHAR)")
     con.execute("CREATE TABLE rollup.rollup_files (run_id VARCHAR PRIMARY KEY, stamp VARCHAR NOT NULL)")
     con.execute("CREATE TABLE rollup.rollup_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
     con.execute("INSERT INTO rollup.rollup_meta VALUES ('version', ?)", [_rollup_version()])
@@ -400,9 +480,22 @@ def _rollup_version() -> str:
 def _readers(con: DuckDBPyConnection) -> None:
     """The reader macros of views.sql, reading one document per line (what `_concatenate`
     writes); they live in the in-memory catalog of the ingesting connection only."""
+    tagged = {s.reader for s in SOURCES if s.tagged}
     for statement in split_statements(views_sql()):
         if statement.startswith("CREATE OR REPLACE MACRO read_"):
-            con.execute(statement.replace("format = 'unstructured'", "format = 'newline_delimited'"))
+            statement = statement.replace("format = 'unstructured'", "format = 'newline_delimited'")
+            con.execute(statement)
+            name = statement.split("(", 1)[0].rsplit(" ", 1)[1]
+            if name in tagged:
+                # the same reader for documents tagged with their path (`one_line`): the
+                # path is a column declared last, where `filename = true` puts it
+                assert statement.endswith("\n});") and "filename = true" in statement
+                con.execute(
+                    statement.replace(f"MACRO {name}(", f"MACRO {name}_tagged(", 1)
+                    .replace("filename = true", "filename = false")
+                    .removesuffix("\n});")
+                    + ",\n    filename: 'VARCHAR'\n});"
+                )
 
 
 def _attach_rw(con: DuckDBPyConnection, db: Path) -> None:
@@ -440,8 +533,7 @@ def _fresh_marker(db: Path, current: Mapping[str, str]) -> str:
     import duckdb
 
     digest = hashlib.sha256(_rollup_version().encode())
-    for run_id, stamp in sorted(current.items()):
-        digest.update(f"\n{run_id} {stamp}".encode())
+    digest.update("".join(f"\n{run_id} {stamp}" for run_id, stamp in sorted(current.items())).encode())
     wal = db.with_name(db.name + ".wal")
     return f"{digest.hexdigest()} {_stat_stamp(str(db))} {_stat_stamp(str(wal))} {duckdb.__version__}"
 
@@ -507,7 +599,7 @@ def _apply(
             "CREATE OR REPLACE TEMP TABLE gone AS SELECT unnest(string_split(?, chr(10))) AS run_id",
             ["\n".join(changed + removed)],
         )
-        for view in [*(s.view for s in SOURCES), "raw_attempts"]:
+        for view in [*(s.view for s in SOURCES), "raw_attempts", "green_tests"]:
             con.execute(f"DELETE FROM rollup.{view} WHERE run_id IN (SELECT run_id FROM gone)")
         with (
             tempfile.TemporaryDirectory(dir=workspace / ROLLUP_DIR, prefix=".ingest-") as tmp,
@@ -522,6 +614,7 @@ def _apply(
             raise first
         _check_run_ids(con)
         con.execute(f"INSERT INTO rollup.raw_attempts BY NAME {_ATTEMPTS_OF_GONE_RUNS}")
+        con.execute(f"INSERT INTO rollup.green_tests {_GREEN_TESTS_OF_GONE_RUNS}")
         con.execute("RESET threads")  # the commit compresses and writes: every core helps
         con.execute("DELETE FROM rollup.rollup_files WHERE run_id IN (SELECT run_id FROM gone)")
         if changed:
@@ -549,14 +642,23 @@ def _is_duckdb_error(exc: BaseException) -> bool:
 
 
 def _insert(con: DuckDBPyConnection, source: Source, path: Path) -> None:
-    reader = f"{source.reader}({_sql_text(str(path))})"
-    con.execute(f"INSERT INTO rollup.{source.view} SELECT * REPLACE ({source.filename_sql} AS filename) FROM {reader}")
+    if source.tagged:
+        reader = f"{source.reader}_tagged({_sql_text(str(path))})"
+        con.execute(
+            f"INSERT INTO rollup.{source.view} SELECT regexp_extract(filename, '^runs/([^/]+)/', 1) AS run_id, * "
+            f"FROM {reader}"
+        )
+    else:
+        reader = f"{source.reader}({_sql_text(str(path))})"
+        con.execute(
+            f"INSERT INTO rollup.{source.view} SELECT * REPLACE ({source.filename_sql} AS filename) FROM {reader}"
+        )
     path.unlink()
 
 
 def _check_run_ids(con: DuckDBPyConnection) -> None:
     """Rows are replaced by run_id: a file naming another run than its directory would linger."""
-    for source in SOURCES:
+    for source in (s for s in SOURCES if not s.tagged):  # a tagged row's run is its path's
         strays = con.execute(
             f"SELECT DISTINCT coalesce(run_id, 'null') FROM rollup.{source.view} "
             "WHERE run_id IS NULL OR run_id NOT IN (SELECT run_id FROM rollup.rollup_files UNION ALL FROM gone) "
@@ -582,7 +684,7 @@ def _memory() -> DuckDBPyConnection:
     return con
 
 
-# The raw views that read files even with the rollup, and the views built on them.
+# The raw views that read files (without the rollup, or not kept in it), and the views built on them.
 FILE_VIEWS = {
     "raw_ci": "ci_runs",
     "raw_phase_issues": "issues",
@@ -629,7 +731,10 @@ def connect(
                 rollup = False
         if rollup:
             con.execute(f"ATTACH {_sql_text(str(Path(workspace) / ROLLUP_DB))} AS rollup (READ_ONLY)")
-            overrides = {s.view: f"FROM rollup.{s.view}" for s in SOURCES}
+            overrides = {
+                s.view: f"SELECT * EXCLUDE (run_id) FROM rollup.{s.view}" if s.tagged else f"FROM rollup.{s.view}"
+                for s in SOURCES
+            }
             overrides["raw_attempts"] = "SELECT * EXCLUDE (run_id) FROM rollup.raw_attempts"
         if query is not None:
             overrides.update(_placeholders(query))
