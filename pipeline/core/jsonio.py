@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from pipeline.core import failpoints
 from pipeline.core.errors import InvalidInput, ValidationErrors
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ def write_text_atomic(path: Path, text: str) -> bool:
             os.fsync(fd)
         finally:
             os.close(fd)
+        failpoints.hit("atomic_write")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,9 @@ _PR_SET_CHILD_SUBREAPER = 36
 # Children this module started and has not reaped yet: never mistaken for orphans.
 _LIVE: set[int] = set()
 _LIVE_LOCK = threading.Lock()
+# Called with each command's pid (its process group id) as soon as it runs: the run lock
+# records them, so that a rerun after a kill -9 ends what this process left (`strays`).
+SPAWN_HOOKS: list[Callable[[int], None]] = []
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,8 @@ def run(
                 _LIVE.add(proc.pid)
         except FileNotFoundError as exc:
             return ProcResult(tuple(args), 127, "", str(exc), time.monotonic() - started)
+        for hook in SPAWN_HOOKS:
+            hook(proc.pid)
         deadline = _WATCHDOG.watch(proc, timeout_s) if timeout_s is not None else None
         # A command is over when its leader exits: helpers it left in the background (an
         # agent's watcher, a CI step's server) must not act after it, nor hold its output

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipeline.agents import runner as agents
 from pipeline.agents.owned import drop_owned
+from pipeline.core import failpoints
 from pipeline.core.errors import AutopackError
 from pipeline.core.jsonio import read_model, write_model, write_text_atomic
 from pipeline.core.masking import masked
@@ -159,6 +160,7 @@ def build(ctx: RunContext, ps: PhaseStrategy) -> None:
     confinement = ctx.confinement()
     refs_before = ctx.git.refs_state()
     snap = guard_before(ctx, [adir / "builder.log", result_path.parent])
+    failpoints.hit("before_agent")
     outcome = agents.run_agent(
         spec=ps.builder,
         role="builder",
@@ -176,6 +178,7 @@ def build(ctx: RunContext, ps: PhaseStrategy) -> None:
     presets = ctx.ws.agent_presets
     owned = presets[outcome.preset].owned_files if outcome.preset in presets else []
     patch, excluded = drop_owned(ctx.git.collect_patch(ctx.worktree, base), owned)
+    failpoints.hit("after_agent")
     ctx.git.reset_to(ctx.worktree, ctx.branch, base)
     undo_ref_changes(ctx, ps, k, refs_before, adir / "builder.log")
     if violation is not None:

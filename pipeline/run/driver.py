@@ -8,11 +8,13 @@ chooses the phase, runs its steps, closes tiers and ends the run.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config.workspace import Workspace
+from pipeline.core import failpoints
 from pipeline.core.errors import GitError, InvalidInput
 from pipeline.models.enums import PhaseState, RunScope, RunState, TierState
 from pipeline.models.run import PhaseRecord, TierSummary
@@ -26,6 +28,7 @@ from pipeline.run.context import RunContext, open_context
 from pipeline.run.finish import finish_run, tier_cleanliness
 from pipeline.run.outcomes import EndRun, commit_record, fail_phase, needs_review, submit_overdue
 from pipeline.run.reexec import drop_secrets
+from pipeline.store.lock import RunLock
 from pipeline.store.rundir import RunStore
 
 
@@ -48,8 +51,35 @@ def run_phase(workspace: Path | Workspace, run_id: str, phase_id: str | None = N
     drop_secrets(ws)  # `doit run`/`run_phase` without a sandbox: start again without them
     store = RunStore(ws.root, run_id)
     _require_started(store)
-    with store.lock(), open_context(ws, run_id) as ctx:
+    lock = store.lock()
+    with lock, open_context(ws, run_id) as ctx:
+        _note_takeover(ctx, lock)
         return _run_phase_locked(ctx, phase_id)
+
+
+def _note_takeover(ctx: RunContext, lock: RunLock) -> None:
+    """The last holder of the lock died holding it (kill -9, a cancelled CI job): say so,
+    with the processes it left that were ended before this step began. The event is left
+    out while a snapshot commit may be waiting for its record: that commit names its note
+    event by number (Autopack-Event), which must come next."""
+    if lock.took_over is not None:
+        holder = lock.took_over
+        sys.stderr.write(
+            f"note: run {ctx.rec.run.run_id}: taking over the lock of pid {holder.get('pid')} on "
+            f"{holder.get('host')} (since {holder.get('since')}), which died holding it; "
+            f"ended {len(lock.reaped)} process(es) it left running\n"
+        )
+        current = ctx.rec.run.current_phase
+        if current and ctx.rec.phase(current).step == "ci_passed":
+            return
+        ctx.rec.note(
+            ctx.rec.run.run_id,
+            "lock_taken_over",
+            holder_pid=holder.get("pid"),
+            holder_host=holder.get("host"),
+            holder_since=holder.get("since"),
+            killed=lock.reaped,
+        )
 
 
 def run_to_end(workspace: Path | Workspace, run_id: str, max_steps: int = 1000) -> list[StepOutcome]:
@@ -81,6 +111,7 @@ def _start_chained(ws: Workspace, run_id: str) -> str | None:
     following = read_model(RunStore(ws.root, run_id).run_json, RunRecord).chain_next
     if following is None:
         return None
+    failpoints.hit("chained_start")
     if not RunStore(ws.root, following).run_json.exists():
         start_run(ws, following)
     return following
@@ -96,7 +127,9 @@ def submit_patch(
     _require_started(store)
     if not patch.is_file():
         raise InvalidInput(f"patch file {patch} does not exist", "pass the path of a unified diff with --patch")
-    with store.lock(), open_context(ws, run_id) as ctx:
+    lock = store.lock()
+    with lock, open_context(ws, run_id) as ctx:
+        _note_takeover(ctx, lock)
         _check_frozen(ctx)
         if ctx.rec.run.state.terminal:
             raise InvalidInput(f"run {run_id} is finished ({ctx.rec.run.state.value})", "start a new run")
