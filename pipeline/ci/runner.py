@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pipeline.core import sandbox
-from pipeline.core.errors import InvalidInput
+from pipeline.core.errors import AutopackError, InvalidInput
 from pipeline.core.masking import mask_file
 from pipeline.core.proc import scrubbed_env
 from pipeline.models.base import ID_PATTERN
@@ -209,13 +209,23 @@ def _append_notes(log_path: Path, notes: Iterable[str]) -> None:
 
 # --------------------------------------------------------------------------- JUnit
 
+MAX_JUNIT_BYTES = 256 * 1024 * 1024
+
 
 def _parse_junit(path: Path, worktree: Path) -> tuple[list[TestCaseResult], str | None]:
     """The test cases in a JUnit file, or no tests and the reason it could not be read."""
     from junitparser import JUnitXmlError, TestSuite
 
+    from pipeline.core.inputs import read_regular
+
     try:
-        parsed = _junit_xml_class().fromfile(str(path))
+        # A CI step writes this file: a FIFO there would hang a plain open, a huge one
+        # exhaust the memory.
+        data = read_regular(path, "JUnit report", MAX_JUNIT_BYTES)
+    except AutopackError as exc:
+        return [], exc.message
+    try:
+        parsed = _junit_xml_class().fromstring(data)
         # junitparser < 4 returns a bare TestSuite when that is the root element.
         suites = [parsed] if isinstance(parsed, TestSuite) else list(parsed)
         tests = [_test_case(case, worktree) for suite in suites for case in suite]

@@ -178,17 +178,19 @@ def model_text(path: Path, model: BaseModel) -> str:
 
 def read_json(path: Path) -> Any:
     """Parse the JSON file at `path`; errors name `path:line:col` and the fix."""
+    from pipeline.core.inputs import read_regular
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise InvalidInput(f"{path}: file not found", "check the path, or create the artifact first") from exc
-    except IsADirectoryError as exc:
-        raise InvalidInput(f"{path}: is a directory, expected a JSON file") from exc
+        text = read_regular(path, "JSON file", fix="check the path, or create the artifact first").decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"{path}: not UTF-8 text (byte {exc.start})", "save the file as UTF-8 JSON") from exc
     try:
         return json.loads(text)
+    except RecursionError:
+        raise InvalidInput(
+            f"{path}: JSON nested too deeply to read", f"write {path} with far fewer nested arrays/objects"
+        ) from None
     except json.JSONDecodeError as exc:
         raise InvalidInput(
             f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}",

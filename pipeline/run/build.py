@@ -10,7 +10,7 @@ from pipeline.agents import runner as agents
 from pipeline.agents.owned import drop_owned
 from pipeline.core import failpoints
 from pipeline.core.errors import AutopackError
-from pipeline.core.jsonio import read_model, write_model, write_text_atomic
+from pipeline.core.jsonio import write_model, write_text_atomic
 from pipeline.core.masking import masked
 from pipeline.gate.patch import parse_patch
 from pipeline.gate.verdict import CHECK_ORDER
@@ -237,13 +237,11 @@ def classify(outcome: agents.AgentOutcome, patch: str, who: str = "builder") -> 
     return None, ""
 
 
-def record_submission(ctx: RunContext, ps: PhaseStrategy, patch: Path, result: Path | None) -> None:
-    """An external builder's patch becomes the next attempt, ready for the gate."""
+def record_submission(ctx: RunContext, ps: PhaseStrategy, text: str, usage: Usage) -> None:
+    """An external builder's patch (checked by the caller) becomes the next attempt, ready for the gate."""
     rec = ctx.rec.phase(ps.phase_id)
     k = rec.current_attempt if rec.step == "building" and rec.current_attempt else len(rec.attempts) + 1
-    usage = read_model(result, BuilderResult).usage if result else Usage()
     adir = attempt_dir(ctx, ps, k)
-    text = patch.read_text(errors="surrogateescape")
     write_patch(ctx, ps, k, text)
     now = utc_now()
     attempt = AttemptRecord(

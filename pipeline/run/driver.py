@@ -13,10 +13,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from pipeline.config.workspace import Workspace
 from pipeline.core import failpoints
 from pipeline.core.errors import GitError, InvalidInput
+from pipeline.core.inputs import read_utf8
 from pipeline.models.enums import PhaseState, RunScope, RunState, TierState
+from pipeline.models.results import BuilderResult, Usage
 from pipeline.models.run import PhaseRecord, TierSummary
 from pipeline.models.strategy import PhaseStrategy
 from pipeline.plan.file import plan_sha256
@@ -125,8 +129,7 @@ def submit_patch(
     drop_secrets(ws)
     store = RunStore(ws.root, run_id)
     _require_started(store)
-    if not patch.is_file():
-        raise InvalidInput(f"patch file {patch} does not exist", "pass the path of a unified diff with --patch")
+    text, usage = read_submission(patch, result)
     lock = store.lock()
     with lock, open_context(ws, run_id) as ctx:
         _note_takeover(ctx, lock)
@@ -146,8 +149,35 @@ def submit_patch(
             _enter_phase(ctx, ps)
         except EndRun as end:
             return _finish(ctx, ps, end.state, end.reason)
-        building.record_submission(ctx, ps, patch, result)
+        building.record_submission(ctx, ps, text, usage)
         return _drive_and_finish(ctx, ps)
+
+
+MAX_PATCH_BYTES = 16 * 1024 * 1024
+MAX_RESULT_BYTES = 1024 * 1024
+
+
+def read_submission(patch: Path, result: Path | None) -> tuple[str, Usage]:
+    """The submitted patch (UTF-8 text with no NUL byte) and the usage of its result file,
+    both checked before anything is locked or written."""
+    fix = "pass the path of a unified diff (UTF-8 text, as `git diff` writes it) with --patch"
+    text = read_utf8(patch, "patch", MAX_PATCH_BYTES, fix)
+    if "\0" in text:
+        raise InvalidInput(f"{patch}: the patch holds a NUL byte: it is not a text diff", fix)
+    if result is None:
+        return text, Usage()
+    raw = read_utf8(result, "result file", MAX_RESULT_BYTES, "pass the builder's result JSON, or leave --result out")
+    try:
+        return text, BuilderResult.model_validate_json(raw).usage
+    except RecursionError:
+        raise InvalidInput(f"{result}: JSON nested too deeply", "write a flat result object") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "(top)"
+        raise InvalidInput(
+            f"{result}: {where}: {first.get('msg', 'invalid')} ({exc.error_count()} problem(s))",
+            "fix the result file (schemas/builder_result.schema.json), or leave --result out",
+        ) from None
 
 
 # -- choosing and entering a phase --------------------------------------------------------
