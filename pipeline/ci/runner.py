@@ -336,11 +336,29 @@ def _report(
         attempt=attempt,
         profile=profile_name,
         verdict=verdict,
-        tries=list(tries),
+        tries=[_compact(t) for t in tries],
         failing_tests=sorted(failing) if verdict == "fail" else [],
         flaky_tests=flaky,
         environment_error=environment_error,
     )
+
+
+# Passing tests listed per step in ci.json; beyond this they are only counted (a JUnit
+# report of 150,000 tests made a 22 MB ci.json). Failing ones are always listed in full.
+MAX_LISTED_PASSES = 2000
+
+
+def _compact(ci_try: CiTry) -> CiTry:
+    """`ci_try` with the passing tests of a step over MAX_LISTED_PASSES counted, not listed
+    (called once flaky tests, which need them, are known)."""
+    steps = []
+    for step in ci_try.steps:
+        passed = sum(1 for t in step.tests if t.outcome == "passed")
+        if passed > MAX_LISTED_PASSES:
+            kept = [t for t in step.tests if t.outcome != "passed"]
+            step = step.model_copy(update={"tests": kept, "passed_not_listed": step.passed_not_listed + passed})
+        steps.append(step)
+    return ci_try.model_copy(update={"steps": steps})
 
 
 def _failing_ids(ci_try: CiTry) -> set[str]:
