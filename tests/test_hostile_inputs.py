@@ -9,6 +9,7 @@ or exit 3. The workspace is shared; a case that damages the record puts it back.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -133,6 +134,16 @@ def submit(patch: str = "ok.diff", result: str | None = None, phase: str = "P1")
 
 def result_json(body: str) -> dict[str, bytes]:
     return {"ok.diff": OK_PATCH, "res.json": body.encode()}
+
+
+def huge_spend(setup: RunSetup) -> Callable[[], None]:
+    """run.json claiming 2^63 tokens spent (a hand edit, or a bug elsewhere)."""
+    path = setup.run_dir / "run.json"
+    saved = path.read_bytes()
+    data = json.loads(saved)
+    data["spend"]["tokens"] = 2**63
+    path.write_text(json.dumps(data))
+    return lambda: path.write_bytes(saved)
 
 
 def _repo(text: str, repo: str) -> str:
@@ -271,6 +282,12 @@ RECORD_CASES = [
     # a tampered record is an integrity failure: a failed step (1), not a usage error
     Case("events-edited", ("run_phase", "--run", "r1"), 1, "events.jsonl",
          damage("events.jsonl", b'{"seq": 1}\n')),
+    # validate, report, sql and metrics_diff agree: the same record is refused by each
+    Case("huge-spend-validate", ("validate", "--run", "r1"), 2, "9223372036854775808 is too large", huge_spend),
+    Case("huge-spend-status", ("status", "--run", "r1"), 2, "is too large", huge_spend),
+    Case("huge-spend-report", ("report",), 2, "doit validate", huge_spend),
+    Case("huge-spend-sql", ("sql", "--query", "FROM runs"), 2, "doit validate", huge_spend),
+    Case("huge-spend-metrics-diff", ("metrics_diff", "--a", "r1", "--b", "r1"), 2, "doit validate", huge_spend),
     Case("plan-edited-after-start", ("run_phase", "--run", "r1"), 2, "changed after start_run",
          damage("plan.yaml", b"run_id: r1\n")),
 ]

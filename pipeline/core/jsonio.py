@@ -176,6 +176,21 @@ def model_text(path: Path, model: BaseModel) -> str:
     return canonical_json(data)
 
 
+# The largest integer an artifact may hold: exact in a double (JavaScript, DuckDB's JSON
+# reader) and far from overflowing a 64-bit sum, so `validate`, `report` and `sql` agree.
+MAX_JSON_INT = 2**53
+
+
+class _IntTooLarge(ValueError):
+    pass
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > 17 and abs(int(text)) > MAX_JSON_INT:
+        raise _IntTooLarge(text)
+    return int(text)
+
+
 def read_json(path: Path) -> Any:
     """Parse the JSON file at `path`; errors name `path:line:col` and the fix."""
     from pipeline.core.inputs import read_regular
@@ -186,7 +201,13 @@ def read_json(path: Path) -> Any:
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"{path}: not UTF-8 text (byte {exc.start})", "save the file as UTF-8 JSON") from exc
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=_bounded_int)
+    except _IntTooLarge as exc:
+        raise InvalidInput(
+            f"{path}: the number {exc.args[0][:24]}{'...' if len(exc.args[0]) > 24 else ''} is too large "
+            f"(at most {MAX_JSON_INT} either way)",
+            f"correct the number in {path}; `doit validate` rechecks",
+        ) from None
     except RecursionError:
         raise InvalidInput(
             f"{path}: JSON nested too deeply to read", f"write {path} with far fewer nested arrays/objects"
