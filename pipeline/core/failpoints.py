@@ -10,7 +10,8 @@ The points, in the order a phase reaches them: `before_agent`, `after_agent`,
 `after_tag`, `after_complete`; anywhere: `atomic_write` (a temp file written, not yet
 renamed) and `event_appended` (an event written, run.json not yet); `chained_start`
 (a run finished, the run chained after it not yet started); `promote_merged` (the merge
-made, not yet recorded).
+made, not yet recorded); `worker_applied` (the git worker applied a request, not yet
+answered it; `worker_applied:<op>` for one kind of request).
 """
 
 from __future__ import annotations

@@ -271,15 +271,25 @@ def snapshot(ctx: RunContext, ps: PhaseStrategy) -> None:
                 "inspect the worktree; the record is intact and a rerun retries",
             )
         ctx.copy_record_into_worktree()
-        sha = ctx.git.commit(
-            ctx.worktree,
-            f"{ps.phase_id}: {ps.name}\n\nAutopack run {ctx.rec.run.run_id}, phase {ps.phase_id}, attempt {attempt.k}.",
-            {
-                "Autopack-Run": ctx.rec.run.run_id,
-                "Autopack-Phase": ps.phase_id,
-                "Autopack-Event": str(ctx.rec.run.events_count + 1),
-            },
-        )
+        run_id = ctx.rec.run.run_id
+        message = f"{ps.phase_id}: {ps.name}\n\nAutopack run {run_id}, phase {ps.phase_id}, attempt {attempt.k}."
+        try:
+            sha = ctx.git.commit(
+                ctx.worktree,
+                message,
+                {
+                    "Autopack-Run": ctx.rec.run.run_id,
+                    "Autopack-Phase": ps.phase_id,
+                    "Autopack-Event": str(ctx.rec.run.events_count + 1),
+                },
+            )
+        except GitError:
+            # A commit whose outcome is unknown (a git worker killed while making it): it
+            # is found by its trailer if it was made, and never made twice.
+            found = ctx.git.find_commit_with_trailer(ctx.branch, "Autopack-Phase", ps.phase_id, since=base)
+            if found is None:
+                raise
+            sha = found
     failpoints.hit("after_snapshot_commit")
     if ctx.rec.run.state == RunState.CI_RUNNING:
         ctx.rec.note_before_transition(ps.phase_id, "snapshot", commit=sha)
@@ -295,7 +305,11 @@ def complete(ctx: RunContext, ps: PhaseStrategy) -> None:
     rec = ctx.rec.phase(ps.phase_id)
     assert rec.commit is not None
     tag = tag_name(ctx.rec.run.run_id, ps.phase_id)
-    ctx.git.tag(ctx.worktree, tag, rec.commit, f"Autopack run {ctx.rec.run.run_id} phase {ps.phase_id}: {ps.name}")
+    try:
+        ctx.git.tag(ctx.worktree, tag, rec.commit, f"Autopack run {ctx.rec.run.run_id} phase {ps.phase_id}: {ps.name}")
+    except GitError:
+        if ctx.git.tag_target(tag) != rec.commit:  # not an interrupted tag that was made after all
+            raise
     failpoints.hit("after_tag")
     ctx.rec.save_phase(rec.model_copy(update={"tag": tag}))
     k = rec.attempts[-1].k if rec.attempts else rec.current_attempt
