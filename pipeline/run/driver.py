@@ -56,7 +56,7 @@ def run_phase(workspace: Path | Workspace, run_id: str, phase_id: str | None = N
     store = RunStore(ws.root, run_id)
     _require_started(store)
     lock = store.lock()
-    with lock, open_context(ws, run_id) as ctx:
+    with lock, open_context(ws, run_id, interrupted=lock.took_over is not None) as ctx:
         _note_takeover(ctx, lock)
         return _run_phase_locked(ctx, phase_id)
 
@@ -131,7 +131,7 @@ def submit_patch(
     _require_started(store)
     text, usage = read_submission(patch, result)
     lock = store.lock()
-    with lock, open_context(ws, run_id) as ctx:
+    with lock, open_context(ws, run_id, interrupted=lock.took_over is not None) as ctx:
         _note_takeover(ctx, lock)
         _check_frozen(ctx)
         if ctx.rec.run.state.terminal:
