@@ -12,7 +12,6 @@ run: r1 (P1) and, started when r1 succeeds, r1-part2 (P2) on top of it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -27,7 +26,8 @@ import pytest
 
 from pipeline.store.events import EventLog
 from pipeline.store.rundir import RunStore
-from testing.runs import RunSetup, make_workspace, phase, python_step
+from testing.procs import alive, kill_all
+from testing.runs import RunSetup, cli, make_workspace, phase, python_step
 
 RUNS = {"r1": "P1", "r1-part2": "P2"}
 AGENT = 'write(f"{PHASE}.py", f"DONE = {PHASE!r}\\n")\nresult(status="success", usage={"tokens_in": 10})'
@@ -42,17 +42,6 @@ def chained_workspace(root: Path, agent_body: str = AGENT, ci: list[dict[str, ob
     setup.plan_path.write_text(capped)
     setup.start()
     return setup
-
-
-def cli(setup: RunSetup, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=setup.workspace,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def result_of(setup: RunSetup) -> dict[str, object]:
@@ -161,20 +150,11 @@ if not flag.exists():
 """
 
 
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
 @pytest.fixture
 def leftovers() -> Iterator[list[int]]:
     pids: list[int] = []
     yield pids
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+    kill_all(pids)
 
 
 def kill_when(setup: RunSetup, flag: Path, leftovers: list[int]) -> None:

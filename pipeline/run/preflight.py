@@ -33,8 +33,8 @@ def target_problems(workspace: Path, store: RunStore, plan: Plan) -> list[str]:
     if not target.is_dir():
         return [f"{where}.repo {plan.target.repo!r}: {target} does not exist; point target.repo at a git repository"]
     git = make_adapter(target)
+    git.check_available()  # no git (or no git worker) is the environment's problem, not the plan's
     try:
-        git.check_available()
         git.toplevel()
     except AutopackError as exc:
         return [f"{where}.repo {plan.target.repo!r}: {target} is not a usable git repository ({exc.message})"]

@@ -108,7 +108,8 @@ class RunLock:
             info = None
         self.took_over = info if isinstance(info, dict) else {"pid": "unknown"}
         children = [c for c in map(strays.Child.parse, rest.splitlines()) if c is not None]
-        self.reaped = strays.reap(children)
+        if self.took_over.get("host") == socket.gethostname():  # pids mean nothing on another host
+            self.reaped = strays.reap(children)
         pid = self.took_over.get("pid")
         if isinstance(pid, int):  # the temp files of the dead holder's unfinished atomic writes
             for tmp in self.path.parent.rglob(f".*.tmp.{pid}"):
