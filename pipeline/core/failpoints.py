@@ -11,7 +11,9 @@ The points, in the order a phase reaches them: `before_agent`, `after_agent`,
 renamed) and `event_appended` (an event written, run.json not yet); `chained_start`
 (a run finished, the run chained after it not yet started); `promote_merged` (the merge
 made, not yet recorded); `worker_applied` (the git worker applied a request, not yet
-answered it; `worker_applied:<op>` for one kind of request).
+answered it; `worker_applied:<op>` for one kind of request); the test-change review's
+`after_test_changes_approved`, `after_tampering_review_recorded` and
+`promote_record_aside`.
 """
 
 from __future__ import annotations
