@@ -97,10 +97,7 @@ BOUNDARIES = [
     "chained_start",
     "event_appended@1",
     "event_appended@6",
-    "event_appended@11",
-    "atomic_write@2",
     "atomic_write@9",
-    "atomic_write@17",
     "atomic_write@29",
 ]
 
