@@ -55,3 +55,11 @@ def tree_snapshot(repo: Path) -> dict[str, bytes]:
         if p.is_file() and not p.is_symlink():
             out[str(rel)] = p.read_bytes()
     return out
+
+
+def init_repo_here(path: Path) -> Path:
+    """Make the existing directory `path` a git repository on `main` with one empty commit
+    (files in it stay untracked): a workspace that is its own plan's target."""
+    git(path, "init", "-q", "-b", "main")
+    git(path, "commit", "-q", "--allow-empty", "-m", "init")
+    return path

@@ -23,7 +23,9 @@ and no user config needed) and `result(**fields)` (writes the AUTOPACK_RESULT JS
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -307,3 +309,15 @@ def make_workspace(
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     plan_path.write_text(dump_new(plan, header=f"plan of test run {run_id}"))
     return RunSetup(workspace=workspace, repo=repo, run_id=run_id, agent=agent)
+
+
+def cli(setup: RunSetup, *args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m pipeline ...` in the workspace, as a CI job would run it."""
+    return subprocess.run(
+        [PY, "-m", "pipeline", *args],
+        cwd=setup.workspace,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

@@ -444,3 +444,28 @@ def test_builtin_strict_static_check_compiles_and_skips_hidden_dirs(tmp_path: Pa
 
     (wt / "broken.py").write_text("def (\n")
     assert ci(wt, checks, tmp_path / "bad", env={"PATH": path}).verdict == "fail"
+
+
+def test_a_huge_junit_report_lists_failing_tests_and_counts_passing_ones(tmp_path: Path) -> None:
+    from pipeline.ci.runner import MAX_LISTED_PASSES
+
+    passing = MAX_LISTED_PASSES + 500
+    ok = '<testcase classname="tests.test_big" name="test_ok_{}" file="tests/test_big.py"/>'
+    cases = [ok.format(i) for i in range(passing)]
+    cases += [
+        f'<testcase classname="tests.test_big" name="test_bad_{i}" file="tests/test_big.py">'
+        f'<failure message="boom {i}">trace</failure></testcase>'
+        for i in range(3)
+    ]
+    xml = tmp_path / "big.xml"
+    xml.write_text(f'<testsuites><testsuite name="big">{"".join(cases)}</testsuite></testsuites>')
+    (tmp_path / "wt").mkdir()
+    report = ci(tmp_path / "wt", profile(junit_step(xml, rc=1)), tmp_path / "ci")
+
+    step = report.tries[-1].steps[0]
+    assert step.passed_not_listed == passing
+    assert sorted(t.node_id for t in step.tests) == [f"tests/test_big.py::test_bad_{i}" for i in range(3)]
+    assert all(t.outcome == "failed" and t.message for t in step.tests)
+    assert report.failing_tests == [f"tests/test_big.py::test_bad_{i}" for i in range(3)]
+    written = len(report.model_dump_json())
+    assert written < 20_000, f"ci.json stays small: {written} bytes"

@@ -28,3 +28,18 @@ def test_doit_variables_still_work_beside_protected_values(tmp_path: Path) -> No
 def test_doit_forget_exits_zero_without_a_traceback(tmp_path: Path) -> None:
     done = _pipeline(tmp_path, "forget", "report")
     assert done.returncode == 0 and "Traceback" not in done.stderr
+
+
+def test_every_string_option_keeps_an_equals_sign_in_its_value(tmp_path: Path) -> None:
+    """The protected options come from the tasks' own params: `--from-md a=b.md` is a path."""
+    from pipeline.commands import tasks
+    from pipeline.commands.cli import value_options
+
+    options = value_options(tasks)
+    assert {"--from-md", "--project-type", "--output", "--into", "--repo", "--metadata", "--run"} <= options
+    assert "--json" not in options and "--check" not in options, "flags take no value"
+    example = Path(__file__).resolve().parents[1] / "docs" / "plan-from-markdown.md"
+    (tmp_path / "a=b.md").write_text(example.read_text())
+    done = _pipeline(tmp_path, "new_run", "--run", "orders-api", "--from-md", "a=b.md")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "runs" / "orders-api" / "plan.yaml").is_file()

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from pipeline.gate.patch import PatchParseError, parse_patch
+from pipeline.gate.paths import MAX_LINE_CHARS, MAX_PATCH_BYTES
 from pipeline.gate.secrets import check_secrets
 from pipeline.gate.verdict import CHECK_ORDER, feedback_for, run_gate
 from pipeline.models.enums import BuilderMode, CiProfileName, Complexity, Severity
@@ -507,6 +508,24 @@ def test_changed_lines_are_capped(env: Env) -> None:
     env.cli.reset_to(env.wt, BRANCH, env.base)
     failed = assert_failed_at(gate(env, text, make_phase(max_changed_lines=1)), "size")
     assert "2 lines added+removed, at most 1 allowed" in failed.message
+
+
+def test_a_single_huge_line_fails_the_size_check(env: Env) -> None:
+    """A 2.7 MB one-line file is within any line-count cap, and still no reviewable change."""
+    text = _new_file("src/blob.js", "x" * 2_700_000)
+    failed = assert_failed_at(gate(env, text), "size")
+    assert f"1 added line(s) longer than {MAX_LINE_CHARS} characters" in failed.message
+    assert failed.evidence == ["src/blob.js:1: 2700000 characters"]
+    assert gate(env, _new_file("src/ok.js", "x" * MAX_LINE_CHARS)).verdict == "pass"
+
+
+def test_a_patch_over_the_byte_cap_is_refused_before_it_is_parsed(env: Env) -> None:
+    lines = ["y" * 1000] * (MAX_PATCH_BYTES // 1000 + 10)
+    report = gate(env, _new_file("src/big.py", *lines))
+    assert report.verdict == "fail"
+    failed = check(report, "size")
+    assert failed.verdict == "fail" and f"at most {MAX_PATCH_BYTES} allowed" in failed.message
+    assert check(report, "apply").verdict != "pass", "a patch refused for its size is not applied"
 
 
 # --------------------------------------------------------------------------- secrets

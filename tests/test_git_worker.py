@@ -464,3 +464,79 @@ def test_the_environment_chooses_the_adapter(tmp_path: Path, repo: Path, monkeyp
     for bad in ("0", "-1", "inf", "nan"):
         with pytest.raises(InvalidInput):
             timeout_from_env({TIMEOUT_ENV: bad})
+
+
+@pytest.mark.parametrize(("op", "repeatable"), [("commit", False), ("head", True)])
+def test_a_worker_killed_between_applying_and_answering(
+    repo: Path, outbox: Path, tmp_path: Path, op: str, repeatable: bool
+) -> None:
+    """kill -9 after git ran, before the ledger: the next worker never applies it twice;
+    a repeatable request is answered, a commit is answered 'interrupted' (outcome unknown)."""
+    wt = tmp_path / "wt"
+    LocalGitCli(repo).ensure_worktree(BRANCH, "main", wt)
+    (wt / "new.txt").write_text("one\n")
+    args: dict[str, object] = {"worktree": wt}
+    if op == "commit":
+        args.update({"message": "once", "trailers": {}, "allow_empty": False})
+    write_request(outbox, "0001-x", encode_request("0001-x", op, repo, args))
+    commits = count_commits(repo, BRANCH)
+    killed = subprocess.run(
+        [sys.executable, "-m", "pipeline", "git_worker", "--outbox", str(outbox), "--once"],
+        cwd=tmp_path, env={**os.environ, "AUTOPACK_FAILPOINT": "worker_applied"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert killed.returncode == 137, killed.stdout + killed.stderr
+    applied = count_commits(repo, BRANCH)
+    assert applied == commits + (0 if repeatable else 1), "git ran before the kill"
+    assert not (outbox / RESULTS / "0001-x.json").exists()
+    for beat in (outbox / WORKERS).glob("*.json"):  # the dead worker's heartbeat goes stale
+        os.utime(beat, (time.time() - 3600, time.time() - 3600))
+
+    stats = GitWorker(outbox).serve(once=True)
+    assert stats.recovered == 1
+    answer = result_of(outbox, "0001-x")
+    assert count_commits(repo, BRANCH) == applied, "never applied twice"
+    if repeatable:
+        assert answer["ok"] is True and answer["value"] == git(repo, "rev-parse", BRANCH)
+    else:
+        assert answer["ok"] is False and answer["error"]["kind"] == "interrupted"
+
+
+def test_a_run_converges_when_the_worker_dies_making_the_snapshot_commit(tmp_path: Path) -> None:
+    """The worker is killed after `git commit`, before answering; the next worker answers
+    'interrupted'; the supervisor finds the commit by its trailer instead of failing the run
+    or committing twice."""
+    setup = make_workspace(
+        tmp_path, files={"mod.py": "X = 1\n"}, agent_body='write("mod.py", "X = 2\\n")',
+        ci_steps=[python_step("import", "import mod")],
+    )
+    outbox = tmp_path / "outbox"
+    worker_env = {k: v for k, v in os.environ.items() if k != OUTBOX_ENV}
+    argv = [sys.executable, "-m", "pipeline", "git_worker", "--outbox", str(outbox), "--idle-exit", "30"]
+    first = subprocess.Popen(
+        argv, cwd=tmp_path, env={**worker_env, "AUTOPACK_FAILPOINT": "worker_applied:commit"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    supervisor_env = {**os.environ, "PATH": str(no_git_bin(tmp_path)), OUTBOX_ENV: str(outbox), TIMEOUT_ENV: "60"}
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        assert pipeline(setup.workspace, supervisor_env, "start_run", "--run", setup.run_id).returncode == 0
+        run = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "run", "--run", setup.run_id], cwd=setup.workspace,
+            env=supervisor_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        assert first.wait(timeout=60) == 137, "the worker died right after the snapshot commit"
+        for beat in (outbox / WORKERS).glob("*.json"):  # its heartbeat goes stale
+            os.utime(beat, (time.time() - 3600, time.time() - 3600))
+        second = subprocess.Popen(argv, cwd=tmp_path, env=worker_env, stdout=subprocess.DEVNULL)
+        out, _ = run.communicate(timeout=90)
+        assert run.returncode == 0, out
+    finally:
+        for worker in (first, second):
+            if worker is not None and worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+                worker.wait(timeout=20)
+    assert setup.run_json()["state"] == "DONE_SUCCESS"
+    commit = setup.phase_json("P1")["commit"]
+    assert setup.commits_with_trailer("Autopack-Phase", "P1") == [commit], "one snapshot commit"
+    assert setup.git("rev-parse", f"refs/tags/{setup.tag('P1')}^{{commit}}") == commit

@@ -14,7 +14,7 @@ from pipeline.run.context import open_context
 from pipeline.run.driver import run_phase
 from pipeline.vcs.local import LocalGitCli
 from testing.gitrepo import git, make_repo
-from testing.runs import WORKSPACE_GITIGNORE, make_workspace, python_step
+from testing.runs import WORKSPACE_GITIGNORE, RunSetup, make_workspace, python_step
 
 BRANCH = "autonomous/r1"
 RECORD = "runs/r1"
@@ -154,13 +154,13 @@ def test_a_checkout_with_other_changes_is_not_worked_in(checkout: Path) -> None:
 # -- the run context: in place, or a linked worktree re-created ------------------------------
 
 
-def test_a_fresh_clone_on_the_runs_branch_runs_a_phase_in_place(tmp_path: Path) -> None:
-    """A CI job: clone, check out autonomous/r1, run_phase. A red first attempt is reset in
-    place, and the record of it survives into the commit."""
+def _started_ci_job(tmp_path: Path, agent_body: str) -> tuple[RunSetup, Path]:
+    """A run started in a developer's workspace (the record on its branch), and a CI job's
+    clone of that branch."""
     setup = make_workspace(
         tmp_path / "dev",
         files={"mod.py": "X = 1\n", ".gitignore": WORKSPACE_GITIGNORE + ".venv/\n"},
-        agent_body='write("mod.py", "X = 2\\n" if ATTEMPT > 1 else "X = 0\\n")',
+        agent_body=agent_body,
         ci_steps=[python_step("x-is-2", "import mod; assert mod.X == 2")],
         target_separate=False,
     )
@@ -169,6 +169,13 @@ def test_a_fresh_clone_on_the_runs_branch_runs_a_phase_in_place(tmp_path: Path) 
     setup.start()
     job = tmp_path / "job"
     git(tmp_path, "clone", "-q", "--branch", BRANCH, str(setup.workspace), str(job))
+    return setup, job
+
+
+def test_a_fresh_clone_on_the_runs_branch_runs_a_phase_in_place(tmp_path: Path) -> None:
+    """A CI job: clone, check out autonomous/r1, run_phase. A red first attempt is reset in
+    place, and the record of it survives into the commit."""
+    setup, job = _started_ci_job(tmp_path, 'write("mod.py", "X = 2\\n" if ATTEMPT > 1 else "X = 0\\n")')
     _write(job, ".venv/bin/marker", "the job's tools\n")
 
     outcome = run_phase(job, "r1")
@@ -200,3 +207,40 @@ def test_a_missing_linked_worktree_is_re_created_on_the_runs_branch(tmp_path: Pa
     with pytest.raises(GitError, match="branch 'autonomous/r1' does not exist") as err:
         open_context(setup.workspace, "r1")
     assert "git fetch origin autonomous/r1:autonomous/r1" in err.value.fix
+
+
+@pytest.mark.parametrize("failpoint", ["ci_entered", "after_snapshot_commit"])
+@pytest.mark.parametrize("next_job", ["same-checkout", "fresh-clone"])
+def test_a_ci_job_killed_mid_phase_resumes_in_the_next_job(tmp_path: Path, failpoint: str, next_job: str) -> None:
+    """`doit run_phase` in a CI job is killed (a timeout, a cancelled pipeline) while the phase
+    is in CI_RUNNING or just after its snapshot commit; the next job, on the same checkout or
+    on a fresh clone of what the killed job left on the branch, finishes the phase."""
+    import os
+    import subprocess
+    import sys
+
+    _, job = _started_ci_job(tmp_path, 'write("mod.py", "X = 2\\n")')
+
+    def run_phase_job(where: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline", "run_phase", "--run", "r1"], cwd=where,
+            env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
+        )
+
+    killed = run_phase_job(job, {"AUTOPACK_FAILPOINT": failpoint})
+    assert killed.returncode == 137, killed.stdout + killed.stderr
+    if next_job == "fresh-clone":
+        job2 = tmp_path / "job2"
+        git(tmp_path, "clone", "-q", "--branch", BRANCH, str(job), str(job2))
+        job = job2
+    resumed = run_phase_job(job, {})
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "DONE_SUCCESS" in git(job, "show", f"{BRANCH}:{RECORD}/run.json")
+    log = git(job, "log", "--format=%(trailers:key=Autopack-Phase,valueonly)", BRANCH).split()
+    assert log.count("P1") == 1, "one snapshot commit"
+    assert git(job, "show", f"{BRANCH}/P1:mod.py") == "X = 2"
+    assert git(job, "status", "--porcelain") == ""
+    checked = subprocess.run(
+        [sys.executable, "-m", "pipeline", "validate", "--run", "r1"], cwd=job, capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr

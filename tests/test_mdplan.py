@@ -14,6 +14,7 @@ from pipeline.core.errors import ValidationErrors
 from pipeline.plan.file import load_plan
 from pipeline.plan.generate import new_run
 from pipeline.plan.markdown import parse_markdown, render_markdown
+from testing.gitrepo import init_repo_here
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "docs" / "plan-from-markdown.md"
@@ -45,7 +46,7 @@ def test_new_run_from_markdown_writes_a_valid_plan(tmp_path: Path) -> None:
     assert [p.phase_id for _, p in plan.phases()] == ["F1.1", "F1.2", "F2.1", "F2.2-staff"]
     assert plan.agents.builder is not None  # the starting plan's placeholder, to be edited
     assert f"# Normalised from {EXAMPLE}." in path.read_text()
-    assert validate_run(tmp_path, "orders-api") == []
+    assert validate_run(init_repo_here(tmp_path), "orders-api") == []  # the plan's target is "."
     # plan.yaml -> markdown -> plan data: the same phases
     data = yamlio.load_fast(path)
     again = parse_markdown(render_markdown(data), "x.md", "orders-api")

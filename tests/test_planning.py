@@ -21,6 +21,7 @@ from pipeline.plan.file import load_plan
 from pipeline.plan.generate import decide, new_run, save_template
 from pipeline.policy.strategy import compile_strategy
 from pipeline.store.rundir import RunStore
+from testing.gitrepo import init_repo_here
 
 FEATURES = "auth_basic,rate_limiting,rest_api_crud"
 
@@ -176,7 +177,7 @@ def test_doit_new_run_prints_the_decisions(tmp_path: Path) -> None:
     assert f"  F1.1 auth_basic: fork_and_adapt from {source}, match 85%, budget -50%" in lines
     assert "  F2.1 rest_api_crud: greenfield, match 0%, budget +0%" in lines
     assert yamlio.load_fast(tmp_path / "runs/api/plan.yaml")["description"] == "An API for the shop."
-    assert validate_run(tmp_path, "api") == []
+    assert validate_run(init_repo_here(tmp_path), "api") == []  # the plan's target is "."
 
 
 @pytest.mark.parametrize(
@@ -213,7 +214,7 @@ def test_a_plan_saved_as_a_template_starts_the_next_run(tmp_path: Path) -> None:
     assert catalog.workspace_problems(tmp_path) == []
     from pipeline.commands.validate import validate_workspace
 
-    assert validate_workspace(tmp_path, "typed") == []
+    assert validate_workspace(init_repo_here(tmp_path), "typed") == []  # the plan's target is "."
     with pytest.raises(InvalidInput, match="already exists"):
         save_template(tmp_path, "r1", "secured")
     new_run(tmp_path, "plain")

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from pipeline.core import proc
 
 STUBBORN = """
@@ -67,3 +69,15 @@ def test_missing_executable_is_127() -> None:
 def test_input_that_is_not_clean_utf8_is_passed_through_not_hung() -> None:
     done = proc.run(["cat"], input_text="draft \udcff bytes", timeout_s=10)
     assert done.ok and not done.timed_out
+
+
+def test_a_huge_log_keeps_its_head_and_tail_with_a_note(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(proc, "LOG_MAX_BYTES", 100_000)
+    log = tmp_path / "out.log"
+    code = "import sys; print('FIRST'); sys.stdout.write('m' * 1_000_000 + chr(10)); print('LAST')"
+    res = proc.run([sys.executable, "-c", code], log_path=log)
+    assert res.ok
+    text = log.read_text()
+    assert text.startswith("FIRST\n") and text.endswith("LAST\n")
+    assert "bytes cut from the middle of this 1000012-byte log]" in text
+    assert len(text) < 100_200 and res.stdout == text

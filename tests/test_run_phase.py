@@ -7,9 +7,7 @@ branch and working tree stayed exactly as they were.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -26,7 +24,8 @@ from pipeline.policy import states
 from pipeline.run.driver import run_phase, run_to_end, submit_patch
 from pipeline.store.events import EventLog
 from testing.gitrepo import git, tree_snapshot
-from testing.runs import RunSetup, make_workspace, phase, pytest_step, python_step
+from testing.procs import gone, kill_all
+from testing.runs import RunSetup, cli, make_workspace, phase, pytest_step, python_step
 
 FILES = {"mod.py": "X = 1\n"}
 IMPORT_CI = [python_step("import", "import mod")]
@@ -91,18 +90,6 @@ def trailers(setup: RunSetup, rev: str) -> dict[str, str]:
     out = setup.git("log", "-1", "--format=%(trailers:only,unfold)", rev)
     pairs = (line.split(":", 1) for line in out.splitlines() if ":" in line)
     return {k.strip(): v.strip() for k, v in pairs}
-
-
-def cli(setup: RunSetup, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """`python -m pipeline ...` in the workspace, as a CI job would run it."""
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=setup.workspace,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def assert_complete(setup: RunSetup, phase_id: str) -> str:
@@ -226,32 +213,12 @@ write("debug.log", "noise\\n")
 # -- 3, 4, 5: builders that fail -------------------------------------------------------------
 
 
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-def gone(pids: list[int], within_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + within_s
-    while any(alive(p) for p in pids):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 @pytest.fixture
 def stray_pids() -> Iterator[list[int]]:
     """Pids an agent left behind; killed at teardown whatever the test found."""
     pids: list[int] = []
     yield pids
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+    kill_all(pids)
 
 
 def pids_of(setup: RunSetup) -> list[int]:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -287,7 +288,8 @@ def test_lock_held_by_another_process_then_taken_over_after_kill(tmp_path: Path)
             pytest.fail("acquired a lock another process holds")
         msg = info.value.message
         assert re.fullmatch(
-            rf"run r1 is locked by pid {child.pid} since \d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ", msg
+            rf"run r1 is locked by pid {child.pid} since \d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ on {socket.gethostname()}",
+            msg,
         ), msg
         assert "since" in msg and str(child.pid) in msg
         assert "remove" in info.value.fix and str(store.run_dir / ".lock") in info.value.fix
@@ -300,6 +302,10 @@ def test_lock_held_by_another_process_then_taken_over_after_kill(tmp_path: Path)
     with store.lock() as lock:
         assert lock.held
         assert json.loads((store.run_dir / ".lock").read_text())["pid"] == os.getpid()
+        assert lock.took_over is not None and lock.took_over["pid"] == child.pid, "the takeover is noted"
+    assert (store.run_dir / ".lock").read_text() == "", "a clean release leaves no holder record"
+    with store.lock() as lock:
+        assert lock.took_over is None
 
 
 def test_lock_file_replaced_behind_our_back(tmp_path: Path) -> None:

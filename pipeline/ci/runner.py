@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pipeline.core import sandbox
-from pipeline.core.errors import InvalidInput
+from pipeline.core.errors import AutopackError, InvalidInput
 from pipeline.core.masking import mask_file
 from pipeline.core.proc import scrubbed_env
 from pipeline.models.base import ID_PATTERN
@@ -209,13 +209,23 @@ def _append_notes(log_path: Path, notes: Iterable[str]) -> None:
 
 # --------------------------------------------------------------------------- JUnit
 
+MAX_JUNIT_BYTES = 256 * 1024 * 1024
+
 
 def _parse_junit(path: Path, worktree: Path) -> tuple[list[TestCaseResult], str | None]:
     """The test cases in a JUnit file, or no tests and the reason it could not be read."""
     from junitparser import JUnitXmlError, TestSuite
 
+    from pipeline.core.inputs import read_regular
+
     try:
-        parsed = _junit_xml_class().fromfile(str(path))
+        # A CI step writes this file: a FIFO there would hang a plain open, a huge one
+        # exhaust the memory.
+        data = read_regular(path, "JUnit report", MAX_JUNIT_BYTES)
+    except AutopackError as exc:
+        return [], exc.message
+    try:
+        parsed = _junit_xml_class().fromstring(data)
         # junitparser < 4 returns a bare TestSuite when that is the root element.
         suites = [parsed] if isinstance(parsed, TestSuite) else list(parsed)
         tests = [_test_case(case, worktree) for suite in suites for case in suite]
@@ -326,11 +336,29 @@ def _report(
         attempt=attempt,
         profile=profile_name,
         verdict=verdict,
-        tries=list(tries),
+        tries=[_compact(t) for t in tries],
         failing_tests=sorted(failing) if verdict == "fail" else [],
         flaky_tests=flaky,
         environment_error=environment_error,
     )
+
+
+# Passing tests listed per step in ci.json; beyond this they are only counted (a JUnit
+# report of 150,000 tests made a 22 MB ci.json). Failing ones are always listed in full.
+MAX_LISTED_PASSES = 2000
+
+
+def _compact(ci_try: CiTry) -> CiTry:
+    """`ci_try` with the passing tests of a step over MAX_LISTED_PASSES counted, not listed
+    (called once flaky tests, which need them, are known)."""
+    steps = []
+    for step in ci_try.steps:
+        passed = sum(1 for t in step.tests if t.outcome == "passed")
+        if passed > MAX_LISTED_PASSES:
+            kept = [t for t in step.tests if t.outcome != "passed"]
+            step = step.model_copy(update={"tests": kept, "passed_not_listed": step.passed_not_listed + passed})
+        steps.append(step)
+    return ci_try.model_copy(update={"steps": steps})
 
 
 def _failing_ids(ci_try: CiTry) -> set[str]:

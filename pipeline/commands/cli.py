@@ -14,12 +14,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from doit.cmd_run import Run
 
 from pipeline.commands.handler import crash, flush_stdout
-from pipeline.core.errors import EXIT_INVALID
+from pipeline.core.errors import EXIT_INVALID, AutopackError, InvalidInput
 
 # doit's return code for a command line it cannot use (unknown task, bad option, ...).
 _DOIT_BAD_COMMAND_LINE = 3
@@ -71,11 +72,32 @@ def bin_name(argv0: str) -> str:
     return "python -m pipeline" if name in ("__main__.py", "-m", "") else name
 
 
-_VALUE_OPTIONS = ("--query", "--description", "--features", "--template", "--phase", "--run", "--patch", "--result")
+def value_options(module: ModuleType) -> frozenset[str]:
+    """Every `--long` option of the module's tasks that takes a value (all but flags),
+    read from the tasks' own params, so a new option is protected without a list here."""
+    found: set[str] = set()
+    for name in dir(module):
+        factory = getattr(module, name)
+        if not name.startswith("task_") or not callable(factory):
+            continue
+        task = factory()
+        for param in task.get("params", []) if isinstance(task, dict) else []:
+            if param.get("type") is not bool and param.get("long"):
+                found.add(f"--{param['long']}")
+    return frozenset(found)
 
 
-def _takes_value(arg: str) -> bool:
-    return arg in _VALUE_OPTIONS
+def check_args(args: Sequence[str], options: frozenset[str]) -> None:
+    """Refuse an empty word on the command line (doit fails on one with an IndexError)."""
+    for i, arg in enumerate(args):
+        if arg:
+            continue
+        before = args[i - 1] if i else ""
+        if before in options:
+            raise InvalidInput(
+                f"command line: {before} is empty", f"pass a value, e.g. `{before} VALUE`, or leave {before} out"
+            )
+        raise InvalidInput(f"command line: word {i + 1} is an empty string", "remove the empty argument ('')")
 
 
 def _merge_back(original: list[str], values: set[int], kept: list[str], rest: list[str]) -> list[str]:
@@ -110,12 +132,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         def process_args(self, cmd_args: list[str]) -> list[str]:
             # doit reads any word with "=" as one of its `name=value` variables, which
             # swallows `--query "... WHERE a = 1"`: the value of an option stays a value.
-            values = {i for i, arg in enumerate(cmd_args[1:], 1) if _takes_value(cmd_args[i - 1])}
+            values = {i for i, arg in enumerate(cmd_args[1:], 1) if cmd_args[i - 1] in options}
             kept = [arg for i, arg in enumerate(cmd_args) if i in values]
             rest = super().process_args([arg for i, arg in enumerate(cmd_args) if i not in values])
             return _merge_back(cmd_args, values, kept, rest)
 
     args = list(sys.argv[1:] if argv is None else argv)
+    options = value_options(tasks_module)
+    try:
+        check_args(args, options)
+    except AutopackError as exc:
+        print(exc.render(), file=sys.stderr)
+        return int(exc.exit_code)
     code = int(_Main(ModuleTaskLoader(tasks_module), config_filenames=()).run(args) or 0)
     flush_stdout()
     return EXIT_INVALID if code == _DOIT_BAD_COMMAND_LINE else code

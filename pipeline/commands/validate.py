@@ -71,6 +71,8 @@ def validate_run(workspace: Path | Workspace, run_id: str) -> list[str]:
         problems += _problems_of(lambda: _reuse_problems(plans[0], store))
     if plans and not store.run_json.exists():
         problems += _problems_of(lambda: check_agents(ws, plans[0]))
+        if not problems:  # the target is checked for a plan that is otherwise valid
+            problems += _problems_of(lambda: _target_problems(ws, store, plans[0]))
     if not store.run_json.exists():
         return problems
     for path in sorted(store.run_dir.rglob("*.json")):
@@ -82,7 +84,15 @@ def validate_run(workspace: Path | Workspace, run_id: str) -> list[str]:
     problems += _problems_of(lambda: _check_strategy_exists(store))
     problems += _chain_problems(store)
     problems += _branch_problems(store)
-    return problems
+    return list(dict.fromkeys(problems))  # one problem found by two checks is said once
+
+
+def _target_problems(ws: Workspace, store: RunStore, plan: Plan) -> None:
+    from pipeline.run.preflight import target_problems
+
+    problems = target_problems(ws.root, store, plan)
+    if problems:
+        raise ValidationErrors(problems, "fix the plan's target, or the repository")
 
 
 def _check_strategy_exists(store: RunStore) -> None:

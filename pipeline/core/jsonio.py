@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from pipeline.core import failpoints
 from pipeline.core.errors import InvalidInput, ValidationErrors
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ def write_text_atomic(path: Path, text: str) -> bool:
             os.fsync(fd)
         finally:
             os.close(fd)
+        failpoints.hit("atomic_write")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -174,19 +176,42 @@ def model_text(path: Path, model: BaseModel) -> str:
     return canonical_json(data)
 
 
+# The largest integer an artifact may hold: exact in a double (JavaScript, DuckDB's JSON
+# reader) and far from overflowing a 64-bit sum, so `validate`, `report` and `sql` agree.
+MAX_JSON_INT = 2**53
+
+
+class _IntTooLarge(ValueError):
+    pass
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > 17 and abs(int(text)) > MAX_JSON_INT:
+        raise _IntTooLarge(text)
+    return int(text)
+
+
 def read_json(path: Path) -> Any:
     """Parse the JSON file at `path`; errors name `path:line:col` and the fix."""
+    from pipeline.core.inputs import read_regular
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise InvalidInput(f"{path}: file not found", "check the path, or create the artifact first") from exc
-    except IsADirectoryError as exc:
-        raise InvalidInput(f"{path}: is a directory, expected a JSON file") from exc
+        text = read_regular(path, "JSON file", fix="check the path, or create the artifact first").decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"{path}: not UTF-8 text (byte {exc.start})", "save the file as UTF-8 JSON") from exc
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=_bounded_int)
+    except _IntTooLarge as exc:
+        raise InvalidInput(
+            f"{path}: the number {exc.args[0][:24]}{'...' if len(exc.args[0]) > 24 else ''} is too large "
+            f"(at most {MAX_JSON_INT} either way)",
+            f"correct the number in {path}; `doit validate` rechecks",
+        ) from None
+    except RecursionError:
+        raise InvalidInput(
+            f"{path}: JSON nested too deeply to read", f"write {path} with far fewer nested arrays/objects"
+        ) from None
     except json.JSONDecodeError as exc:
         raise InvalidInput(
             f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}",

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,12 @@ _PR_SET_CHILD_SUBREAPER = 36
 # Children this module started and has not reaped yet: never mistaken for orphans.
 _LIVE: set[int] = set()
 _LIVE_LOCK = threading.Lock()
+# Called with each command's pid (its process group id) as soon as it runs: the run lock
+# records them, so that a rerun after a kill -9 ends what this process left (`strays`).
+SPAWN_HOOKS: list[Callable[[int], None]] = []
+# A command's log (an agent's, a CI step's) is kept whole up to this size; beyond it, its
+# head and tail (`cap_log`).
+LOG_MAX_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,8 @@ def run(
                 _LIVE.add(proc.pid)
         except FileNotFoundError as exc:
             return ProcResult(tuple(args), 127, "", str(exc), time.monotonic() - started)
+        for hook in SPAWN_HOOKS:
+            hook(proc.pid)
         deadline = _WATCHDOG.watch(proc, timeout_s) if timeout_s is not None else None
         # A command is over when its leader exits: helpers it left in the background (an
         # agent's watcher, a CI step's server) must not act after it, nor hold its output
@@ -132,12 +140,34 @@ def run(
         if log_file:
             log_file.close()
     if log_path:
+        cap_log(log_path, LOG_MAX_BYTES)
         stdout_text = log_path.read_text(errors="replace")
         stderr_text = ""
     else:
         stdout_text = (out or b"").decode(errors="replace")
         stderr_text = (err or b"").decode(errors="replace")
     return ProcResult(tuple(args), proc.returncode, stdout_text, stderr_text, duration, timed_out)
+
+
+def cap_log(path: Path, max_bytes: int) -> bool:
+    """Keep the first and last `max_bytes // 2` bytes of the log at `path`, with a line in
+    between saying how much was cut (the start says what a command set out to do, the end
+    how it finished and its usage). True if the log was cut."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return False
+    if size <= max_bytes:
+        return False
+    half = max_bytes // 2
+    with open(path, "r+b") as f:
+        f.seek(size - half)
+        tail = f.read(half)
+        note = f"\n[autopack: {size - 2 * half} bytes cut from the middle of this {size}-byte log]\n".encode()
+        f.seek(half)
+        f.write(note + tail)
+        f.truncate()
+    return True
 
 
 class _Deadline:

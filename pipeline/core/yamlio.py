@@ -60,20 +60,72 @@ _PLAN_CONFLICT_FIX = "resolve the merge conflict in the plan and remove the mark
 # --------------------------------------------------------------------------- reading files
 
 
+# What a YAML file Autopack reads may hold: a plan or profile is a few KB; nesting and
+# aliases are bounded so that a hostile file cannot exhaust the stack or the memory (an
+# "alias bomb": anchors holding aliases, each doubling what the next expands to).
+MAX_YAML_BYTES = 4 * 1024 * 1024
+MAX_YAML_DEPTH = 64
+MAX_YAML_ALIASES = 64
+
+
 def _read_text(path: Path) -> str:
     """The file's text, line breaks untouched (positions and CRLF output depend on it)."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise InvalidInput(f"{path}: file not found", "check the path") from exc
-    except IsADirectoryError as exc:
-        raise InvalidInput(f"{path}: is a directory, expected a YAML file") from exc
+    from pipeline.core.inputs import read_regular
+
+    raw = read_regular(path, "YAML file", MAX_YAML_BYTES)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidInput(
             f"{path}: not UTF-8 text (byte {exc.start})", f"save {path} as UTF-8"
         ) from exc
+
+
+def _check_structure(path: Path, text: str) -> None:
+    """Refuse nesting deeper than MAX_YAML_DEPTH, more than MAX_YAML_ALIASES aliases and
+    any alias inside an anchored node (the exponential case), before a loader builds
+    anything. Read from the parser's events, which need no recursion; a syntax error is
+    left to the loader, which reports it with its position."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    depth = aliases = 0
+    anchored: list[int] = []  # depths of the open collections that carry an anchor
+    try:
+        for event in yaml.parse(text, Loader=loader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if event.anchor:
+                    anchored.append(depth)
+                if depth > MAX_YAML_DEPTH:
+                    raise _too_deep(path, event.start_mark)
+            elif isinstance(event, yaml.CollectionEndEvent):
+                if anchored and anchored[-1] == depth:
+                    anchored.pop()
+                depth -= 1
+            elif isinstance(event, yaml.AliasEvent):
+                aliases += 1
+                line = event.start_mark.line + 1 if event.start_mark else 0
+                if anchored:
+                    raise InvalidInput(
+                        f"{path}:{line}: alias *{event.anchor} inside an anchored node (aliases that expand "
+                        "aliases can grow without bound)",
+                        f"write the value out in {path} instead of nesting aliases",
+                    )
+                if aliases > MAX_YAML_ALIASES:
+                    raise InvalidInput(
+                        f"{path}:{line}: more than {MAX_YAML_ALIASES} YAML aliases",
+                        f"write the values out in {path} instead of using aliases",
+                    )
+    except yaml.YAMLError as exc:
+        if "depth" in str(exc):  # libyaml's own nesting limit
+            raise _too_deep(path, getattr(exc, "problem_mark", None)) from None
+        return
+
+
+def _too_deep(path: Path, mark: Any) -> InvalidInput:
+    where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+    return InvalidInput(f"{where}: nested more than {MAX_YAML_DEPTH} levels deep", f"flatten the YAML of {path}")
 
 
 def _split_lines(text: str) -> list[str]:
@@ -152,6 +204,7 @@ def load_fast(path: Path) -> Any:
     _check_conflict_markers(
         path, text, f"resolve the merge conflict in {path} and remove the markers"
     )
+    _check_structure(path, text)
     try:
         return yaml.load(text, Loader=_fast_loader_class())
     except yaml.MarkedYAMLError as exc:
@@ -331,6 +384,7 @@ def load_roundtrip(path: Path) -> RoundTrip:
     path = Path(path)
     text = _read_text(path)
     _check_conflict_markers(path, text, _PLAN_CONFLICT_FIX)
+    _check_structure(path, text)
     yaml = _roundtrip_yaml(*_guess_indent(_split_lines(text)))
     try:
         # CRLF is put back on writing; inside ruamel it would leak into comment tokens

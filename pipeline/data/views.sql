@@ -125,7 +125,7 @@ SELECT * FROM read_json(files, format = 'unstructured', records = true, filename
     phase_id: 'VARCHAR',
     profile: 'VARCHAR',
     schema_version: 'BIGINT',
-    tries: 'STRUCT(n BIGINT, steps STRUCT(cmd VARCHAR, duration_s DOUBLE, junit VARCHAR, log VARCHAR, missing_command BOOLEAN, name VARCHAR, returncode BIGINT, tests STRUCT(message VARCHAR, node_id VARCHAR, outcome VARCHAR)[], timed_out BOOLEAN)[], verdict VARCHAR)[]',
+    tries: 'STRUCT(n BIGINT, steps STRUCT(cmd VARCHAR, duration_s DOUBLE, junit VARCHAR, log VARCHAR, missing_command BOOLEAN, name VARCHAR, passed_not_listed BIGINT, returncode BIGINT, tests STRUCT(message VARCHAR, node_id VARCHAR, outcome VARCHAR)[], timed_out BOOLEAN)[], verdict VARCHAR)[]',
     verdict: 'VARCHAR'
 });
 
@@ -304,7 +304,9 @@ SELECT
     profile, verdict, len(tries) AS tries,
     list_sum(list_transform(tries, lambda t: coalesce(list_sum(list_transform(t.steps, lambda s: s.duration_s)), 0)))
         AS duration_s,
-    len(flatten(list_transform(tries[-1].steps, lambda s: s.tests))) AS tests_last_try,
+    len(flatten(list_transform(tries[-1].steps, lambda s: s.tests)))
+        + coalesce(list_sum(list_transform(tries[-1].steps, lambda s: coalesce(s.passed_not_listed, 0))), 0)
+        AS tests_last_try,
     failing_tests, flaky_tests, len(failing_tests) AS failing, len(flaky_tests) AS flaky,
     environment_error, filename
 FROM (SELECT *, artifact_path(filename) AS path FROM raw_ci);

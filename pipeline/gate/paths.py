@@ -197,14 +197,37 @@ def check_scope(patch: ParsedPatch, allow: Sequence[str], deny: Sequence[str]) -
     return gate_check("scope", True, "every path is in scope")
 
 
+# Byte limits no plan can lift: a patch is read whole by the gate, git and the reviewer, and
+# a line this long is generated or minified content, never a reviewable change.
+MAX_PATCH_BYTES = 16 * 1024 * 1024
+MAX_LINE_CHARS = 20_000
+
+
+def check_patch_bytes(size: int) -> GateCheck | None:
+    """A failed size check for a patch over MAX_PATCH_BYTES (checked before it is parsed)."""
+    if size <= MAX_PATCH_BYTES:
+        return None
+    return gate_check(
+        "size", False, f"the patch is too large: {size} bytes, at most {MAX_PATCH_BYTES} allowed", []
+    )
+
+
 def check_size(patch: ParsedPatch, max_files: int | None, max_lines: int | None) -> GateCheck:
     files, lines = len(patch.files), patch.changed_lines
     over: list[str] = []
+    long_lines = [
+        f"{fc.path}:{line.number}: {len(line.text)} characters"
+        for fc in patch.files
+        for line in fc.added_lines
+        if len(line.text) > MAX_LINE_CHARS
+    ]
+    if long_lines:
+        over.append(f"{len(long_lines)} added line(s) longer than {MAX_LINE_CHARS} characters")
     if max_files is not None and files > max_files:
         over.append(f"{files} files changed, at most {max_files} allowed")
     if max_lines is not None and lines > max_lines:
         over.append(f"{lines} lines added+removed, at most {max_lines} allowed")
     if over:
-        per_file = [f"{fc.path}: {fc.changed_lines} line(s)" for fc in patch.files]
+        per_file = long_lines or [f"{fc.path}: {fc.changed_lines} line(s)" for fc in patch.files]
         return gate_check("size", False, "the patch is too large: " + "; ".join(over), per_file)
     return gate_check("size", True, f"{files} file(s), {lines} line(s) within limits")

@@ -17,7 +17,7 @@ from pipeline.gate.behaviour import before_texts, check_test_behaviour
 from pipeline.gate.evidence import POLICY_CHECKS, gate_check, limit_evidence
 from pipeline.gate.licence import check_attribution, check_licence
 from pipeline.gate.patch import ParsedPatch, PatchParseError, parse_patch
-from pipeline.gate.paths import check_paths_safe, check_protected, check_scope, check_size
+from pipeline.gate.paths import check_patch_bytes, check_paths_safe, check_protected, check_scope, check_size
 from pipeline.gate.secrets import check_secrets
 from pipeline.gate.static import check_static
 from pipeline.gate.tampering import check_test_tampering
@@ -99,6 +99,9 @@ def run_gate(
 ) -> GateReport:
     """Every gate check in order, stopping at the first failure; the patch is applied by
     the `apply` check and left applied (or half-done) for the caller to keep or reset."""
+    too_big = check_patch_bytes(len(patch_text.encode("utf-8", "surrogateescape")))
+    if too_big is not None:
+        return _report(phase, attempt, [too_big], [], three_way=False)
     try:
         patch = parse_patch(patch_text)
     except PatchParseError as exc:

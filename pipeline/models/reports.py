@@ -49,6 +49,12 @@ class CiStepResult(Frozen):
     junit: str | None = None
     log: str
     tests: list[TestCaseResult] = Field(default_factory=list)
+    passed_not_listed: int = Field(
+        default=0,
+        ge=0,
+        description="passing tests counted but not listed in `tests` (a step with very many tests: "
+        "failing ones are always listed)",
+    )
 
 
 class CiTry(Frozen):

@@ -21,6 +21,13 @@ class SuggestedIssue(Frozen):
     )
 
 
+# Bounds on what an agent may claim (a result file is hostile input): far above any real
+# call, far below what overflows a 64-bit integer when a report sums a thousand runs.
+MAX_TOKENS = 10**12
+MAX_COST_USD = 10.0**7
+MAX_TURNS = 10**7
+
+
 UsageSource = Literal["reported", "estimated", "unknown"]
 
 
@@ -36,11 +43,11 @@ class UsageSources(Frozen):
 
 
 class Usage(Frozen):
-    tokens_in: int | None = Field(default=0, ge=0, description="null: unknown (see sources)")
-    tokens_out: int | None = Field(default=0, ge=0, description="null: unknown (see sources)")
-    tokens_cached: int | None = Field(default=0, ge=0, description="null: unknown (see sources)")
-    cost_usd: float | None = Field(default=0.0, ge=0, description="null: unknown (see sources)")
-    turns: int = Field(default=0, ge=0)
+    tokens_in: int | None = Field(default=0, ge=0, le=MAX_TOKENS, description="null: unknown (see sources)")
+    tokens_out: int | None = Field(default=0, ge=0, le=MAX_TOKENS, description="null: unknown (see sources)")
+    tokens_cached: int | None = Field(default=0, ge=0, le=MAX_TOKENS, description="null: unknown (see sources)")
+    cost_usd: float | None = Field(default=0.0, ge=0, le=MAX_COST_USD, description="null: unknown (see sources)")
+    turns: int = Field(default=0, ge=0, le=MAX_TURNS)
     model: str | None = Field(default=None, description="the model the figures are for, where known")
     sources: UsageSources = Field(default_factory=UsageSources)
 

@@ -152,7 +152,15 @@ def metrics_diff(workspace: Path, a: str, b: str, fmt: str = "table") -> str:
                 "`doit status` lists the runs; a run has a run.json once `doit start_run` made it",
             )
     with rollup.connect_runs(workspace, [a, b]) as con:
-        found = {row["run_id"]: row for row in rollup.query_rows(con, DIFF_SQL)}
+        try:
+            found = {row["run_id"]: row for row in rollup.query_rows(con, DIFF_SQL)}
+        except Exception as exc:
+            if not rollup.is_duckdb_error(exc):
+                raise
+            raise InvalidInput(
+                f"cannot read the records of runs {a} and {b} ({str(exc).splitlines()[0]})",
+                f"`doit validate --run {a}` (and --run {b}) names the broken artifact; fix or remove it",
+            ) from exc
     for run_id in (a, b):
         if run_id not in found:
             raise InvalidInput(

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from pipeline.agents import runner as agents
 from pipeline.agents.owned import drop_owned
+from pipeline.core import failpoints
 from pipeline.core.errors import AutopackError
-from pipeline.core.jsonio import read_model, write_model, write_text_atomic
+from pipeline.core.jsonio import write_model, write_text_atomic
 from pipeline.core.masking import masked
 from pipeline.gate.patch import parse_patch
 from pipeline.gate.verdict import CHECK_ORDER
@@ -159,6 +160,7 @@ def build(ctx: RunContext, ps: PhaseStrategy) -> None:
     confinement = ctx.confinement()
     refs_before = ctx.git.refs_state()
     snap = guard_before(ctx, [adir / "builder.log", result_path.parent])
+    failpoints.hit("before_agent")
     outcome = agents.run_agent(
         spec=ps.builder,
         role="builder",
@@ -176,6 +178,7 @@ def build(ctx: RunContext, ps: PhaseStrategy) -> None:
     presets = ctx.ws.agent_presets
     owned = presets[outcome.preset].owned_files if outcome.preset in presets else []
     patch, excluded = drop_owned(ctx.git.collect_patch(ctx.worktree, base), owned)
+    failpoints.hit("after_agent")
     ctx.git.reset_to(ctx.worktree, ctx.branch, base)
     undo_ref_changes(ctx, ps, k, refs_before, adir / "builder.log")
     if violation is not None:
@@ -234,13 +237,11 @@ def classify(outcome: agents.AgentOutcome, patch: str, who: str = "builder") -> 
     return None, ""
 
 
-def record_submission(ctx: RunContext, ps: PhaseStrategy, patch: Path, result: Path | None) -> None:
-    """An external builder's patch becomes the next attempt, ready for the gate."""
+def record_submission(ctx: RunContext, ps: PhaseStrategy, text: str, usage: Usage) -> None:
+    """An external builder's patch (checked by the caller) becomes the next attempt, ready for the gate."""
     rec = ctx.rec.phase(ps.phase_id)
     k = rec.current_attempt if rec.step == "building" and rec.current_attempt else len(rec.attempts) + 1
-    usage = read_model(result, BuilderResult).usage if result else Usage()
     adir = attempt_dir(ctx, ps, k)
-    text = patch.read_text(errors="surrogateescape")
     write_patch(ctx, ps, k, text)
     now = utc_now()
     attempt = AttemptRecord(

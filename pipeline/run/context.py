@@ -228,7 +228,9 @@ def _remove(entry: os.DirEntry[str]) -> None:
         os.unlink(entry.path)
 
 
-def open_context(where: Path | Workspace, run_id: str) -> RunContext:
+def open_context(where: Path | Workspace, run_id: str, interrupted: bool = False) -> RunContext:
+    """The run's context. `interrupted`: the last holder of the run's lock died holding it,
+    so changes it left in a checkout worked in place are its own, and are reset."""
     ws = Workspace.of(where)
     workspace = ws.root
     store = RunStore(workspace, run_id)
@@ -241,7 +243,7 @@ def open_context(where: Path | Workspace, run_id: str) -> RunContext:
         store=store,
         rec=rec,
         git=git,
-        worktree=run_worktree(workspace, rec, git, target, in_branch),
+        worktree=run_worktree(workspace, rec, git, target, in_branch, interrupted),
         record_in_branch=in_branch,
         ws=ws,
     )
@@ -278,7 +280,9 @@ def current_target(workspace: Path, store: RunStore, recorded: Path) -> Path:
     return target_repo(workspace, repo)
 
 
-def run_worktree(workspace: Path, rec: Recorder, git: GitAdapter, target: Path, record_in_branch: bool) -> Path:
+def run_worktree(
+    workspace: Path, rec: Recorder, git: GitAdapter, target: Path, record_in_branch: bool, interrupted: bool = False
+) -> Path:
     """Where the run's steps change files.
 
     - In place: the workspace's own checkout, when the record lives in the branch and that
@@ -295,7 +299,11 @@ def run_worktree(workspace: Path, rec: Recorder, git: GitAdapter, target: Path, 
 
     run = rec.run
     here = workspace.resolve()
-    if record_in_branch and isinstance(git, LocalGitCli) and git.adopt_checkout(here, run.branch, f"runs/{run.run_id}"):
+    if (
+        record_in_branch
+        and isinstance(git, LocalGitCli)
+        and git.adopt_checkout(here, run.branch, f"runs/{run.run_id}", interrupted=interrupted)
+    ):
         return here
     path = worktree_path(workspace, run.run_id)
     if path.is_dir() or run.state.terminal:

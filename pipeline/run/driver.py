@@ -8,13 +8,19 @@ chooses the phase, runs its steps, closes tiers and ends the run.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from pipeline.config.workspace import Workspace
+from pipeline.core import failpoints
 from pipeline.core.errors import GitError, InvalidInput
+from pipeline.core.inputs import read_utf8
 from pipeline.models.enums import PhaseState, RunScope, RunState, TierState
+from pipeline.models.results import BuilderResult, Usage
 from pipeline.models.run import PhaseRecord, TierSummary
 from pipeline.models.strategy import PhaseStrategy
 from pipeline.plan.file import plan_sha256
@@ -26,6 +32,7 @@ from pipeline.run.context import RunContext, open_context
 from pipeline.run.finish import finish_run, tier_cleanliness
 from pipeline.run.outcomes import EndRun, commit_record, fail_phase, needs_review, submit_overdue
 from pipeline.run.reexec import drop_secrets
+from pipeline.store.lock import RunLock
 from pipeline.store.rundir import RunStore
 
 
@@ -48,8 +55,35 @@ def run_phase(workspace: Path | Workspace, run_id: str, phase_id: str | None = N
     drop_secrets(ws)  # `doit run`/`run_phase` without a sandbox: start again without them
     store = RunStore(ws.root, run_id)
     _require_started(store)
-    with store.lock(), open_context(ws, run_id) as ctx:
+    lock = store.lock()
+    with lock, open_context(ws, run_id, interrupted=lock.took_over is not None) as ctx:
+        _note_takeover(ctx, lock)
         return _run_phase_locked(ctx, phase_id)
+
+
+def _note_takeover(ctx: RunContext, lock: RunLock) -> None:
+    """The last holder of the lock died holding it (kill -9, a cancelled CI job): say so,
+    with the processes it left that were ended before this step began. The event is left
+    out while a snapshot commit may be waiting for its record: that commit names its note
+    event by number (Autopack-Event), which must come next."""
+    if lock.took_over is not None:
+        holder = lock.took_over
+        sys.stderr.write(
+            f"note: run {ctx.rec.run.run_id}: taking over the lock of pid {holder.get('pid')} on "
+            f"{holder.get('host')} (since {holder.get('since')}), which died holding it; "
+            f"ended {len(lock.reaped)} process(es) it left running\n"
+        )
+        current = ctx.rec.run.current_phase
+        if current and ctx.rec.phase(current).step == "ci_passed":
+            return
+        ctx.rec.note(
+            ctx.rec.run.run_id,
+            "lock_taken_over",
+            holder_pid=holder.get("pid"),
+            holder_host=holder.get("host"),
+            holder_since=holder.get("since"),
+            killed=lock.reaped,
+        )
 
 
 def run_to_end(workspace: Path | Workspace, run_id: str, max_steps: int = 1000) -> list[StepOutcome]:
@@ -81,6 +115,7 @@ def _start_chained(ws: Workspace, run_id: str) -> str | None:
     following = read_model(RunStore(ws.root, run_id).run_json, RunRecord).chain_next
     if following is None:
         return None
+    failpoints.hit("chained_start")
     if not RunStore(ws.root, following).run_json.exists():
         start_run(ws, following)
     return following
@@ -94,9 +129,10 @@ def submit_patch(
     drop_secrets(ws)
     store = RunStore(ws.root, run_id)
     _require_started(store)
-    if not patch.is_file():
-        raise InvalidInput(f"patch file {patch} does not exist", "pass the path of a unified diff with --patch")
-    with store.lock(), open_context(ws, run_id) as ctx:
+    text, usage = read_submission(patch, result)
+    lock = store.lock()
+    with lock, open_context(ws, run_id, interrupted=lock.took_over is not None) as ctx:
+        _note_takeover(ctx, lock)
         _check_frozen(ctx)
         if ctx.rec.run.state.terminal:
             raise InvalidInput(f"run {run_id} is finished ({ctx.rec.run.state.value})", "start a new run")
@@ -113,8 +149,35 @@ def submit_patch(
             _enter_phase(ctx, ps)
         except EndRun as end:
             return _finish(ctx, ps, end.state, end.reason)
-        building.record_submission(ctx, ps, patch, result)
+        building.record_submission(ctx, ps, text, usage)
         return _drive_and_finish(ctx, ps)
+
+
+MAX_PATCH_BYTES = 16 * 1024 * 1024
+MAX_RESULT_BYTES = 1024 * 1024
+
+
+def read_submission(patch: Path, result: Path | None) -> tuple[str, Usage]:
+    """The submitted patch (UTF-8 text with no NUL byte) and the usage of its result file,
+    both checked before anything is locked or written."""
+    fix = "pass the path of a unified diff (UTF-8 text, as `git diff` writes it) with --patch"
+    text = read_utf8(patch, "patch", MAX_PATCH_BYTES, fix)
+    if "\0" in text:
+        raise InvalidInput(f"{patch}: the patch holds a NUL byte: it is not a text diff", fix)
+    if result is None:
+        return text, Usage()
+    raw = read_utf8(result, "result file", MAX_RESULT_BYTES, "pass the builder's result JSON, or leave --result out")
+    try:
+        return text, BuilderResult.model_validate_json(raw).usage
+    except RecursionError:
+        raise InvalidInput(f"{result}: JSON nested too deeply", "write a flat result object") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "(top)"
+        raise InvalidInput(
+            f"{result}: {where}: {first.get('msg', 'invalid')} ({exc.error_count()} problem(s))",
+            "fix the result file (schemas/builder_result.schema.json), or leave --result out",
+        ) from None
 
 
 # -- choosing and entering a phase --------------------------------------------------------

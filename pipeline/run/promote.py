@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from pipeline.core import failpoints
 from pipeline.core.errors import GitError, IntegrityError, InvalidInput, StepFailed
 from pipeline.models.enums import PhaseState
 from pipeline.models.run import RunRecord
@@ -269,6 +270,7 @@ def promote(workspace: Path, run_id: str, into: str | None = None) -> PromoteOut
         if git.is_ancestor(tip, f"refs/heads/{target}"):
             return _already_merged(rec, git, target)
         commit, where = _merge(git, Path(workspace), run, target, tip)
+        failpoints.hit("promote_merged")
         _record(rec, commit, target, where)
         return PromoteOutcome(
             run_id,

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from pipeline.core import failpoints
 from pipeline.core.errors import InvalidInput
 from pipeline.core.jsonio import add_barrier, model_text, read_model, remove_barrier, write_text_atomic
 from pipeline.models.enums import Complexity, PhaseState, RunState, TierState
@@ -111,6 +112,7 @@ class Recorder:
     def _event(self, kind: str, entity: str, frm: str | None, to: str | None, data: dict[str, Any]) -> int:
         self._write_phases()
         event = self.store.events.append(kind, entity, frm, to, data)
+        failpoints.hit("event_appended")
         seq, head = self.store.events.head
         self.run = self.run.model_copy(update={"events_count": seq, "events_head": head})
         return event.seq

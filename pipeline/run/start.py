@@ -177,6 +177,7 @@ def _note_aging(rec: Recorder, run_id: str, aging: Aging) -> None:
 
 def start_run(workspace: Path | Workspace, run_id: str) -> RunRecord:
     from pipeline.run.context import branch_name, record_lives_in_branch, target_repo, worktree_path
+    from pipeline.run.preflight import target_problems
     from pipeline.vcs.remote import make_adapter
 
     ws = Workspace.of(workspace)
@@ -191,6 +192,9 @@ def start_run(workspace: Path | Workspace, run_id: str) -> RunRecord:
         plan = load_valid_plan(ws, store)
         check_agents(ws, plan)
         check_reuse_catalogued(ws, store, plan)
+        problems = target_problems(ws.root, store, plan)
+        if problems:
+            raise ValidationErrors(problems, f"fix the target; `doit validate --run {run_id}` rechecks")
         ruleset = ws.ruleset.ruleset
         aging = _add_debt_phases(workspace, store, plan, ruleset, _aging(ws, run_id, plan, ruleset))
         max_phases = min(ruleset.run_budgets.max_phases, plan.budgets.max_phases or ruleset.run_budgets.max_phases)

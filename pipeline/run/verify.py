@@ -55,6 +55,7 @@ def gate_and_verify(ctx: RunContext, ps: PhaseStrategy) -> None:
         ctx.rec.phase_to(ps.phase_id, PhaseState.GATE, attempt=k)
     confinement = ctx.confinement()
     snap = guard_before(ctx, [adir])
+    failpoints.hit("gate_entered")
     report = run_gate(
         patch_text=patch_path.read_text(errors="surrogateescape"),
         patch_path=patch_path,
@@ -71,6 +72,7 @@ def gate_and_verify(ctx: RunContext, ps: PhaseStrategy) -> None:
     _end_if_violated(ctx, ps, k, snap, "static checks", attempt.base_commit)
     write_model(adir / "gate.json", report)
     write_model(ctx.rec.phase_dir(ps) / "gate.json", report)
+    failpoints.hit("after_gate")
     if report.verdict != "pass":
         _gate_failed(ctx, ps, report, adir)
         return
@@ -174,7 +176,9 @@ def _verify(ctx: RunContext, ps: PhaseStrategy, k: int) -> None:
         end_for_budget(ctx, ps, exhausted)
     if ctx.rec.run.state == RunState.GATE:
         ctx.rec.run_to(RunState.CI_RUNNING, phase=ps.phase_id, attempt=k)
-    ctx.rec.phase_to(ps.phase_id, PhaseState.CI_RUNNING, attempt=k)
+    # Already CI_RUNNING when a run killed during CI is resumed: CI runs again from the start.
+    if ctx.rec.phase(ps.phase_id).state == PhaseState.GATE:
+        ctx.rec.phase_to(ps.phase_id, PhaseState.CI_RUNNING, attempt=k)
     out_dir = ctx.store.ci_dir(ps.index, ps.phase_id, k)
     out_dir.mkdir(parents=True, exist_ok=True)
     profile = ctx.rec.strategy.ci_profiles[ps.ci_profile]
@@ -182,6 +186,7 @@ def _verify(ctx: RunContext, ps: PhaseStrategy, k: int) -> None:
         profile = profile.model_copy(update={"preflight_attempts": ps.ci_max_retries + 1})
     confinement = ctx.confinement()
     snap = guard_before(ctx, [out_dir])
+    failpoints.hit("ci_entered")
     report = ci.run_ci(
         profile=profile,
         profile_name=ps.ci_profile.value,
@@ -193,6 +198,7 @@ def _verify(ctx: RunContext, ps: PhaseStrategy, k: int) -> None:
     )
     _end_if_violated(ctx, ps, k, snap, "CI", ctx.rec.phase(ps.phase_id).attempts[-1].base_commit)
     write_model(out_dir / "ci.json", report)
+    failpoints.hit("after_ci")
     add_phase_spend(ctx, ps, Spend(ci_runs=1))
     evidence = rel(ctx, out_dir / "ci.json")
     flaky = [
@@ -265,15 +271,25 @@ def snapshot(ctx: RunContext, ps: PhaseStrategy) -> None:
                 "inspect the worktree; the record is intact and a rerun retries",
             )
         ctx.copy_record_into_worktree()
-        sha = ctx.git.commit(
-            ctx.worktree,
-            f"{ps.phase_id}: {ps.name}\n\nAutopack run {ctx.rec.run.run_id}, phase {ps.phase_id}, attempt {attempt.k}.",
-            {
-                "Autopack-Run": ctx.rec.run.run_id,
-                "Autopack-Phase": ps.phase_id,
-                "Autopack-Event": str(ctx.rec.run.events_count + 1),
-            },
-        )
+        run_id = ctx.rec.run.run_id
+        message = f"{ps.phase_id}: {ps.name}\n\nAutopack run {run_id}, phase {ps.phase_id}, attempt {attempt.k}."
+        try:
+            sha = ctx.git.commit(
+                ctx.worktree,
+                message,
+                {
+                    "Autopack-Run": ctx.rec.run.run_id,
+                    "Autopack-Phase": ps.phase_id,
+                    "Autopack-Event": str(ctx.rec.run.events_count + 1),
+                },
+            )
+        except GitError:
+            # A commit whose outcome is unknown (a git worker killed while making it): it
+            # is found by its trailer if it was made, and never made twice.
+            found = ctx.git.find_commit_with_trailer(ctx.branch, "Autopack-Phase", ps.phase_id, since=base)
+            if found is None:
+                raise
+            sha = found
     failpoints.hit("after_snapshot_commit")
     if ctx.rec.run.state == RunState.CI_RUNNING:
         ctx.rec.note_before_transition(ps.phase_id, "snapshot", commit=sha)
@@ -289,7 +305,11 @@ def complete(ctx: RunContext, ps: PhaseStrategy) -> None:
     rec = ctx.rec.phase(ps.phase_id)
     assert rec.commit is not None
     tag = tag_name(ctx.rec.run.run_id, ps.phase_id)
-    ctx.git.tag(ctx.worktree, tag, rec.commit, f"Autopack run {ctx.rec.run.run_id} phase {ps.phase_id}: {ps.name}")
+    try:
+        ctx.git.tag(ctx.worktree, tag, rec.commit, f"Autopack run {ctx.rec.run.run_id} phase {ps.phase_id}: {ps.name}")
+    except GitError:
+        if ctx.git.tag_target(tag) != rec.commit:  # not an interrupted tag that was made after all
+            raise
     failpoints.hit("after_tag")
     ctx.rec.save_phase(rec.model_copy(update={"tag": tag}))
     k = rec.attempts[-1].k if rec.attempts else rec.current_attempt
@@ -297,6 +317,7 @@ def complete(ctx: RunContext, ps: PhaseStrategy) -> None:
     ci_json = ctx.store.ci_dir(ps.index, ps.phase_id, k) / "ci.json"
     named = chain.artifacts(ctx.store.run_dir, [adir / "patch.diff", adir / "gate.json", ci_json])
     ctx.rec.phase_to(ps.phase_id, PhaseState.COMPLETE, commit=rec.commit, tag=tag, **{chain.ARTIFACTS: named})
+    failpoints.hit("after_complete")
     ctx.rec.save_phase(ctx.rec.phase(ps.phase_id).model_copy(update={"step": "done"}))
     # One run.json write: the run leaves the phase with the transition that ends it.
     ctx.rec.run = ctx.rec.run.model_copy(update={"current_phase": None})

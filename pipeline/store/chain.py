@@ -52,7 +52,7 @@ def read_events(events_path: Path) -> list[dict[str, Any]]:
     """The log's events as dicts (the chain itself is checked by EventLog.verify)."""
     try:
         lines = events_path.read_text(errors="replace").splitlines()
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):  # a log that is a directory: EventLog reports it
         return []
     out = []
     for line in lines:

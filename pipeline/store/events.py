@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from pipeline.core.errors import IntegrityError, InvalidInput
 from pipeline.core.jsonio import fsync_dir, json_path, validation_problems, write_all
-from pipeline.models.base import ID_PATTERN
+from pipeline.models.base import ID_PATTERN, ref_problem
 from pipeline.models.events import Event
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -39,6 +39,12 @@ def check_id(value: object, what: str) -> str:
         raise InvalidInput(
             f"invalid {what} {value!r}: must match {ID_PATTERN} (1-64 characters: letters, "
             "digits, '.', '_', '-'; starting with a letter or digit)",
+            f"choose a {what} such as 'add-jitter'",
+        )
+    problem = ref_problem(value)
+    if problem:
+        raise InvalidInput(
+            f"invalid {what} {value!r}: it {problem}, so git cannot use it in a branch or tag name",
             f"choose a {what} such as 'add-jitter'",
         )
     return value
@@ -93,6 +99,8 @@ class EventLog:
         created = not self.path.exists()
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        except IsADirectoryError:
+            raise self._not_a_file() from None
         except FileNotFoundError:  # a new run directory
             self.path.parent.mkdir(parents=True, exist_ok=True)
             created = True
@@ -136,6 +144,8 @@ class EventLog:
             fd = os.open(self.path, os.O_RDWR)
         except FileNotFoundError:
             return False
+        except IsADirectoryError:
+            raise self._not_a_file() from None
         try:
             return self._repair_fd(fd)
         finally:
@@ -202,8 +212,16 @@ class EventLog:
                 self._tail = self._read_tail(fd, size)
                 self._size = size
             return self._tail
+        except IsADirectoryError:
+            raise self._not_a_file() from None
         finally:
             os.close(fd)
+
+    def _not_a_file(self) -> InvalidInput:
+        return InvalidInput(
+            f"{self.path}: the event log is a directory, not a file",
+            f"restore {self.path} from git (`git checkout -- {self.path}`) or remove the directory",
+        )
 
     # -- reading ---------------------------------------------------------------------
 
@@ -213,6 +231,8 @@ class EventLog:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return [], None
+        except IsADirectoryError:
+            raise self._not_a_file() from None
         parts = raw.split(b"\n")
         torn = parts.pop()  # b"" when the file ends with a newline (or is empty)
         return parts, (torn or None)

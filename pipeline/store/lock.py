@@ -1,10 +1,11 @@
 """`runs/<run_id>/.lock`: one writer per run. An `flock` held for the life of the writer; the
 kernel releases it when the holder dies, so a dead holder's lock is taken over without any
-pid guessing.
+pid guessing; the process groups a dead holder started are ended first (`core.strays`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -15,8 +16,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from pipeline.core.errors import RunLocked
-from pipeline.core.jsonio import canonical_json, write_all
+from pipeline.core import proc, strays
+from pipeline.core.errors import InvalidInput, RunLocked
+from pipeline.core.jsonio import write_all
 from pipeline.store.events import utc_now
 
 
@@ -25,13 +27,20 @@ class RunLock:
 
     `flock(LOCK_EX | LOCK_NB)` on the file; the holder records pid, since and host in it
     for the error message. The kernel drops the lock when the holder's process dies, so
-    a stale lock is taken over without asking. Released on exit; the file stays.
+    a stale lock is taken over without asking. Released on exit; the file stays, emptied.
+
+    While held, every command the holder starts is appended as a `child` line (`strays`).
+    A holder record found at acquire means the last holder died holding the lock: its
+    recorded process groups still alive are killed before this holder goes on, and
+    `took_over` says whose lock it was (for the caller's note).
     """
 
     def __init__(self, path: Path, run_id: str) -> None:
         self.path = Path(path)
         self.run_id = run_id
         self._fd: int | None = None
+        self.took_over: dict[str, Any] | None = None
+        self.reaped: list[int] = []
 
     @property
     def held(self) -> bool:
@@ -42,7 +51,7 @@ class RunLock:
             raise RuntimeError(f"{self.path}: this RunLock is already held")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(20):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -61,24 +70,62 @@ class RunLock:
                 continue
             info = {"pid": os.getpid(), "since": utc_now(), "host": socket.gethostname()}
             try:
+                self._take_over(fd)
                 os.ftruncate(fd, 0)
-                write_all(fd, canonical_json(info).encode("utf-8"))
+                os.lseek(fd, 0, os.SEEK_SET)
+                write_all(fd, json.dumps(info, sort_keys=True).encode("utf-8"))  # one line: children follow
                 os.fsync(fd)
             except BaseException:
                 os.close(fd)
                 raise
             self._fd = fd
+            proc.SPAWN_HOOKS.append(self._record_child)
             return
         raise RunLocked(
             f"run {self.run_id}: the lock file {self.path} keeps being replaced",
             "stop whatever is deleting or recreating the lock file, then retry",
         )
 
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except IsADirectoryError:
+            raise InvalidInput(
+                f"{self.path}: the run lock is a directory, not a file",
+                f"remove the directory {self.path} (Autopack creates the lock file itself), then retry",
+            ) from None
+
+    def _take_over(self, fd: int) -> None:
+        """A holder record left in the file: that holder died holding the lock."""
+        size = os.fstat(fd).st_size
+        if not size:
+            return
+        text = os.pread(fd, min(size, 1 << 20), 0).decode("utf-8", "replace")
+        first, _, rest = text.partition("\n")
+        try:
+            info = json.loads(first)
+        except ValueError:
+            info = None
+        self.took_over = info if isinstance(info, dict) else {"pid": "unknown"}
+        children = [c for c in map(strays.Child.parse, rest.splitlines()) if c is not None]
+        if self.took_over.get("host") == socket.gethostname():  # pids mean nothing on another host
+            self.reaped = strays.reap(children)
+        pid = self.took_over.get("pid")
+        if isinstance(pid, int):  # the temp files of the dead holder's unfinished atomic writes
+            for tmp in self.path.parent.rglob(f".*.tmp.{pid}"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+
+    def _record_child(self, pid: int) -> None:
+        fd = self._fd
+        if fd is not None:
+            write_all(fd, ("\n" + strays.Child(pid, strays.start_time(pid)).line().rstrip("\n")).encode())
+
     def _holder(self) -> dict[str, Any] | None:
         """The holder's record; retried briefly since it is written just after flock."""
         for _ in range(25):
             try:
-                info = json.loads(self.path.read_text(encoding="utf-8"))
+                info = json.loads(self.path.read_text(encoding="utf-8").partition("\n")[0])
             except (OSError, ValueError):
                 info = None
             if isinstance(info, dict) and "pid" in info:
@@ -97,7 +144,7 @@ class RunLock:
         since = info.get("since", "unknown")
         host = info.get("host", "unknown host")
         return RunLocked(
-            f"run {self.run_id} is locked by pid {pid} since {since}",
+            f"run {self.run_id} is locked by pid {pid} since {since} on {host}",
             f"wait for pid {pid} on {host} to finish; if pid {pid} is not an Autopack "
             f"process on {host}, remove {self.path}",
         )
@@ -106,7 +153,10 @@ class RunLock:
         fd, self._fd = self._fd, None
         if fd is None:
             return
+        with contextlib.suppress(ValueError):
+            proc.SPAWN_HOOKS.remove(self._record_child)
         try:
+            os.ftruncate(fd, 0)  # a clean release: no holder, nothing of ours left running
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)

@@ -626,7 +626,7 @@ def _apply(
         con.execute("COMMIT")
     except BaseException as exc:
         con.execute("ROLLBACK")
-        if isinstance(exc, AutopackError) or not _is_duckdb_error(exc):
+        if isinstance(exc, AutopackError) or not is_duckdb_error(exc):
             raise
         bad = _first_bad_file(workspace, changed)
         raise InvalidInput(
@@ -635,7 +635,7 @@ def _apply(
         ) from exc
 
 
-def _is_duckdb_error(exc: BaseException) -> bool:
+def is_duckdb_error(exc: BaseException) -> bool:
     import duckdb
 
     return isinstance(exc, duckdb.Error)

@@ -428,7 +428,7 @@ class LocalGitCli:
 
     # -- working in place --------------------------------------------------------------
 
-    def adopt_checkout(self, checkout: Path, branch: str, keep: str) -> bool:
+    def adopt_checkout(self, checkout: Path, branch: str, keep: str, interrupted: bool = False) -> bool:
         """Work in place in `checkout` when it has `branch` (a run's integration branch)
         checked out: a CI job that checked out the branch finds the run's live record there
         and needs no second worktree (docs/architecture.md, The run directory). True when adopted; False when anything
@@ -441,7 +441,9 @@ class LocalGitCli:
         ignored leftovers of agents and CI steps included (a stale `__pycache__` would
         outlive its source); patches leave `keep` out; commits happen only while `branch`
         is still checked out. Refuses (GitError) a checkout with changes outside `keep` (they
-        might be someone's work) and one whose `<keep>/.lock` git would commit.
+        might be someone's work), unless `interrupted` (the run's last lock holder died
+        holding it: they are what its step left, and the next reset removes them), and one
+        whose `<keep>/.lock` git would commit.
         """
         self._check_ref_name(branch, "branch")
         if not branch.startswith(IN_PLACE_BRANCH_PREFIX):
@@ -476,7 +478,7 @@ class LocalGitCli:
         )
         entries = [entry for entry in status.split("\0") if entry]
         changed = [entry[3:] for entry in entries if not entry.startswith("!! ")]
-        if changed:
+        if changed and not interrupted:
             shown = ", ".join(changed[:_STATUS_LINES_SHOWN])
             more = f" (and {len(changed) - _STATUS_LINES_SHOWN} more)" if len(changed) > _STATUS_LINES_SHOWN else ""
             raise GitError(

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from pipeline.core import failpoints
 from pipeline.core.errors import AutopackError, GitError, InvalidInput
 from pipeline.core.jsonio import canonical_json, write_json_atomic, write_text_atomic
 from pipeline.vcs.codec import (
@@ -239,7 +240,10 @@ class GitWorker:
             )
             _discard(claim)
             return
-        self._publish(request_id, request.op, self._run(request))
+        outcome = self._run(request)
+        failpoints.hit("worker_applied")  # applied, neither in the ledger nor answered yet
+        failpoints.hit(f"worker_applied:{request.op}")
+        self._publish(request_id, request.op, outcome)
         _discard(claim)
 
     def _run(self, request: Request) -> dict[str, object]:
