@@ -131,7 +131,9 @@ def test_start_run_refuses_a_branch_it_did_not_create(tmp_path: Path) -> None:
     setup.git("checkout", "-q", "main")
     with pytest.raises(InvalidInput) as err:
         setup.start()
-    assert f"branch 'autonomous/{setup.run_id}' already exists" in err.value.message
+    # The preflight (shared with validate) finds it first, from the plan's target.
+    assert f"branch autonomous/{setup.run_id} already exists" in err.value.message
+    assert "commits of its own" in err.value.message
     assert not setup.store.run_json.exists()
 
 

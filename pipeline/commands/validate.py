@@ -123,6 +123,7 @@ def _branch_problems(store: RunStore) -> list[str]:
     """Every COMPLETE phase's tag points at the commit phase.json names (read from the
     repository's files: validate runs no git)."""
     from pipeline.core.sandbox import git_dirs
+    from pipeline.plan.target import current_target
     from pipeline.store.chain import tag_commit
 
     try:
@@ -130,9 +131,11 @@ def _branch_problems(store: RunStore) -> list[str]:
         strategy = read_model(store.strategy_json, Strategy)
     except AutopackError:
         return []  # reported above
-    _own, common = git_dirs(Path(run.target_repo) / ".git")
+    # The recorded path is the start machine's; a CI job's clone resolves the plan's target.
+    target = current_target(store.workspace, store, Path(run.target_repo))
+    _own, common = git_dirs(target / ".git")
     if common is None:
-        return []  # the target is not here (a CI job's fresh clone checks it there)
+        return []  # the target is not here
     found = []
     for ps in strategy.phases:
         path = store.phase_dir(ps.index, ps.phase_id) / "phase.json"

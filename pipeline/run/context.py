@@ -11,6 +11,7 @@ from types import TracebackType
 from pipeline.config.workspace import Workspace
 from pipeline.core import sandbox
 from pipeline.core.jsonio import write_if_missing
+from pipeline.plan.target import current_target
 from pipeline.run.recorder import Recorder
 from pipeline.store.rundir import RunStore
 from pipeline.vcs.adapter import GitAdapter
@@ -32,9 +33,6 @@ _GIT_CLIS: dict[tuple[Path, Path | None, float | None], GitAdapter] = {}
 # Phase descriptions by (plan file, sha256 of its bytes): a frozen plan is parsed once per
 # process, not once per phase (the round-trip YAML load and its checks take ~0.1 s).
 _DESCRIPTIONS: dict[tuple[Path, str], dict[str, str]] = {}
-# The frozen plan's `target.repo` ("." when it names none), by the plan file's bytes: a
-# step parses the plan's YAML once per process, not once per phase.
-_TARGET_REPOS: dict[bytes, str] = {}
 
 
 def branch_name(run_id: str) -> str:
@@ -45,9 +43,6 @@ def tag_name(run_id: str, phase_id: str) -> str:
     return f"autonomous/{run_id}/{phase_id}"
 
 
-def target_repo(workspace: Path, repo: str) -> Path:
-    path = Path(repo)
-    return (path if path.is_absolute() else workspace / path).resolve()
 
 
 def worktree_path(workspace: Path, run_id: str) -> Path:
@@ -249,35 +244,6 @@ def open_context(where: Path | Workspace, run_id: str, interrupted: bool = False
     )
 
 
-def current_target(workspace: Path, store: RunStore, recorded: Path) -> Path:
-    """The run's target repository, seen from this workspace.
-
-    run.json holds the absolute path start_run resolved on its machine; a CI job's fresh
-    clone (or a moved checkout) is somewhere else, so the frozen plan's `target.repo` is
-    resolved again against this workspace ("." by default: the workspace itself).
-    """
-    import hashlib
-
-    from pipeline.core.errors import AutopackError
-    from pipeline.core.yamlio import load_fast
-
-    try:
-        key = hashlib.sha256(store.plan_path.read_bytes()).digest()
-    except OSError:
-        return recorded  # the frozen-plan check names the problem
-    repo = _TARGET_REPOS.get(key)
-    if repo is None:
-        try:
-            plan = load_fast(store.plan_path)
-        except (AutopackError, OSError):
-            return recorded
-        target = plan.get("target") if isinstance(plan, dict) else None
-        named = target.get("repo") if isinstance(target, dict) else None
-        repo = named if isinstance(named, str) and named else "."
-        if len(_TARGET_REPOS) > 256:
-            _TARGET_REPOS.clear()
-        _TARGET_REPOS[key] = repo
-    return target_repo(workspace, repo)
 
 
 def run_worktree(

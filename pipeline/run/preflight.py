@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # git loads only when a target is checked
 
 def target_problems(workspace: Path, store: RunStore, plan: Plan) -> list[str]:
     """Each problem as one line naming the plan and the field; [] when the run can start."""
-    from pipeline.run.context import target_repo
+    from pipeline.plan.target import target_repo
     from pipeline.vcs.remote import make_adapter
 
     where = f"{store.plan_path}: target"

@@ -145,7 +145,7 @@ def _add_debt_phases(workspace: Path, store: RunStore, plan: Plan, ruleset: Rule
     if ruleset.debt_cleanup != "auto" or not aging.aged or aging.backlog is None:
         return aging
     max_phases = min(ruleset.run_budgets.max_phases, plan.budgets.max_phases or ruleset.run_budgets.max_phases)
-    from pipeline.run.context import target_repo
+    from pipeline.plan.target import target_repo
 
     debt = plan_debt_phases(
         workspace,
@@ -176,7 +176,8 @@ def _note_aging(rec: Recorder, run_id: str, aging: Aging) -> None:
 
 
 def start_run(workspace: Path | Workspace, run_id: str) -> RunRecord:
-    from pipeline.run.context import branch_name, record_lives_in_branch, target_repo, worktree_path
+    from pipeline.plan.target import target_repo
+    from pipeline.run.context import branch_name, record_lives_in_branch, worktree_path
     from pipeline.run.preflight import target_problems
     from pipeline.vcs.remote import make_adapter
 
@@ -189,6 +190,7 @@ def start_run(workspace: Path | Workspace, run_id: str) -> RunRecord:
                 f"run {run_id} is already started ({store.run_json} exists)",
                 f"drive it with `doit run --run {run_id}`, or start a new run id",
             )
+        _refuse_damaged_log(store)
         plan = load_valid_plan(ws, store)
         check_agents(ws, plan)
         check_reuse_catalogued(ws, store, plan)
@@ -209,7 +211,7 @@ def start_run(workspace: Path | Workspace, run_id: str) -> RunRecord:
         base = plan.target.base or git.current_branch()
         branch = branch_name(run_id)
         worktree = worktree_path(workspace, run_id)
-        _refuse_foreign_state(store, git, target, branch, base)
+        _refuse_foreign_branch(git, target, branch, base)
         git.ensure_worktree(branch, base, worktree)
         base_commit = git.resolve(base) or ""
         rec = _create_records(store, plan, strategy, target, base, base_commit, branch, worktree)
@@ -242,11 +244,10 @@ def start_run(workspace: Path | Workspace, run_id: str) -> RunRecord:
 _START_EVENTS = {("run", "RUN_CREATED"), ("run", "PHASE_QUEUEING"), ("note", "backlog_aging"), ("note", "chained")}
 
 
-def _refuse_foreign_state(store: RunStore, git: GitAdapter, target: Path, branch: str, base: str) -> None:
-    """A run without run.json is new only if nothing says otherwise: an event log that went
-    past the start (run.json deleted: its finished phases would be applied again) or an
-    integration branch with commits start_run did not make (an ungated commit would end
-    on the promoted branch) is refused."""
+def _refuse_damaged_log(store: RunStore) -> None:
+    """A run without run.json is new only if its event log says so: one that went past the
+    start (run.json deleted: its finished phases would be applied again) is refused before
+    anything else is looked at."""
     events = _logged_events(store.events_path)
     beyond = [e for e in events if _start_key(e) not in _START_EVENTS]
     if beyond:
@@ -259,6 +260,11 @@ def _refuse_foreign_state(store: RunStore, git: GitAdapter, target: Path, branch
         )
     if events:
         store.events_path.unlink()  # a start that crashed before run.json: start over
+
+
+def _refuse_foreign_branch(git: GitAdapter, target: Path, branch: str, base: str) -> None:
+    """An integration branch with commits start_run did not make is refused: an ungated
+    commit would end on the promoted branch (the preflight says so first, from the plan)."""
     head, base_sha = git.resolve(branch), git.resolve(base)
     if head is not None and head != base_sha:
         raise InvalidInput(
