@@ -118,6 +118,35 @@ def test_a_rerun_after_a_kill_at_a_step_boundary_converges(
     assert_clean_after(setup)
 
 
+def test_a_kill_after_any_run_event_and_before_run_json_converges(tmp_path: Path) -> None:
+    """run.json is written after the event that changes the run: killed in between, the log
+    is ahead of run.json, and the rerun takes the run's state from the log. (Found by the
+    soak: killed after CI_RUNNING -> SNAPSHOT_CREATED was logged, a rerun completed the phase
+    and then tried CI_RUNNING -> DONE_SUCCESS, exit 3.)"""
+
+    def one_phase(root: Path) -> RunSetup:
+        setup = make_workspace(root, files={"mod.py": "X = 1\n"}, agent_body=AGENT, phases=[phase("P1")])
+        setup.start()
+        return setup
+
+    reference = one_phase(tmp_path / "reference")
+    started = len(reference.events())
+    assert cli(reference, "run", "--run", reference.run_id).returncode == 0
+    run_events = [e["seq"] - started for e in reference.events()[started:] if e["kind"] == "run"]
+    assert len(run_events) >= 5
+    for n in run_events:
+        setup = one_phase(tmp_path / f"killed-{n}")
+        crashed = cli(setup, "run", "--run", setup.run_id, env={"AUTOPACK_FAILPOINT": f"event_appended@{n}"})
+        assert crashed.returncode == 137, f"event {n} was not reached"
+        rerun = cli(setup, "run", "--run", setup.run_id)
+        assert rerun.returncode == 0, f"killed after run event {n}: {rerun.stdout}{rerun.stderr}"
+        assert setup.run_json()["state"] == "DONE_SUCCESS"
+        assert len(setup.commits_with_trailer("Autopack-Phase", "P1")) == 1
+        assert setup.git("rev-parse", f"{setup.tag('P1')}^{{commit}}") == setup.phase_json("P1")["commit"]
+        checked = cli(setup, "validate", "--run", setup.run_id)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def test_a_promote_killed_between_merge_and_record_merges_once(tmp_path: Path) -> None:
     setup = chained_workspace(tmp_path)
     assert cli(setup, "run", "--run", "r1").returncode == 0

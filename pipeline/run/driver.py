@@ -24,7 +24,6 @@ from pipeline.models.results import BuilderResult, Usage
 from pipeline.models.run import PhaseRecord, TierSummary
 from pipeline.models.strategy import PhaseStrategy
 from pipeline.plan.file import plan_sha256
-from pipeline.policy.states import allowed_run_targets
 from pipeline.reporting.inspect.page import ensure_inspect
 from pipeline.run import audit as auditing
 from pipeline.run import build as building
@@ -207,7 +206,6 @@ def _run_phase_locked(ctx: RunContext, phase_id: str | None) -> StepOutcome:
         return StepOutcome(run.run_id, None, None, run.state, f"run {run.run_id} is finished: {run.state.value}")
     ps = _strategy_phase(ctx, phase_id) if phase_id else _next_phase(ctx)
     if ps is None:
-        _settle_after_last_phase(ctx)
         return _finish(ctx, None, *_final_state(ctx))
     ctx.confinement()  # refuses before any change when the ruleset requires a sandbox
     rec = ctx.rec.phase(ps.phase_id)
@@ -230,17 +228,6 @@ def _run_phase_locked(ctx: RunContext, phase_id: str | None) -> StepOutcome:
     except EndRun as end:
         return _finish(ctx, ps, end.state, end.reason)
     return _drive_and_finish(ctx, ps)
-
-
-def _settle_after_last_phase(ctx: RunContext) -> None:
-    """Every phase is finished, but a kill may have come between the last phase's record and
-    the run's: the run is still in that phase's step (CI_RUNNING, ...). It goes back to
-    PHASE_QUEUEING, as the uninterrupted run did, so that it can end."""
-    state = ctx.rec.run.state
-    if state not in (RunState.PHASE_QUEUEING, RunState.SNAPSHOT_CREATED) and RunState.PHASE_QUEUEING in (
-        allowed_run_targets(state)
-    ):
-        ctx.rec.run_to(RunState.PHASE_QUEUEING, resumed="every phase had finished before the kill")
 
 
 def _fail_overdue(ctx: RunContext, ps: PhaseStrategy, reason: str) -> StepOutcome:

@@ -71,9 +71,31 @@ class Recorder:
         strategy = read_model(store.strategy_json, Strategy)
         store.events.verify(expected_count=run.events_count, expected_head=run.events_head or None)
         rec = cls(store, strategy, run)
+        rec._roll_forward()
         rec._check_chain()
         rec._repair_summaries()
         return rec
+
+    def _roll_forward(self) -> None:
+        """run.json is written after the event that changes it, so a kill in between leaves
+        the log ahead of run.json. The log is the durability point: the run transitions it
+        holds beyond run.json are taken again (nothing else is read from them), and run.json
+        names the log's head."""
+        events = self.store.events.read()
+        if len(events) <= self.run.events_count:
+            return
+        state = self.run.state
+        for event in events[self.run.events_count :]:
+            if event.kind == "run" and event.entity == self.run.run_id and event.from_state == state.value:
+                state = RunState(event.to_state) if event.to_state else state
+        seq, head = self.store.events.head
+        update: dict[str, Any] = {"events_count": seq, "events_head": head}
+        if state != self.run.state:
+            update["state"] = state
+            if state.terminal:
+                update["finished_at"] = events[-1].ts
+        self.run = self.run.model_copy(update=update)
+        self.save_run()
 
     def _check_chain(self) -> None:
         """The strategy, run.json and every phase.json as the event chain names them: a
