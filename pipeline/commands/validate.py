@@ -215,8 +215,7 @@ def _own_catalog_problems(workspace: Path) -> list[str]:
 def _catalog_problems(ws: Workspace) -> list[str]:
     """Stack profiles and feature catalog (their own rules), plan templates and candidates."""
     from pipeline.config import catalog
-    from pipeline.core import schemas as validate
-    from pipeline.core import yamlio
+    from pipeline.core import schemas, yamlio
     from pipeline.models.catalog import CandidateReport
     from pipeline.plan.file import plan_problems
 
@@ -242,14 +241,14 @@ def _catalog_problems(ws: Workspace) -> list[str]:
             problems.append(f"{path}:1:1: a template must be a plan mapping")
             continue
         problems += plan_problems(path, rt, data, categories)
-    schema = validate.schema_for(CandidateReport)
+    schema = schemas.schema_for(CandidateReport)
     for path in catalog.candidate_files(workspace):
         try:
             rt = yamlio.load_roundtrip(path)
         except AutopackError as exc:
             problems.append(exc.message)
             continue
-        problems += validate.validate_instance(
+        problems += schemas.validate_instance(
             yamlio.to_plain(rt.data), schema, source=str(path), positions=rt.position, scalar_text=rt.scalar_text
         )
     return problems

@@ -24,8 +24,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from pipeline.core import schemas as validate
-from pipeline.core import yamlio
+from pipeline.core import schemas, yamlio
 from pipeline.core.errors import InvalidInput, ValidationErrors
 from pipeline.core.overrides import builtin_path
 from pipeline.core.schemas import Problem
@@ -50,7 +49,7 @@ class Loaded:
     rt: yamlio.RoundTrip
 
     def problem(self, path: JsonPath, message: str) -> str:
-        return validate.format_problem(str(self.path), Problem(path, message), self.rt.position)
+        return schemas.format_problem(str(self.path), Problem(path, message), self.rt.position)
 
 
 def catalog_path(workspace: Path) -> Path:
@@ -72,9 +71,9 @@ def _read(path: Path) -> Loaded:
 def _schema_problems(loaded: Loaded, model: type[BaseModel]) -> list[str]:
     if not isinstance(loaded.data, dict):
         return [f"{loaded.path}:1:1: expected a mapping, found {type(loaded.data).__name__}"]
-    problems = validate.schema_problems(loaded.data, validate.schema_for(model), scalar_text=loaded.rt.scalar_text)
-    ordered = validate.sort_problems(problems, loaded.rt.position)
-    return [validate.format_problem(str(loaded.path), p, loaded.rt.position) for p in ordered]
+    problems = schemas.schema_problems(loaded.data, schemas.schema_for(model), scalar_text=loaded.rt.scalar_text)
+    ordered = schemas.sort_problems(problems, loaded.rt.position)
+    return [schemas.format_problem(str(loaded.path), p, loaded.rt.position) for p in ordered]
 
 
 def _build(loaded: Loaded, model: type[M]) -> M:
@@ -139,14 +138,14 @@ def catalog_problems(loaded: Loaded, catalog: Catalog, stacks: StackProfiles | N
             if profiles is not None:
                 for k, stack in enumerate(source.compatible_stacks):
                     if stack not in profiles:
-                        hint = validate.did_you_mean(stack, sorted(profiles))
+                        hint = schemas.did_you_mean(stack, sorted(profiles))
                         out.append(
                             loaded.problem((*at, "compatible_stacks", k), f"unknown stack profile {stack!r}{hint}")
                         )
     for cname, combination in catalog.combinations.items():
         for k, feature_name in enumerate(combination.features):
             if feature_name not in catalog.features:
-                hint = validate.did_you_mean(feature_name, sorted(catalog.features))
+                hint = schemas.did_you_mean(feature_name, sorted(catalog.features))
                 out.append(
                     loaded.problem(("combinations", cname, "features", k), f"unknown feature {feature_name!r}{hint}")
                 )
@@ -188,7 +187,7 @@ def stacks_problems(loaded: Loaded, stacks: StackProfiles, catalog: Catalog | No
         for k, ptype in enumerate(profile.project_types):
             at: JsonPath = ("profiles", name, "project_types", k)
             if ptype not in known:
-                hint = validate.did_you_mean(ptype, sorted(known))
+                hint = schemas.did_you_mean(ptype, sorted(known))
                 out.append(loaded.problem(at, f"project type {ptype!r} is not declared under project_types{hint}"))
             if ptype in first:
                 out.append(
@@ -205,7 +204,7 @@ def stacks_problems(loaded: Loaded, stacks: StackProfiles, catalog: Catalog | No
         for name, profile in stacks.profiles.items():
             for k, sid in enumerate(profile.preferred_sources):
                 if sid not in ids:
-                    hint = validate.did_you_mean(sid, sorted(ids))
+                    hint = schemas.did_you_mean(sid, sorted(ids))
                     out.append(
                         loaded.problem(
                             ("profiles", name, "preferred_sources", k), f"no catalog source has id {sid!r}{hint}"
@@ -278,7 +277,7 @@ def profile_for(stacks: StackProfiles, project_type: str) -> tuple[str, StackPro
             return name, profile
     known = sorted({t for p in stacks.profiles.values() for t in p.project_types})
     raise InvalidInput(
-        f"unknown project type {project_type!r}{validate.did_you_mean(project_type, known)}",
+        f"unknown project type {project_type!r}{schemas.did_you_mean(project_type, known)}",
         f"use one of: {', '.join(known)} (or add it to {STACKS_FILE})",
     )
 

@@ -15,8 +15,7 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import schemas as validate
-from pipeline.core import yamlio
+from pipeline.core import schemas, yamlio
 from pipeline.core.errors import InvalidInput, ValidationErrors
 from pipeline.core.jsonio import json_path
 from pipeline.core.schemas import Problem
@@ -32,7 +31,7 @@ _KEY_KEYWORDS = frozenset({"additionalProperties", "propertyNames"})
 @functools.cache
 def plan_schema() -> dict[str, Any]:
     """The plan's JSON Schema (generated once per process: it takes milliseconds)."""
-    return validate.schema_for(Plan)
+    return schemas.schema_for(Plan)
 
 
 def load_plan(path: Path, categories: Collection[str] | None = None) -> tuple[Plan, RoundTrip]:
@@ -67,14 +66,14 @@ def plan_problems(
     surprised = {p.path for p in surprises}
     schema = [
         _reword(p, data)
-        for p in validate.schema_problems(data, plan_schema(), scalar_text=rt.scalar_text)
+        for p in schemas.schema_problems(data, plan_schema(), scalar_text=rt.scalar_text)
         if p.path not in surprised or p.keyword in _KEY_KEYWORDS
     ]
     problems = [*surprises, *schema, *_id_problems(rt, data), *_run_dir_problems(path, data)]
     if categories is not None:
         problems += _category_problems(data, categories)
-    ordered = validate.sort_problems(problems, rt.position)
-    return [validate.format_problem(str(path), p, rt.position) for p in ordered]
+    ordered = schemas.sort_problems(problems, rt.position)
+    return [schemas.format_problem(str(path), p, rt.position) for p in ordered]
 
 
 def _fix(path: Path, data: dict[str, Any]) -> str:
@@ -93,7 +92,7 @@ def _build(path: Path, rt: RoundTrip, data: dict[str, Any]) -> Plan:
         return Plan.model_validate(data)
     except ValidationError as exc:
         problems = [
-            validate.format_problem(str(path), Problem(tuple(err["loc"]), err["msg"]), rt.position)
+            schemas.format_problem(str(path), Problem(tuple(err["loc"]), err["msg"]), rt.position)
             for err in exc.errors(include_url=False)
         ]
         raise ValidationErrors(problems, _fix(path, data)) from exc
@@ -178,7 +177,7 @@ def _category_problems(data: dict[str, Any], categories: Collection[str]) -> Ite
     for path, phase in _phases(data):
         category = phase.get("task_category")
         if isinstance(category, str) and category and category not in categories:
-            hint = validate.did_you_mean(category, known)
+            hint = schemas.did_you_mean(category, known)
             if not hint:
                 hint = f"; known categories: {', '.join(known)}" if known else "; none are known"
             yield Problem((*path, "task_category"), f"unknown task_category {category!r}{hint}")
@@ -229,7 +228,7 @@ def write_new_plan(path: Path, plan_dict: dict[str, Any], header: str = "") -> N
             f"{path}: a plan already exists; not overwriting it",
             f"edit {path}, or delete it first to start over",
         )
-    problems = validate.validate_instance(plan_dict, plan_schema(), source=str(path))
+    problems = schemas.validate_instance(plan_dict, plan_schema(), source=str(path))
     if problems:
         raise ValidationErrors(
             problems, "the generated plan is invalid: check the template and options given"
