@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -80,7 +81,7 @@ class ModelServer:
     requests: list[str] = field(default_factory=list)
     websocket_attempts: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)  # every request body, for diagnosis
-    _httpd: ThreadingHTTPServer | None = None
+    _httpd: _QuietServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -91,7 +92,8 @@ class ModelServer:
         class Handler(_Handler):
             owner = server
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
+        self._httpd.owner = self
         self._httpd.daemon_threads = True
         threading.Thread(target=self._httpd.serve_forever, name="modelserver", daemon=True).start()
         return self
@@ -230,6 +232,23 @@ def _params(schema: Any) -> tuple[str, ...]:
 
 
 # -- the HTTP side -----------------------------------------------------------------------
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that closes its connection early (a CLI retrying, or exiting when its turn
+    is over) is normal; anything else a handler raises is recorded as refused, so the test
+    that started the server fails on it instead of printing a traceback and going on."""
+
+    owner: ModelServer | None = None
+    resets: int = 0
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionResetError, BrokenPipeError)):
+            self.resets += 1
+            return
+        if self.owner is not None:
+            self.owner.refuse(f"handler error: {error!r}")
 
 
 class _Handler(BaseHTTPRequestHandler):
