@@ -717,7 +717,7 @@ def test_mask_text_and_secret_names() -> None:
 
 
 def test_presets_are_reloaded_when_the_workspace_file_changes(tmp_path: Path) -> None:
-    # load_agent_presets is cached per process; an edit, a new file or a removed one shows.
+    # every call reads the files: an edit, a new file or a removed one shows.
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     assert load_agent_presets(tmp_path)["claude"].defaults.get("max_turns") != 3

@@ -12,7 +12,6 @@ line that runs.
 
 from __future__ import annotations
 
-import os
 import re
 from functools import cache
 from pathlib import Path
@@ -142,23 +141,6 @@ class AgentPreset(Frozen):
         return self
 
 
-# (built-in file stamp, override path, override stamp) -> presets. A stamp is the file's
-# (mtime_ns, ctime_ns, size, inode), or None when it does not exist: any edit of either
-# file (a rewrite, a replace, a touch) changes it and the presets are loaded afresh.
-_Stamp = tuple[int, int, int, int] | None
-_PRESETS_CACHE: dict[tuple[_Stamp, str | None, _Stamp], dict[str, AgentPreset]] = {}
-
-
-def _stamp(path: Path | None) -> _Stamp:
-    if path is None:
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
-
-
 @cache
 def _preset_schema() -> dict[str, Any]:
     """AgentPreset's JSON schema: built once per process (pydantic rebuilds it on each call)."""
@@ -168,18 +150,11 @@ def _preset_schema() -> dict[str, Any]:
 def load_agent_presets(workspace: Path | None = None) -> dict[str, AgentPreset]:
     """The built-in presets with `<workspace>/profiles/agents.yaml` merged over them.
 
-    Cached per process on both files' stat stamps: a run loads them once per phase and
-    step, and they rarely change; the presets are frozen models, the dict a fresh copy.
+    Read afresh on each call (~2 ms once the schema is built): a task reads them once,
+    through its `Workspace`, and keeps them for the rest of the task.
     """
     override_path = workspace / PROFILES_DIR / AGENTS_FILE if workspace is not None else None
-    key = (_stamp(builtin_path(AGENTS_FILE)), str(override_path) if override_path else None, _stamp(override_path))
-    cached = _PRESETS_CACHE.get(key)
-    if cached is None:
-        cached = _load_agent_presets(override_path)
-        if len(_PRESETS_CACHE) > 64:
-            _PRESETS_CACHE.clear()
-        _PRESETS_CACHE[key] = cached
-    return dict(cached)
+    return _load_agent_presets(override_path)
 
 
 def _load_agent_presets(override_path: Path | None) -> dict[str, AgentPreset]:
