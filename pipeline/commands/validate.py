@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -57,8 +58,6 @@ def validate_workspace(workspace: Path | Workspace, run_id: str | None = None) -
 
 
 def validate_run(workspace: Path | Workspace, run_id: str) -> list[str]:
-    from pipeline.run.start import check_agents, load_valid_plan
-
     ws = Workspace.of(workspace)
     store = RunStore(ws.root, run_id)
     if not store.plan_path.exists() and not store.run_json.exists():
@@ -66,10 +65,12 @@ def validate_run(workspace: Path | Workspace, run_id: str) -> list[str]:
     # The plan is loaded once: its problems are reported once (they used to be reported by
     # the reuse check and again by the agents check).
     plans: list[Plan] = []
-    problems = _problems_of(lambda: plans.append(load_valid_plan(ws, store)))
+    problems = _problems_of(lambda: plans.append(_load_plan(ws, store)))
     if plans:
         problems += _problems_of(lambda: _reuse_problems(plans[0], store))
     if plans and not store.run_json.exists():
+        from pipeline.run.start import check_agents  # a run not started yet: no need to import it otherwise
+
         problems += _problems_of(lambda: check_agents(ws, plans[0]))
         if not problems:  # the target is checked for a plan that is otherwise valid
             problems += _problems_of(lambda: _target_problems(ws, store, plans[0]))
@@ -85,6 +86,16 @@ def validate_run(workspace: Path | Workspace, run_id: str) -> list[str]:
     problems += _chain_problems(store)
     problems += _branch_problems(store)
     return list(dict.fromkeys(problems))  # one problem found by two checks is said once
+
+
+def _load_plan(ws: Workspace, store: RunStore) -> Plan:
+    """The plan, checked against the ruleset's task categories (as start_run loads it)."""
+    from pipeline.plan.file import load_plan
+
+    if not store.plan_path.exists():
+        raise InvalidInput(f"{store.plan_path} does not exist", f"create it with `doit new_run --run {store.run_id}`")
+    ruleset = ws.ruleset.ruleset
+    return load_plan(store.plan_path, {*ruleset.categories, *ruleset.aliases})[0]
 
 
 def _target_problems(ws: Workspace, store: RunStore, plan: Plan) -> None:
@@ -241,8 +252,9 @@ def _catalog_problems(ws: Workspace) -> list[str]:
             problems.append(f"{path}:1:1: a template must be a plan mapping")
             continue
         problems += plan_problems(path, rt, data, categories)
-    schema = schemas.schema_for(CandidateReport)
+    schema: dict[str, Any] | None = None  # built only when there are candidates
     for path in catalog.candidate_files(workspace):
+        schema = schema or schemas.schema_for(CandidateReport)
         try:
             rt = yamlio.load_roundtrip(path)
         except AutopackError as exc:

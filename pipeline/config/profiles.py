@@ -33,7 +33,8 @@ def load_ruleset(workspace: Path) -> LoadedRuleset:
     override_path = workspace / PROFILES_DIR / "ruleset.yaml"
     override = _load_override(override_path)
     merged = deep_merge(base, override)
-    ruleset: Ruleset = _validated(Ruleset, merged, override_path if override else "built-in ruleset")
+    source = override_path if override else "built-in ruleset"
+    ruleset: Ruleset = _validated(Ruleset, merged, source, builtin=not override)
     _check_aliases(ruleset, override_path)
     digest = hashlib.sha256(canonical_json(ruleset.model_dump(mode="json")).encode()).hexdigest()
     return LoadedRuleset(
@@ -56,11 +57,13 @@ def load_ci_profiles(
     """Built-in profiles, then profiles/ci.yaml, then the plan's `ci:` section."""
     base = yamlio.load_fast(builtin_path("ci.yaml")) or {}
     override_path = workspace / PROFILES_DIR / "ci.yaml"
-    merged = deep_merge(base, _load_override(override_path))
+    override = _load_override(override_path)
+    merged = deep_merge(base, override)
+    source = override_path if override_path.exists() else "built-in ci.yaml"
     profiles: dict[CiProfileName, CiProfile] = {}
     for name in CiProfileName:
         raw = merged.get(name.value, {})
-        profiles[name] = _validated(CiProfile, raw, override_path if override_path.exists() else "built-in ci.yaml")
+        profiles[name] = _validated(CiProfile, raw, source, builtin=not override)
     return with_plan_ci(profiles, plan_ci)
 
 
