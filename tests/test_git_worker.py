@@ -252,6 +252,9 @@ def test_every_operation_round_trips(remote: RemoteGitAdapter, repo: Path, tmp_p
         ahead=2, behind=0, head=local.resolve(BRANCH) or "", last_snapshot=sha, dirty=False
     )
     assert remote.is_ancestor(main or "", BRANCH) and not remote.is_ancestor(BRANCH, "main")
+    on_branch = [local.resolve(BRANCH), sha]  # the record commit, then the phase's
+    assert remote.branch_commits(BRANCH, main or "") == local.branch_commits(BRANCH, main or "") == on_branch
+    assert remote.branch_commits("nope", main or "") is None
     assert remote.worktrees() == local.worktrees()
     assert all(isinstance(e, WorktreeEntry) and isinstance(e.path, Path) for e in remote.worktrees())
     assert remote.checked_out_in(BRANCH) == wt.resolve() and remote.checked_out_in("nope") is None

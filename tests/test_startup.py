@@ -3,7 +3,7 @@
 Every `doit`/`python -m pipeline` invocation pays its imports once; DuckDB alone costs
 more than the 0.2 s a `status` may take; the run context, the start of a run, the rollup,
 the backlog, the gate and the agent runner are for commands that drive a run or report.
-`status` runs no git.
+`validate` reads the branch through the vcs adapter (one git call); `status` runs no git.
 Both entries are checked: `python -m pipeline` and `doit` with a dodo.py (which loads
 every task definition before running one).
 """
@@ -86,6 +86,7 @@ def test_status_imports_no_duckdb_yaml_jsonschema_or_git(finished: RunSetup, arg
 def test_validate_imports_nothing_that_drives_a_run(finished: RunSetup, args: tuple[str, ...], entry: str) -> None:
     imported = _imports(finished.workspace, *args, entry=entry)
     assert "pipeline.commands.validate" in imported
+    assert "pipeline.vcs.local" in imported  # a COMPLETE phase: its commit is looked for on the branch
     assert not imported & _NOT_FOR_VALIDATE, sorted(imported & _NOT_FOR_VALIDATE)
 
 

@@ -131,8 +131,9 @@ def _chain_problems(store: RunStore) -> list[str]:
 
 
 def _branch_problems(store: RunStore) -> list[str]:
-    """Every COMPLETE phase's tag points at the commit phase.json names (read from the
-    repository's files: validate runs no git)."""
+    """The branch agrees with the record: every COMPLETE phase's tag points at the commit
+    phase.json names (read from the repository's files), and that commit is on the run's
+    branch (one `git rev-list` through the vcs adapter, run only when a phase is COMPLETE)."""
     from pipeline.core.sandbox import git_dirs
     from pipeline.plan.target import current_target
     from pipeline.store.chain import tag_commit
@@ -148,13 +149,17 @@ def _branch_problems(store: RunStore) -> list[str]:
     if common is None:
         return []  # the target is not here
     found = []
+    complete: list[tuple[Path, PhaseRecord]] = []
     for ps in strategy.phases:
         path = store.phase_dir(ps.index, ps.phase_id) / "phase.json"
         try:
             rec = read_model(path, PhaseRecord)
         except AutopackError:
             continue
-        if rec.state.value != "COMPLETE" or not rec.tag:
+        if rec.state.value != "COMPLETE":
+            continue
+        complete += [(path, rec)] if rec.commit else []
+        if not rec.tag:
             continue
         tagged = tag_commit(common, rec.tag)
         if tagged is not None and tagged != rec.commit:
@@ -164,7 +169,32 @@ def _branch_problems(store: RunStore) -> list[str]:
             )
         elif tagged is None and not (common / "packed-refs").is_file():
             found.append(f"{path}: COMPLETE with tag {rec.tag}, but the tag does not exist in {common}")
-    return found
+    return found + (_off_branch_problems(target, run, complete) if complete else [])
+
+
+def _off_branch_problems(target: Path, run: RunRecord, complete: list[tuple[Path, PhaseRecord]]) -> list[str]:
+    """COMPLETE phases whose commit is not on the run's branch, or a branch that is gone."""
+    from pipeline.vcs.remote import make_adapter
+
+    try:
+        on_branch = make_adapter(target).branch_commits(run.branch, run.base_commit)
+    except AutopackError as exc:
+        return [f"{target}: cannot read branch {run.branch}: {exc.message} ({exc.fix})"]
+    if on_branch is None:
+        path, rec = complete[0]
+        return [
+            f"{path}: phase {rec.phase_id} is COMPLETE with commit {(rec.commit or '')[:12]}, but branch "
+            f"{run.branch} does not exist in {target}: restore the branch (`git branch {run.branch} <its last "
+            f"commit>`, or fetch it from the remote it was pushed to)"
+        ]
+    commits = set(on_branch)
+    return [
+        f"{path}: phase {rec.phase_id} is COMPLETE with commit {(rec.commit or '')[:12]}, which is not on branch "
+        f"{run.branch} in {target} (the branch was rewritten or moved, or the record names another commit): "
+        f"put the branch back where the run left it (`git reflog show {run.branch}`), or start a new run"
+        for path, rec in complete
+        if rec.commit not in commits
+    ]
 
 
 def _check_frozen_plan(store: RunStore) -> None:

@@ -124,6 +124,8 @@ class GitAdapter(Protocol):
 
     def merge_no_ff(self, into: str, branch: str, message: str, worktree: Path) -> str: ...
 
+    def branch_commits(self, branch: str, since: str) -> list[str] | None: ...
+
 
 def encode_patch(text: str) -> bytes:
     """The bytes of a patch from `collect_patch` (non-UTF-8 file contents survive)."""

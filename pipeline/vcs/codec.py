@@ -139,6 +139,7 @@ OP_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "tracked_symlinks": (("worktree", "path"),),
     "untracked_files": (("worktree", "path"), ("under", "str")),
     "restore_refs": (("before", "refs_state"), ("keep", "str_list"), ("quarantine", "str")),
+    "branch_commits": (("branch", "str"), ("since", "str")),
 }
 
 

@@ -1117,6 +1117,35 @@ class LocalGitCli:
             changes.append("restored the stash list")
         return changes
 
+    def branch_commits(self, branch: str, since: str) -> list[str] | None:
+        """The commits on `branch` that are not on commit `since`, newest first; None when the
+        repository has no such branch, local or remote-tracking (a CI clone may only have
+        `refs/remotes/<remote>/<branch>`).
+
+        One `git rev-list` when the local branch and `since` exist (validate's check that
+        every accepted phase is on the run's branch); where `since` is not in the repository,
+        every commit of the branch."""
+        self._check_ref_name(branch, "branch")
+        if not _is_full_sha(since):
+            raise GitError(f"'{since}' is not a full commit sha (in {self.repo})", fix="name the commit by its sha")
+        res = self._run("rev-list", f"refs/heads/{branch}", f"^{since}", "--")
+        if res.ok:
+            return res.stdout.split()
+        ref = self._branch_ref(branch)
+        if ref is None:
+            return None
+        res = self._run("rev-list", ref, f"^{since}", "--")
+        return res.stdout.split() if res.ok else self._ok("rev-list", ref, "--").split()
+
+    def _branch_ref(self, branch: str) -> str | None:
+        """`refs/heads/<branch>`, else `refs/remotes/<remote>/<branch>` (origin first), else None."""
+        local = f"refs/heads/{branch}"
+        names = self._ok("for-each-ref", "--format=%(refname)", local, "refs/remotes").split()
+        if local in names:
+            return local
+        remote = [n for n in names if n.removeprefix("refs/remotes/").partition("/")[2] == branch]
+        return min(remote, key=lambda n: (not n.startswith("refs/remotes/origin/"), n), default=None)
+
 
 def _is_utf8(data: bytes) -> bool:
     try:

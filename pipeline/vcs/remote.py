@@ -337,6 +337,12 @@ class RemoteGitAdapter:
             return [str(v) for v in value]
         raise self._wrong("restore_refs", value, "an array of strings")
 
+    def branch_commits(self, branch: str, since: str) -> list[str] | None:
+        value = self._call("branch_commits", branch=branch, since=since)
+        if value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            return None if value is None else [str(v) for v in value]
+        raise self._wrong("branch_commits", value, "an array of commits or null")
+
     def worktrees(self) -> list[WorktreeEntry]:
         value = self._call("worktrees")
         if not isinstance(value, list):
