@@ -46,7 +46,7 @@ def _workspace(root: Path, runs: int, files: int) -> tuple[Path, Path]:
         other = record.parent / f"run{r:03d}" / "phases" / "01-P1"
         other.mkdir(parents=True)
         for i in range(files):
-            (other / f"f{i}.json").write_text('{"run": %d, "k": "%s"}\n' % (r, "v" * 2000))
+            (other / f"f{i}.json").write_text(f'{{"run": {r}, "k": "{"v" * 2000}"}}\n')
     time.sleep(2.1)  # older than the guard's racy window, as a previous run's files are
     return record, wt
 
