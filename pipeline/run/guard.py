@@ -158,9 +158,9 @@ def user_git_files(environ: dict[str, str] | None = None) -> list[Path]:
     driver planted there would run in its `git add`."""
     env = dict(os.environ) if environ is None else environ
     home = Path(env.get("HOME") or Path.home())
-    xdg = Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "git"
+    xdg = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
     globl = Path(env["GIT_CONFIG_GLOBAL"]) if env.get("GIT_CONFIG_GLOBAL") else home / ".gitconfig"
-    return [globl, xdg / "config", xdg / "attributes"]
+    return [globl, xdg / "git/config", xdg / "git/attributes"]
 
 
 def other_runs(record_dir: Path) -> list[Path]:
