@@ -12,8 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from pipeline.core import sandbox
 from pipeline.run import guard
 from pipeline.run.driver import run_to_end
@@ -21,18 +19,8 @@ from testing.gitrepo import git, make_repo
 from testing.procs import alive, kill_all
 from testing.runs import cli, make_workspace, phase, python_step
 
-HAVE_BWRAP = sandbox.bwrap_problem() is None
-needs_bwrap = pytest.mark.skipif(not HAVE_BWRAP, reason=f"no usable bubblewrap: {sandbox.bwrap_problem()}")
 FILES = {"mod.py": "X = 1\n"}
 
-
-@pytest.fixture(params=[pytest.param("bwrap", marks=needs_bwrap), "fallback"])
-def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "fallback":
-        monkeypatch.setenv(sandbox.SWITCH_ENV, "off")
-    else:
-        monkeypatch.delenv(sandbox.SWITCH_ENV, raising=False)
-    return str(request.param)
 
 
 def _sha(path: Path) -> str:
