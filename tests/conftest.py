@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core import sandbox
 from testing.gitrepo import IDENTITY
+
+_BWRAP_PROBLEM = sandbox.bwrap_problem()
+_NEEDS_BWRAP = pytest.mark.skipif(_BWRAP_PROBLEM is not None, reason=f"no usable bubblewrap: {_BWRAP_PROBLEM}")
 
 
 @pytest.fixture(autouse=True)
@@ -37,3 +41,14 @@ def unsandboxed(monkeypatch: pytest.MonkeyPatch) -> None:
     """Untrusted steps run without the bubblewrap sandbox (the fallback): for tests whose
     scripted agents report through files outside the worktree, which the sandbox forbids."""
     monkeypatch.setenv("AUTOPACK_SANDBOX", "off")
+
+
+@pytest.fixture(params=[pytest.param("bwrap", marks=_NEEDS_BWRAP), "fallback"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test taking it runs twice: untrusted steps in bubblewrap (skipped, saying why,
+    where it is unusable) and in the fallback without a sandbox."""
+    if request.param == "fallback":
+        monkeypatch.setenv(sandbox.SWITCH_ENV, "off")
+    else:
+        monkeypatch.delenv(sandbox.SWITCH_ENV, raising=False)
+    return str(request.param)

@@ -158,3 +158,26 @@ def test_complete_phases_name_their_artifacts(tmp_path: Path) -> None:
     setup.git("tag", "-f", tag, "main")
     problems = validate_run(setup.workspace, setup.run_id)
     assert any(f"its tag {tag} points at" in p for p in problems), problems
+
+
+def test_start_run_refuses_a_branch_behind_its_base_or_unrelated_to_it(tmp_path: Path) -> None:
+    """Not at the base is enough: a branch behind it (an older, ungated state) or on
+    another history is refused as well, and the record is not created."""
+    setup = _two_phases(tmp_path)
+    (setup.repo / "later.py").write_text("LATER = 1\n")
+    setup.git("add", "later.py")
+    setup.git("commit", "-q", "-m", "later on main")
+    setup.git("branch", f"autonomous/{setup.run_id}", "main~1")
+    with pytest.raises(InvalidInput) as err:
+        setup.start()
+    assert f"branch autonomous/{setup.run_id} already exists" in err.value.message
+    assert not setup.store.run_json.exists()
+    setup.git("branch", "-D", f"autonomous/{setup.run_id}")
+    setup.git("checkout", "-q", "--orphan", "elsewhere")
+    setup.git("commit", "-q", "-m", "unrelated history")
+    setup.git("checkout", "-q", "main")
+    setup.git("branch", f"autonomous/{setup.run_id}", "elsewhere")
+    with pytest.raises(InvalidInput) as err:
+        setup.start()
+    assert f"branch autonomous/{setup.run_id} already exists" in err.value.message
+    assert not setup.store.run_json.exists()

@@ -27,17 +27,8 @@ from testing.runs import RunSetup, make_workspace, phase, python_step
 
 HAVE_BWRAP = sandbox.bwrap_problem() is None
 needs_bwrap = pytest.mark.skipif(not HAVE_BWRAP, reason=f"no usable bubblewrap: {sandbox.bwrap_problem()}")
-MODES = [pytest.param("bwrap", marks=needs_bwrap), "fallback"]
 FILES = {"mod.py": "X = 1\n"}
 
-
-@pytest.fixture(params=MODES)
-def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "fallback":
-        monkeypatch.setenv(sandbox.SWITCH_ENV, "off")
-    else:
-        monkeypatch.delenv(sandbox.SWITCH_ENV, raising=False)
-    return str(request.param)
 
 
 def _linked(tmp_path: Path) -> tuple[Path, Path]:

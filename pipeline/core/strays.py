@@ -100,6 +100,42 @@ def reap(children: list[Child], wait_s: float = 10.0) -> list[int]:
     return killed
 
 
+def sweep_environ(entry_prefix: bytes, wait_s: float = 10.0) -> list[int]:
+    """KILL every process of ours whose environment holds a variable starting with
+    `entry_prefix` (such as `AUTOPACK_PHASE_JSON=<run dir>/`): the helpers a step detached
+    into a session of their own (`setsid`), which no recorded group holds. This process
+    and its ancestors are spared. A helper that cleared its environment is not found."""
+    spared = _ancestors(os.getpid())
+    killed: list[int] = []
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit() or int(entry.name) in spared:
+            continue
+        try:
+            env = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if any(var.startswith(entry_prefix) for var in env.split(b"\0")):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+    deadline = time.monotonic() + wait_s
+    while killed and time.monotonic() < deadline and any(_is_alive(pid) for pid in killed):
+        time.sleep(0.02)
+    return killed
+
+
+def _ancestors(pid: int) -> set[int]:
+    out = {pid}
+    while pid > 1:
+        try:
+            fields = (_PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            break
+        pid = int(fields[1])
+        out.add(pid)
+    return out
+
+
 def _is_alive(pid: int) -> bool:
     found = _stat(pid)
     return found is not None and found[0] not in ("Z", "X")

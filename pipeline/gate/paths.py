@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.gate.evidence import gate_check
+from pipeline.gate.gitfeatures import filter_problems, submodule_problems
 from pipeline.gate.patch import SYMLINK_MODE, FileChange, ParsedPatch
 from pipeline.models.reports import GateCheck
 
@@ -20,8 +21,9 @@ if TYPE_CHECKING:  # both cost tens of ms to import; a task that never gates ski
 
 
 
-def check_paths_safe(patch: ParsedPatch, worktree: Path) -> GateCheck:
-    """No path or symlink that leads outside the worktree or into git's own files."""
+def check_paths_safe(patch: ParsedPatch, worktree: Path, allows: Collection[str] = ()) -> GateCheck:
+    """No path or symlink that leads outside the worktree or into git's own files; no
+    submodule or filter attribute the phase does not declare in `allows`."""
     root = worktree.resolve()
     problems: list[str] = []
     for fc in patch.files:
@@ -34,24 +36,11 @@ def check_paths_safe(patch: ParsedPatch, worktree: Path) -> GateCheck:
         reason = _symlink_problem(root, fc.path, target) if target is not None else None
         if reason:
             problems.append(f"{fc.path}: {reason}")
-        problems.extend(_submodule_problems(fc))
+        problems.extend(submodule_problems(fc, allows))
+        problems.extend(filter_problems(fc, allows))
     if problems:
         return gate_check("paths_safe", False, "the patch writes outside the worktree", problems)
     return gate_check("paths_safe", True, "every path stays inside the worktree")
-
-
-GITLINK_MODE = "160000"
-_SUBMODULE_FIX = "autonomous phases may not add or change submodules: make that change by hand"
-
-
-def _submodule_problems(fc: FileChange) -> list[str]:
-    """A gitlink or a `.gitmodules` makes git fetch and check out code from elsewhere (an
-    `ext::` URL runs a command): refused."""
-    found = []
-    if fc.new_mode == GITLINK_MODE:
-        found.append(f"{fc.path}: a gitlink (submodule commit); {_SUBMODULE_FIX}")
-    found += [f"{p}: .gitmodules; {_SUBMODULE_FIX}" for p in fc.paths if p.rsplit("/", 1)[-1] == ".gitmodules"]
-    return found
 
 
 def _resulting_symlink(fc: FileChange, root: Path) -> str | None:

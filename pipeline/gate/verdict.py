@@ -111,7 +111,7 @@ def run_gate(
     tests_before = before_texts(patch, worktree)  # read now: `apply` changes them
     steps: list[Callable[[], GateCheck]] = [
         lambda: gate_check("parse", True, _summary(patch)),
-        lambda: check_paths_safe(patch, worktree),
+        lambda: check_paths_safe(patch, worktree, phase.allows),
         lambda: check_protected(patch, protected_paths),
         lambda: check_scope(patch, phase.scope_allow, phase.scope_deny),
         lambda: check_size(patch, phase.max_files, phase.max_changed_lines),

@@ -25,6 +25,10 @@ class AgentSpec(Frozen):
     args: list[str] = Field(default_factory=list, description="extra arguments appended to the command")
 
 
+# What a phase may declare in `allows:` (the gate refuses it otherwise).
+GitFeature = Literal["submodules", "filters"]
+
+
 # A preset name ("claude", "codex") or an inline spec.
 AgentRef = str | AgentSpec
 
@@ -131,6 +135,11 @@ class PlanPhase(Frozen):
         default=None,
         description="may_change: this phase may delete, skip or rewrite tests (a declared refactor); "
         "the gate records the changes instead of refusing them",
+    )
+    allows: list[GitFeature] = Field(
+        default_factory=list,
+        description="what the gate refuses unless declared: submodules (gitlinks and .gitmodules, "
+        "with https/ssh/git URLs only), filters (.gitattributes lines naming a filter= driver)",
     )
 
 

@@ -13,7 +13,7 @@ from pipeline.models.enums import (
     SafetyProfile,
     Severity,
 )
-from pipeline.models.plan import AgentSpec, CiProfile, PlanReuse
+from pipeline.models.plan import AgentSpec, CiProfile, GitFeature, PlanReuse
 from pipeline.models.ruleset import SandboxRule, SeverityUpgrade
 
 
@@ -38,6 +38,9 @@ class PhaseStrategy(Frozen):
     )
     tests_may_change: bool = Field(
         default=False, description="declared (plan `tests: may_change`) or by category: test changes are recorded"
+    )
+    allows: list[GitFeature] = Field(
+        default_factory=list, description="declared in the plan (`allows:`): submodules, filters"
     )
     ci_max_retries: int | None = Field(default=None, description="CI retries after a red try (None: the profile's)")
     minors_tolerated: int = Field(default=2, ge=0, description="minor issues this phase adds to its tier's tolerance")

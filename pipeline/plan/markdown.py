@@ -14,6 +14,7 @@ The format (docs/plan-from-markdown.md is an example):
     complexity: medium
     mode: scaffolding_heavy
     scope: app/**, tests/**
+    allows: submodules, filters  git features the gate refuses unless declared
     free text                    the phase's description, handed to the builder
 
 Key lines are read only directly under a heading (blank lines may come first); once free
@@ -27,11 +28,12 @@ import difflib
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from pipeline.core.errors import ValidationErrors
 from pipeline.models.base import ID_PATTERN
 from pipeline.models.enums import BuilderMode, CiProfileName, Complexity, RunScope, SafetyProfile
+from pipeline.models.plan import GitFeature
 
 _HEADING = re.compile(r"^(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$|^(#{1,6})[ \t]*$")
 _KEY_LINE = re.compile(r"^[ \t]*([A-Za-z][A-Za-z_ -]*?)[ \t]*:[ \t]*(.*?)[ \t]*$")
@@ -61,6 +63,7 @@ _PHASE_KEYS = {
     "scope": "scope",
     "deny": "deny",
     "ci_profile": "ci_profile",
+    "allows": "allows",
 }
 _ENUMS: dict[str, list[str]] = {
     "complexity": [c.value for c in Complexity],
@@ -68,6 +71,7 @@ _ENUMS: dict[str, list[str]] = {
     "ci_profile": [c.value for c in CiProfileName],
     "safety_profile": [s.value for s in SafetyProfile],
     "run_scope": [s.value for s in RunScope],
+    "allows": list(get_args(GitFeature)),
 }
 
 _PHASE_ENUM_FIELDS = (("complexity", "complexity"), ("mode", "builder_mode"), ("ci_profile", "ci_profile"))
@@ -392,6 +396,12 @@ def _phase(
         scope["deny"] = _globs(reader, "deny", *keys["deny"])
     if scope:
         phase["scope"] = scope
+    if "allows" in keys:
+        value, line = keys["allows"]
+        names = [n.strip().strip("`") for n in value.split(",") if n.strip().strip("`")]
+        if not names:
+            reader.error(line, f"`allows:` names nothing: write {', '.join(_ENUMS['allows'])}")
+        phase["allows"] = [n for n in names if _enum(reader, "allows", n, line)]
     return phase
 
 
@@ -416,7 +426,8 @@ def _unique(
 
 def render_markdown(plan: dict[str, Any]) -> str:
     """Plan data as a markdown plan that `parse_markdown` reads back to the same data (for
-    what markdown can say: ids, names, descriptions, category, complexity, mode, scope)."""
+    what markdown can say: ids, names, descriptions, category, complexity, mode, scope,
+    allows)."""
     out: list[str] = []
     description = str(plan.get("description") or "")
     title, body = _split_title(description)
@@ -466,6 +477,8 @@ def render_markdown(plan: dict[str, Any]) -> str:
                     out.append(f"scope: {', '.join(scope['allow'])}")
                 if scope.get("deny"):
                     out.append(f"deny: {', '.join(scope['deny'])}")
+            if phase.get("allows"):
+                out.append(f"allows: {', '.join(phase['allows'])}")
             if phase.get("description"):
                 out += ["", str(phase["description"]).strip("\n")]
     return "\n".join(out).lstrip("\n") + "\n"

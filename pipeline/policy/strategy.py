@@ -119,6 +119,7 @@ def compile_phase(
         max_builder_attempts=attempts,
         ci_max_retries=rule.ci_max_retries,
         tests_may_change=tests_may_change,
+        allows=sorted(set(phase.allows)),
         submit_deadline_minutes=None if has_builder else ruleset.run_budgets.submit_deadline_minutes,
         minors_tolerated=minors,
         majors_tolerated=rule.majors_tolerated,

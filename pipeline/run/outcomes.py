@@ -446,7 +446,7 @@ def guard_after(ctx: RunContext, ps: PhaseStrategy, k: int, snap: guard.Snapshot
     message = f"the {who} changed what it must not touch: {', '.join(shown[:3])}" + (
         f" (+{len(shown) - 3} more)" if len(shown) > 3 else ""
     )
-    evidence = [*shown[:20], *(f"could not restore (too large to keep): {_shown(ctx, p)}" for p in lost)]
+    evidence = [*shown[:20], *(f"could not restore (its kept copy is gone): {_shown(ctx, p)}" for p in lost)]
     ctx.rec.note(ps.phase_id, "guard_violation", attempt=k, who=who, changes=shown[:50], unrestored=lost[:50])
     issue = make_issue(
         ctx,

@@ -110,6 +110,9 @@ class RunLock:
         children = [c for c in map(strays.Child.parse, rest.splitlines()) if c is not None]
         if self.took_over.get("host") == socket.gethostname():  # pids mean nothing on another host
             self.reaped = strays.reap(children)
+            # helpers an agent detached (setsid) carry its AUTOPACK_PHASE_JSON, under this run
+            marker = f"AUTOPACK_PHASE_JSON={self.path.parent.resolve()}{os.sep}".encode()
+            self.reaped += [p for p in strays.sweep_environ(marker) if p not in self.reaped]
         pid = self.took_over.get("pid")
         if isinstance(pid, int):  # the temp files of the dead holder's unfinished atomic writes
             for tmp in self.path.parent.rglob(f".*.tmp.{pid}"):
