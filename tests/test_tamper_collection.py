@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_tamper import BASE  # the same test module, tampered here in other ways
 
 from pipeline.core import sandbox
 from pipeline.gate import collection
@@ -18,24 +19,9 @@ from pipeline.models.plan import CiStep
 from pipeline.run.driver import run_to_end
 from testing.runs import RunSetup, cli, command, make_workspace, pytest_step
 
-TESTS = """\
-import pytest
-
-from mod import double
-
-
-def test_double():
-    assert double(2) == 4
-
-
-class TestMore:
-    def test_zero(self):
-        assert double(0) == 0
-"""
-
 FILES = {
     "mod.py": "def double(x):\n    return x * 2\n",
-    "tests/test_mod.py": TESTS,
+    "tests/test_mod.py": BASE,
     "tests/test_other.py": "def test_other():\n    assert 1 + 1 == 2\n",
     "pytest.ini": "[pytest]\npython_files =\n    test_*.py\n",
 }
