@@ -6,7 +6,8 @@ the n-th time the point is reached in this process (1 is the first), so a test c
 stop a run at any one of many record writes. Off unless set.
 
 The points, in the order a phase reaches them: `before_agent`, `after_agent`,
-`gate_entered`, `after_gate`, `ci_entered`, `after_ci`, `after_snapshot_commit`,
+`gate_entered`, `collection_running` (the gate's test collection, base or candidate,
+about to start), `after_gate`, `ci_entered`, `after_ci`, `after_snapshot_commit`,
 `after_tag`, `after_complete`; anywhere: `atomic_write` (a temp file written, not yet
 renamed) and `event_appended` (an event written, run.json not yet); `chained_start`
 (a run finished, the run chained after it not yet started); `promote_merged` (the merge

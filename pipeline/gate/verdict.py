@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Protocol
 
 from pipeline.core import sandbox
 from pipeline.gate.behaviour import before_texts, check_test_behaviour
+from pipeline.gate.collection import CollectionJob, check_collection
 from pipeline.gate.evidence import POLICY_CHECKS, gate_check, limit_evidence
 from pipeline.gate.licence import check_attribution, check_licence
 from pipeline.gate.patch import ParsedPatch, PatchParseError, parse_patch
 from pipeline.gate.paths import check_patch_bytes, check_paths_safe, check_protected, check_scope, check_size
 from pipeline.gate.secrets import check_secrets
 from pipeline.gate.static import check_static
-from pipeline.gate.tampering import check_test_tampering
+from pipeline.gate.tampering import TEST_CATEGORIES, check_test_tampering
 from pipeline.models.plan import CiStep
 from pipeline.models.reports import GateCheck, GateReport
 from pipeline.models.strategy import PhaseStrategy
@@ -44,6 +45,7 @@ CHECK_ORDER = (
     "apply",
     "applied_paths",
     "test_behaviour",
+    "test_collection",
     "static_checks",
 )
 
@@ -83,6 +85,12 @@ def _tests_may_change(phase: PhaseStrategy) -> str | None:
     return f"category {phase.task_category!r}" if why in ("category", "override") else why
 
 
+def _collection_exempt(phase: PhaseStrategy) -> str | None:
+    if phase.task_category in TEST_CATEGORIES and not phase.tests_may_change:
+        return f"category {phase.task_category!r}"
+    return _tests_may_change(phase)
+
+
 def run_gate(
     *,
     patch_text: str,
@@ -96,6 +104,7 @@ def run_gate(
     log_dir: Path,
     confinement: sandbox.Confinement = sandbox.UNCONFINED,
     applied_paths: Callable[[list[str]], GateCheck] | None = None,
+    collection: CollectionJob | None = None,
 ) -> GateReport:
     """Every gate check in order, stopping at the first failure; the patch is applied by
     the `apply` check and left applied (or half-done) for the caller to keep or reset."""
@@ -122,6 +131,9 @@ def run_gate(
         lambda: _check_apply(git, worktree, patch_path, applied),
         lambda: applied_paths(patch.touched_paths) if applied_paths else gate_check("applied_paths", True, "not asked"),
         lambda: check_test_behaviour(patch, tests_before, worktree, phase.task_category, _tests_may_change(phase)),
+        lambda: check_collection(
+            collection or CollectionJob(why_not="not asked"), patch, worktree, _collection_exempt(phase)
+        ),
         lambda: check_static(static_checks, worktree, log_dir, confinement),
     ]
     checks: list[GateCheck] = []
@@ -186,6 +198,8 @@ _HINTS = {
     "attribution": "Keep the licence header of every copied file, or add a NOTICE / THIRD_PARTY_NOTICES "
     "entry naming the source URL, the commit and the licence.",
     "apply": "Base the patch on the current state of the branch; it must apply cleanly.",
+    "test_collection": "Make the code pass the tests; every test that ran before must still be collected and "
+    "run: do not remove, skip, xfail or deselect tests, whatever the mechanism (conftest hooks, configuration).",
     "static_checks": "Fix the problems the static checks report.",
 }
 

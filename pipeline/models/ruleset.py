@@ -119,6 +119,15 @@ class SandboxRule(Frozen):
     )
 
 
+class GateRule(Frozen):
+    """Gate checks a workspace may switch off."""
+
+    test_collection: bool = Field(
+        default=True,
+        description="run the pytest step's collection on the base and the candidate and refuse lost tests",
+    )
+
+
 class Ruleset(Frozen):
     version: int = 1
     categories: dict[str, CategoryRule]
@@ -132,6 +141,7 @@ class Ruleset(Frozen):
     on_policy_violation: Literal["fail_run", "retry"] = "fail_run"
     debt_cleanup: Literal["off", "auto"] = "off"
     sandbox: SandboxRule = Field(default_factory=SandboxRule)
+    gate: GateRule = Field(default_factory=GateRule)
     severity_upgrades: list[SeverityUpgrade] = Field(
         default_factory=list, description="issues matching a rule are major (effective severity)"
     )

@@ -14,7 +14,7 @@ from pipeline.models.enums import (
     Severity,
 )
 from pipeline.models.plan import AgentSpec, CiProfile, GitFeature, PlanReuse
-from pipeline.models.ruleset import SandboxRule, SeverityUpgrade
+from pipeline.models.ruleset import GateRule, SandboxRule, SeverityUpgrade
 
 
 class PhaseStrategy(Frozen):
@@ -102,6 +102,7 @@ class Strategy(Frozen):
         default_factory=dict, description="issue_key -> severity raised by backlog aging"
     )
     sandbox: SandboxRule = Field(default_factory=SandboxRule, description="the ruleset's sandbox rule")
+    gate: GateRule = Field(default_factory=GateRule, description="the ruleset's gate switches")
 
     def phase(self, phase_id: str) -> PhaseStrategy:
         for p in self.phases:

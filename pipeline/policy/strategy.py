@@ -374,4 +374,5 @@ def compile_strategy(
         effective_severity=dict(aged_issue_keys or {}),
         severity_upgrades=list(ruleset.severity_upgrades),
         sandbox=ruleset.sandbox,
+        gate=ruleset.gate,
     )

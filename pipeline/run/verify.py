@@ -10,6 +10,7 @@ from pipeline.ci import runner as ci
 from pipeline.core import failpoints
 from pipeline.core.errors import GitError
 from pipeline.core.jsonio import write_model
+from pipeline.gate import collection
 from pipeline.gate.evidence import gate_check
 from pipeline.gate.licence import external_issue_category
 from pipeline.gate.patch import parse_patch
@@ -56,11 +57,27 @@ def gate_and_verify(ctx: RunContext, ps: PhaseStrategy) -> None:
     confinement = ctx.confinement()
     snap = guard_before(ctx, [adir])
     failpoints.hit("gate_entered")
+    gated = _tests_waived(ps, rec) if rec.tampering_approved_attempt == k else ps
+    patch_text = patch_path.read_text(errors="surrogateescape")
+    base = attempt.base_commit or ctx.git.head(ctx.worktree)
+    job = collection.prepare(
+        enabled=ctx.rec.strategy.gate.test_collection,
+        steps=ctx.rec.strategy.ci_profiles[ps.ci_profile].steps,
+        patch_text=patch_text,
+        phase=gated,
+        worktree=ctx.worktree,
+        confinement=confinement,
+        cache_dir=ctx.workspace / collection.CACHE_DIR,
+        base_commit=base,
+        log_dir=adir,
+    )
+    if job.base is not None and not job.base.cached:  # the base's own conftest ran in the worktree
+        ctx.git.reset_to(ctx.worktree, ctx.branch, base)
     report = run_gate(
-        patch_text=patch_path.read_text(errors="surrogateescape"),
+        patch_text=patch_text,
         patch_path=patch_path,
         worktree=ctx.worktree,
-        phase=_tests_waived(ps, rec) if rec.tampering_approved_attempt == k else ps,
+        phase=gated,
         protected_paths=ctx.rec.strategy.protected_paths,
         static_checks=ctx.rec.strategy.ci_profiles[ps.ci_profile].static_checks,
         git=ctx.git,
@@ -68,6 +85,7 @@ def gate_and_verify(ctx: RunContext, ps: PhaseStrategy) -> None:
         log_dir=adir,
         confinement=confinement,
         applied_paths=_applied_paths(ctx, attempt.base_commit),
+        collection=job,
     )
     _end_if_violated(ctx, ps, k, snap, "static checks", attempt.base_commit)
     write_model(adir / "gate.json", report)
@@ -92,7 +110,7 @@ def _tampering_review(ctx: RunContext, ps: PhaseStrategy, report: GateReport) ->
     may approve the change with a recorded reason (playbook §2.3: major findings)."""
     rec = ctx.rec.phase(ps.phase_id)
     failed = [c.name for c in report.checks if c.verdict == "fail"]
-    only_tests = bool(failed) and set(failed) <= {"test_tampering", "test_behaviour"}
+    only_tests = bool(failed) and set(failed) <= {"test_tampering", "test_behaviour", "test_collection"}
     if not only_tests or ps.auditor is None or ps.max_auditor_attempts == 0:
         return False
     if rec.tampering_review_attempt == rec.current_attempt:
