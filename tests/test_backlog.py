@@ -279,7 +279,21 @@ def test_doit_backlog_writes_the_file_and_prints_top_keys(tmp_path: Path) -> Non
     assert "2 issue key(s) from 4 run(s); 1 needs_cleanup, 1 open, 0 resolved" in lines[0]
     assert lines[2].split()[:5] == [KEY, "needs_cleanup", "minor", "3", "1"]  # 3 runs, one tier id
     assert lines[3].split()[:2] == ["rare", "open"]
-    assert (tmp_path / BACKLOG_PATH).is_file()
+    assert json.loads((tmp_path / BACKLOG_PATH).read_text())["project_id"] == "sample"  # the newest run's
+
+
+def test_the_backlog_is_the_newest_runs_project(tmp_path: Path) -> None:
+    one_key_run(tmp_path, "r1", 1)
+    one_key_run(tmp_path, "r2", 2)
+    run_json = tmp_path / "runs" / "r2" / "run.json"
+    run_json.write_text(run_json.read_text().replace('"project_id": "sample"', '"project_id": "shop"'))
+    assert derive_backlog(tmp_path).project_id == "shop"
+    os.utime(tmp_path / "runs" / "r1" / "run.json")
+    holder = _hold_rollup(tmp_path)  # the rollup busy: read from the files, the same project
+    try:
+        assert derive_backlog(tmp_path).project_id == "shop"
+    finally:
+        holder.communicate("")
 
 
 # -- start_run: aged keys raise severity; debt phases ----------------------------------------

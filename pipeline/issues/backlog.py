@@ -23,6 +23,9 @@ Thresholds come from the caller, or per key from its strategy slice: the ruleset
 the safety profile given (the new run's) or of the run it was last seen in (`normal` 3 runs
 / 2 tiers, `safety_critical` 2 / 1 in the built-in ruleset).
 
+`project_id` is the project of the newest run read (`doit backlog`); start_run writes its
+plan's instead.
+
 One module on purpose: the SQL over the rollup and over the gathered files, and the Python
 that decides each key's status, share one encoding of order (a run's rank and a phase
 index folded into `ord`); apart, the two reading paths could drift from each other.
@@ -75,7 +78,7 @@ _READ_OPTIONS = "format = 'auto', filename = true, hive_partitioning = false, un
 
 _RUN_COLUMNS = (
     "{'created_at': 'VARCHAR', 'updated_at': 'VARCHAR', 'finished_at': 'VARCHAR', "
-    "'safety_profile': 'VARCHAR', "
+    "'safety_profile': 'VARCHAR', 'project_id': 'VARCHAR', "
     "'phases': 'STRUCT(phase_id VARCHAR, state VARCHAR, task_category VARCHAR)[]'}"
 )
 _ISSUE_COLUMNS = (
@@ -90,13 +93,14 @@ _CI_COLUMNS = "{'tries': 'STRUCT(steps STRUCT(tests STRUCT(node_id VARCHAR, outc
 
 _RUNS_SQL = f"""
 CREATE TEMP TABLE runs AS
-SELECT run_id, created_at, seen_at, safety_profile, phases,
+SELECT run_id, created_at, seen_at, safety_profile, project_id, phases,
        row_number() OVER (ORDER BY created_at, run_id) AS run_rank
 FROM (
     SELECT regexp_extract(filename, '({_PART}){_SEP}run\\.json$', 1) AS run_id,
            created_at,
            coalesce(finished_at, updated_at, created_at) AS seen_at,
            coalesce(safety_profile, 'normal') AS safety_profile,
+           project_id,
            coalesce(phases, []) AS phases
     FROM @RUNS@
 )
@@ -202,7 +206,7 @@ _FROM_FILES = {
 }
 _FROM_ROLLUP = {
     # only the phase summaries' fields the backlog reads (the rest would be copied for nothing)
-    "@RUNS@": "(SELECT created_at, updated_at, finished_at, safety_profile, filename, list_transform(phases, "
+    "@RUNS@": "(SELECT created_at, updated_at, finished_at, safety_profile, project_id, filename, list_transform(phases, "
     "p -> {'phase_id': p.phase_id, 'state': p.state, 'task_category': p.task_category}) AS phases "
     "FROM rollup.raw_runs)",
     "@ISSUES@": "(SELECT phase_id, tier_id, issues, filename FROM rollup.raw_phase_issues)",
@@ -289,6 +293,13 @@ def _load_runs(con: duckdb.DuckDBPyConnection, workspace: Path, tmp: Path | None
         read_gathered(con, _sql(_RUNS_SQL, _FROM_FILES), {"runs": str(gathered[0])}, gathered)
     row = con.execute("SELECT count(*) FROM runs").fetchone()
     return int(row[0]) if row else 0
+
+
+def _newest_project(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The project of the newest run read: the project the backlog is `doit backlog`'s for
+    (start_run writes its own plan's instead)."""
+    row = con.execute("SELECT project_id FROM runs ORDER BY run_rank DESC LIMIT 1").fetchone()
+    return str(row[0]) if row and row[0] else None
 
 
 def _seen(con: duckdb.DuckDBPyConnection, workspace: Path, tmp: Path | None) -> list[_Seen]:
@@ -446,6 +457,7 @@ def derive_backlog(
             runs_read = _load_runs(con, workspace, source)
             if not runs_read:
                 return ProjectBacklog()
+            project_id = _newest_project(con)
             seen = _seen(con, workspace, source)
             debt = _debt_cleanings(con, workspace)
             keys = [s.key for s in seen if s.key.startswith(TEST_PREFIX)]
@@ -461,7 +473,7 @@ def derive_backlog(
     entries = {
         s.key: _entry(s, _resolution(s, debt, green), _thresholds_for(s, ruleset, thresholds, profile)) for s in seen
     }
-    return ProjectBacklog(issues_by_key=dict(sorted(entries.items())), runs_read=runs_read)
+    return ProjectBacklog(project_id=project_id, issues_by_key=dict(sorted(entries.items())), runs_read=runs_read)
 
 
 def needs_cleanup_keys(backlog: ProjectBacklog) -> dict[str, Severity]:
