@@ -204,6 +204,20 @@ def test_the_backlog_reads_the_rollup_and_the_files_give_the_same_bytes(tmp_path
     assert write_backlog(tmp_path).read_bytes() == from_rollup
 
 
+def test_the_rollup_keeps_each_runs_issue_keys_flat(tmp_path: Path) -> None:
+    """The backlog groups one row per (run, key) kept at ingest, not every phase's issues."""
+    import duckdb
+
+    write_run(tmp_path, "r1", ts(1), [SynPhase("P1", issues=(SynIssue(KEY),)), SynPhase("P2", issues=(SynIssue(KEY),))])
+    write_run(tmp_path, "r2", ts(2), [SynPhase("P1", issues=(SynIssue("lint:x"),))])
+    derive_backlog(tmp_path)
+    with duckdb.connect(str(tmp_path / rollup.ROLLUP_DB), read_only=True) as con:
+        rows = con.execute(
+            "SELECT run_id, issue_key, first_phase_index, last_phase_index, last_phase_id FROM issue_keys ORDER BY ALL"
+        ).fetchall()
+    assert rows == [("r1", KEY, 1, 2, "P2"), ("r2", "lint:x", 1, 1, "P1")]
+
+
 def test_a_removed_run_leaves_the_backlog(tmp_path: Path) -> None:
     _mixed_workspace(tmp_path)
     assert entry(tmp_path).age_in_runs == 3
