@@ -9,7 +9,8 @@ json.load loop), and listing a deep glob is far worse (200,000 builder.json unde
 `runs/*/phases/*/attempts/*/`: ~30 s). So the sources reports and the project backlog
 need — run.json, run_issue_index.json, phase.json (whose attempts[] are the
 AttemptRecords of builder.json), every phase's issues.json and ci.json — are kept in
-`reports/rollup/rollup.duckdb`, one table per raw view, and
+`reports/rollup/rollup.duckdb`, one table per raw view (plus flat tables derived at
+ingest: attempts, the tests CI saw pass, each run's issue keys for the backlog), and
 a run is re-read only when its run.json changed (mtime, size, inode; every write of the
 run's record ends with run.json, see `scan`).
 
