@@ -521,14 +521,18 @@ def query_times(ws: Path) -> dict[str, float]:
 
 def backlog_time(ws: Path) -> float:
     """What start_run pays for the backlog when another run recorded issues (one try),
-    after one run changed since the last report (the rollup re-reads that run)."""
+    after one run changed since the last report (the rollup re-reads that run). The
+    workspace's ruleset is loaded first, as start_run has it before (its thresholds)."""
+    from pipeline.config.workspace import Workspace
     from pipeline.issues import backlog
 
+    workspace = Workspace(ws)
+    assert workspace.ruleset.ruleset is not None
     run_json = ws / "runs" / "r00005" / "run.json"
     os.utime(run_json, ns=(time.time_ns(), time.time_ns()))
     started = time.perf_counter()
     if backlog.other_runs_have_issues(ws, "no-such-run"):
-        backlog.derive_backlog(ws)
+        backlog.derive_backlog(workspace)
     return time.perf_counter() - started
 
 

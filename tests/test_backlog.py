@@ -204,6 +204,20 @@ def test_the_backlog_reads_the_rollup_and_the_files_give_the_same_bytes(tmp_path
     assert write_backlog(tmp_path).read_bytes() == from_rollup
 
 
+def test_the_rollup_keeps_each_runs_issue_keys_flat(tmp_path: Path) -> None:
+    """The backlog groups one row per (run, key) kept at ingest, not every phase's issues."""
+    import duckdb
+
+    write_run(tmp_path, "r1", ts(1), [SynPhase("P1", issues=(SynIssue(KEY),)), SynPhase("P2", issues=(SynIssue(KEY),))])
+    write_run(tmp_path, "r2", ts(2), [SynPhase("P1", issues=(SynIssue("lint:x"),))])
+    derive_backlog(tmp_path)
+    with duckdb.connect(str(tmp_path / rollup.ROLLUP_DB), read_only=True) as con:
+        rows = con.execute(
+            "SELECT run_id, issue_key, first_phase_index, last_phase_index, last_phase_id FROM issue_keys ORDER BY ALL"
+        ).fetchall()
+    assert rows == [("r1", KEY, 1, 2, "P2"), ("r2", "lint:x", 1, 1, "P1")]
+
+
 def test_a_removed_run_leaves_the_backlog(tmp_path: Path) -> None:
     _mixed_workspace(tmp_path)
     assert entry(tmp_path).age_in_runs == 3
@@ -279,7 +293,21 @@ def test_doit_backlog_writes_the_file_and_prints_top_keys(tmp_path: Path) -> Non
     assert "2 issue key(s) from 4 run(s); 1 needs_cleanup, 1 open, 0 resolved" in lines[0]
     assert lines[2].split()[:5] == [KEY, "needs_cleanup", "minor", "3", "1"]  # 3 runs, one tier id
     assert lines[3].split()[:2] == ["rare", "open"]
-    assert (tmp_path / BACKLOG_PATH).is_file()
+    assert json.loads((tmp_path / BACKLOG_PATH).read_text())["project_id"] == "sample"  # the newest run's
+
+
+def test_the_backlog_is_the_newest_runs_project(tmp_path: Path) -> None:
+    one_key_run(tmp_path, "r1", 1)
+    one_key_run(tmp_path, "r2", 2)
+    run_json = tmp_path / "runs" / "r2" / "run.json"
+    run_json.write_text(run_json.read_text().replace('"project_id": "sample"', '"project_id": "shop"'))
+    assert derive_backlog(tmp_path).project_id == "shop"
+    os.utime(tmp_path / "runs" / "r1" / "run.json")
+    holder = _hold_rollup(tmp_path)  # the rollup busy: read from the files, the same project
+    try:
+        assert derive_backlog(tmp_path).project_id == "shop"
+    finally:
+        holder.communicate("")
 
 
 # -- start_run: aged keys raise severity; debt phases ----------------------------------------

@@ -490,6 +490,19 @@ def test_report_content(ws: Path) -> None:
     assert "<script" not in html
 
 
+def test_issue_category_chart_leaves_out_keys_resolved_in_their_run(ws: Path) -> None:
+    build_report(ws)
+    assert "<title>test_failure — minor: 3</title>" in (ws / "reports" / "index.html").read_text()
+    index = ws / "runs" / "r-ok" / "run_issue_index.json"
+    data = json.loads(index.read_text())
+    data["issues_by_key"][TEST_X]["status"] = "resolved"  # r-ok fixed test_x within the run
+    index.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.utime(ws / "runs" / "r-ok" / "run.json")  # the run's record changed (its stamp)
+    build_report(ws)
+    html = (ws / "reports" / "index.html").read_text()
+    assert "<title>test_failure — minor: 2</title>" in html and "distinct open keys per run" in html
+
+
 def test_report_is_deterministic(ws: Path) -> None:
     build_report(ws)
     first = (ws / "reports" / "index.html").stat().st_mtime_ns

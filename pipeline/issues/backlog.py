@@ -23,6 +23,9 @@ Thresholds come from the caller, or per key from its strategy slice: the ruleset
 the safety profile given (the new run's) or of the run it was last seen in (`normal` 3 runs
 / 2 tiers, `safety_critical` 2 / 1 in the built-in ruleset).
 
+`project_id` is the project of the newest run read (`doit backlog`); start_run writes its
+plan's instead.
+
 One module on purpose: the SQL over the rollup and over the gathered files, and the Python
 that decides each key's status, share one encoding of order (a run's rank and a phase
 index folded into `ord`); apart, the two reading paths could drift from each other.
@@ -75,7 +78,7 @@ _READ_OPTIONS = "format = 'auto', filename = true, hive_partitioning = false, un
 
 _RUN_COLUMNS = (
     "{'created_at': 'VARCHAR', 'updated_at': 'VARCHAR', 'finished_at': 'VARCHAR', "
-    "'safety_profile': 'VARCHAR', "
+    "'safety_profile': 'VARCHAR', 'project_id': 'VARCHAR', "
     "'phases': 'STRUCT(phase_id VARCHAR, state VARCHAR, task_category VARCHAR)[]'}"
 )
 _ISSUE_COLUMNS = (
@@ -90,55 +93,44 @@ _CI_COLUMNS = "{'tries': 'STRUCT(steps STRUCT(tests STRUCT(node_id VARCHAR, outc
 
 _RUNS_SQL = f"""
 CREATE TEMP TABLE runs AS
-SELECT run_id, created_at, seen_at, safety_profile, phases,
+SELECT run_id, created_at, seen_at, safety_profile, project_id, phases,
        row_number() OVER (ORDER BY created_at, run_id) AS run_rank
 FROM (
     SELECT regexp_extract(filename, '({_PART}){_SEP}run\\.json$', 1) AS run_id,
            created_at,
            coalesce(finished_at, updated_at, created_at) AS seen_at,
            coalesce(safety_profile, 'normal') AS safety_profile,
+           project_id,
            coalesce(phases, []) AS phases
     FROM @RUNS@
 )
 """
 
+# Across runs, over each run's contribution per key (`rollup.ISSUE_KEYS_SQL`: kept in the
+# rollup at ingest, or computed from the gathered files): a run's rank and the key's first
+# or last phase index in it fold into `ord`.
 _KEYS_SQL = f"""
-WITH files AS (
-    SELECT regexp_extract(
-               filename, '({_PART}){_SEP}phases{_SEP}([0-9]+)-{_PART}{_SEP}issues\\.json$',
-               ['run_id', 'phase_index']) AS loc,
-           phase_id, tier_id, issues
-    FROM @ISSUES@
-), hits AS (
-    SELECT loc.run_id AS run_id, CAST(loc.phase_index AS BIGINT) AS phase_index, phase_id, tier_id,
-           unnest(issues) AS issue
-    FROM files
-), seen AS (
-    SELECT h.*, r.run_rank * {_RANK_SCALE} + h.phase_index AS ord, r.seen_at, r.safety_profile,
-           -- evidence inside a run's record is relative to that run: make it workspace-relative
-           list_transform(coalesce(issue.evidence_refs, []), lambda ref: CASE
-               WHEN regexp_matches(ref, '^(phases|incident|tiers){_SEP}') THEN 'runs/' || run_id || '/' || ref
-               ELSE ref END) AS evidence
-    FROM hits h JOIN runs r USING (run_id)
+WITH seen AS (
+    SELECT k.*, r.run_rank * {_RANK_SCALE} + k.first_phase_index AS first_ord,
+           r.run_rank * {_RANK_SCALE} + k.last_phase_index AS ord, r.seen_at, r.safety_profile
+    FROM @KEYS@ k JOIN runs r USING (run_id)
 )
-SELECT issue.issue_key AS issue_key,
+SELECT issue_key,
        count(DISTINCT run_id) AS age_in_runs,
-       count(DISTINCT tier_id) AS age_in_tiers,
-       arg_min(run_id, ord) AS first_seen_run_id,
+       len(list_distinct(flatten(list(tiers)))) AS age_in_tiers,
+       arg_min(run_id, first_ord) AS first_seen_run_id,
        arg_max(run_id, ord) AS last_seen_run_id,
        arg_max(seen_at, ord) AS last_seen_at,
-       arg_max(phase_id, ord) AS last_seen_phase_id,
-       arg_max(issue.category, ord) AS category,
-       arg_max(issue.severity, ord) AS severity,
-       arg_max(coalesce(issue.message, ''), ord) AS message,
+       arg_max(last_phase_id, ord) AS last_seen_phase_id,
+       arg_max(category, ord) AS category,
+       arg_max(severity, ord) AS severity,
+       arg_max(message, ord) AS message,
        arg_max(safety_profile, ord) AS safety_profile,
-       arg_max(coalesce(issue.task_category, ''), ord) AS task_category,
+       arg_max(task_category, ord) AS task_category,
        max(ord) AS last_ord,
        list_sort(list_distinct(flatten(list(evidence)))) AS evidence_refs
 FROM seen
--- an issue resolved within its run (fixed by a later attempt) does not age
-WHERE issue.issue_key IS NOT NULL AND coalesce(issue.status, 'open') <> 'resolved'
-GROUP BY issue.issue_key
+GROUP BY issue_key
 ORDER BY issue_key
 """
 
@@ -197,15 +189,18 @@ ORDER BY issue_key, r.run_rank, phase_id
 # Where the three SQL statements above read from: the gathered files, or the rollup.
 _FROM_FILES = {
     "@RUNS@": f"read_json($runs, columns = {with_filename(_RUN_COLUMNS)}, {GATHERED_OPTIONS})",
-    "@ISSUES@": f"read_json($issues, columns = {with_filename(_ISSUE_COLUMNS)}, {GATHERED_OPTIONS})",
+    "@KEYS@": "(" + rollup.ISSUE_KEYS_SQL.replace(
+        "@ISSUES@", f"read_json($issues, columns = {with_filename(_ISSUE_COLUMNS)}, {GATHERED_OPTIONS})"
+    ) + ")",
     "@CI@": f"read_json($ci, columns = {with_filename(_CI_COLUMNS)}, {GATHERED_OPTIONS})",
 }
 _FROM_ROLLUP = {
     # only the phase summaries' fields the backlog reads (the rest would be copied for nothing)
-    "@RUNS@": "(SELECT created_at, updated_at, finished_at, safety_profile, filename, list_transform(phases, "
+    "@RUNS@": "(SELECT created_at, updated_at, finished_at, safety_profile, project_id, filename, "
+    "list_transform(phases, "
     "p -> {'phase_id': p.phase_id, 'state': p.state, 'task_category': p.task_category}) AS phases "
     "FROM rollup.raw_runs)",
-    "@ISSUES@": "(SELECT phase_id, tier_id, issues, filename FROM rollup.raw_phase_issues)",
+    "@KEYS@": "rollup.issue_keys",
 }
 
 # The rollup variant of _GREEN_SQL over the tests it unnested at ingest; per key only the
@@ -289,6 +284,13 @@ def _load_runs(con: duckdb.DuckDBPyConnection, workspace: Path, tmp: Path | None
         read_gathered(con, _sql(_RUNS_SQL, _FROM_FILES), {"runs": str(gathered[0])}, gathered)
     row = con.execute("SELECT count(*) FROM runs").fetchone()
     return int(row[0]) if row else 0
+
+
+def _newest_project(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The project of the newest run read: the project the backlog is `doit backlog`'s for
+    (start_run writes its own plan's instead)."""
+    row = con.execute("SELECT project_id FROM runs ORDER BY run_rank DESC LIMIT 1").fetchone()
+    return str(row[0]) if row and row[0] else None
 
 
 def _seen(con: duckdb.DuckDBPyConnection, workspace: Path, tmp: Path | None) -> list[_Seen]:
@@ -446,6 +448,7 @@ def derive_backlog(
             runs_read = _load_runs(con, workspace, source)
             if not runs_read:
                 return ProjectBacklog()
+            project_id = _newest_project(con)
             seen = _seen(con, workspace, source)
             debt = _debt_cleanings(con, workspace)
             keys = [s.key for s in seen if s.key.startswith(TEST_PREFIX)]
@@ -461,7 +464,7 @@ def derive_backlog(
     entries = {
         s.key: _entry(s, _resolution(s, debt, green), _thresholds_for(s, ruleset, thresholds, profile)) for s in seen
     }
-    return ProjectBacklog(issues_by_key=dict(sorted(entries.items())), runs_read=runs_read)
+    return ProjectBacklog(project_id=project_id, issues_by_key=dict(sorted(entries.items())), runs_read=runs_read)
 
 
 def needs_cleanup_keys(backlog: ProjectBacklog) -> dict[str, Severity]:

@@ -9,7 +9,8 @@ json.load loop), and listing a deep glob is far worse (200,000 builder.json unde
 `runs/*/phases/*/attempts/*/`: ~30 s). So the sources reports and the project backlog
 need — run.json, run_issue_index.json, phase.json (whose attempts[] are the
 AttemptRecords of builder.json), every phase's issues.json and ci.json — are kept in
-`reports/rollup/rollup.duckdb`, one table per raw view, and
+`reports/rollup/rollup.duckdb`, one table per raw view (plus flat tables derived at
+ingest: attempts, the tests CI saw pass, each run's issue keys for the backlog), and
 a run is re-read only when its run.json changed (mtime, size, inode; every write of the
 run's record ends with run.json, see `scan`).
 
@@ -51,7 +52,7 @@ ROLLUP_DIR = REPORTS_DIR / "rollup"
 ROLLUP_DB = ROLLUP_DIR / "rollup.duckdb"
 BACKLOG_FILE = REPORTS_DIR / "project_issue_backlog.json"
 # Bump when the rollup's own tables change in a way views.sql does not show.
-ROLLUP_FORMAT = "5"
+ROLLUP_FORMAT = "6"
 # Runs per ingest batch: reading one batch overlaps with DuckDB parsing the previous one.
 INGEST_BATCH = 1000
 INGEST_THREADS = int(os.environ.get("AUTOPACK_INGEST_THREADS", "1"))
@@ -122,6 +123,49 @@ WITH tries AS (
 )
 SELECT DISTINCT run_id, phase_id, t.node_id AS node_id FROM tests WHERE t.outcome = 'passed'
 """
+
+
+# Each run's contribution to the project backlog, one flat row per (run, issue key): what
+# the backlog aggregates across runs (issues/backlog.py), so a start_run groups ~one row per
+# run and key instead of unnesting every phase's issues (10,000 runs: ~100,000 issues).
+# `source` has the columns of read_phase_issue_files (filename: the file's path); issues
+# resolved within their run do not age and are left out. An artifact path's run id and
+# phase index come from `filename`; evidence inside a run's record is relative to that
+# run and made workspace-relative here.
+_SEP = r"[/\\]"
+_PART = r"[^/\\]+"
+ISSUE_KEYS_SQL = f"""
+WITH files AS (
+    SELECT regexp_extract(
+               filename, '({_PART}){_SEP}phases{_SEP}([0-9]+)-{_PART}{_SEP}issues\\.json$',
+               ['run_id', 'phase_index']) AS loc,
+           phase_id, tier_id, issues
+    FROM @ISSUES@
+), hits AS (
+    SELECT loc.run_id AS run_id, CAST(loc.phase_index AS BIGINT) AS phase_index, phase_id, tier_id,
+           unnest(issues) AS issue
+    FROM files
+)
+SELECT run_id, issue.issue_key AS issue_key,
+       min(phase_index) AS first_phase_index,
+       max(phase_index) AS last_phase_index,
+       list_distinct(list(tier_id)) AS tiers,
+       arg_max(phase_id, phase_index) AS last_phase_id,
+       arg_max(issue.category, phase_index) AS category,
+       arg_max(issue.severity, phase_index) AS severity,
+       arg_max(coalesce(issue.message, ''), phase_index) AS message,
+       arg_max(coalesce(issue.task_category, ''), phase_index) AS task_category,
+       list_distinct(flatten(list(list_transform(coalesce(issue.evidence_refs, []), lambda ref: CASE
+           WHEN regexp_matches(ref, '^(phases|incident|tiers){_SEP}') THEN 'runs/' || run_id || '/' || ref
+           ELSE ref END)))) AS evidence
+FROM hits
+WHERE issue.issue_key IS NOT NULL AND coalesce(issue.status, 'open') <> 'resolved'
+GROUP BY run_id, issue.issue_key
+"""
+
+
+def _issue_keys_of(source: str) -> str:
+    return ISSUE_KEYS_SQL.replace("@ISSUES@", source)
 
 
 @dataclass(frozen=True)
@@ -466,6 +510,7 @@ def _create_tables(con: DuckDBPyConnection) -> None:
         f"CREATE TABLE rollup.raw_attempts AS SELECT NULL::VARCHAR AS run_id, * FROM read_attempt_records({empty})"
     )
     con.execute("CREATE TABLE rollup.green_tests (run_id VARCHAR, phase_id VARCHAR, node_id VARCHAR)")
+    con.execute(f"CREATE TABLE rollup.issue_keys AS {_issue_keys_of('rollup.raw_phase_issues')} LIMIT 0")
     con.execute("CREATE TABLE rollup.rollup_files (run_id VARCHAR PRIMARY KEY, stamp VARCHAR NOT NULL)")
     con.execute("CREATE TABLE rollup.rollup_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
     con.execute("INSERT INTO rollup.rollup_meta VALUES ('version', ?)", [_rollup_version()])
@@ -599,7 +644,7 @@ def _apply(
             "CREATE OR REPLACE TEMP TABLE gone AS SELECT unnest(string_split(?, chr(10))) AS run_id",
             ["\n".join(changed + removed)],
         )
-        for view in [*(s.view for s in SOURCES), "raw_attempts", "green_tests"]:
+        for view in [*(s.view for s in SOURCES), "raw_attempts", "green_tests", "issue_keys"]:
             con.execute(f"DELETE FROM rollup.{view} WHERE run_id IN (SELECT run_id FROM gone)")
         with (
             tempfile.TemporaryDirectory(dir=workspace / ROLLUP_DIR, prefix=".ingest-") as tmp,
@@ -615,6 +660,8 @@ def _apply(
         _check_run_ids(con)
         con.execute(f"INSERT INTO rollup.raw_attempts BY NAME {_ATTEMPTS_OF_GONE_RUNS}")
         con.execute(f"INSERT INTO rollup.green_tests {_GREEN_TESTS_OF_GONE_RUNS}")
+        gone = "(SELECT * FROM rollup.raw_phase_issues WHERE run_id IN (SELECT run_id FROM gone))"
+        con.execute(f"INSERT INTO rollup.issue_keys {_issue_keys_of(gone)}")
         con.execute("RESET threads")  # the commit compresses and writes: every core helps
         con.execute("DELETE FROM rollup.rollup_files WHERE run_id IN (SELECT run_id FROM gone)")
         if changed:
