@@ -230,6 +230,7 @@ def open_context(where: Path | Workspace, run_id: str, interrupted: bool = False
     workspace = ws.root
     store = RunStore(workspace, run_id)
     rec = Recorder.open(store)
+    rec.group_log_syncs = True  # the context's exit flushes (and fsyncs the log)
     target = current_target(workspace, store, Path(rec.run.target_repo))
     git = git_for(target)
     in_branch = record_lives_in_branch(workspace, target)
