@@ -84,6 +84,9 @@ class RunContext:
     record_in_branch: bool
     ws: Workspace
     _confinement: sandbox.Confinement | None = field(default=None, repr=False)
+    # Phases whose CI passed in this context: their snapshot commit cannot exist yet (no
+    # process died since), so `verify.snapshot` does not look for it in the history.
+    verified_here: set[str] = field(default_factory=set)
 
     def __enter__(self) -> RunContext:
         return self
