@@ -116,8 +116,9 @@ def raw(root: Path, phases: int) -> tuple[float, float]:
 class ChildLog:
     """Every child process the supervisor started: count and seconds, by kind.
 
-    With `attribute`, git calls are also counted by (product caller, GitCli method, git
-    subcommand): the first frame in `pipeline/` outside git.py and the git.py method below it.
+    With `attribute`, git calls are also counted by (product caller, LocalGitCli method, git
+    subcommand): the first frame in `pipeline/` outside vcs/local.py and the local.py method
+    below it.
     """
 
     attribute: bool = False
@@ -148,12 +149,12 @@ def _kind(argv: Any) -> str:
 
 
 def _git_caller() -> tuple[str, str]:
-    """(first product frame outside git.py, the git.py method it called) of the current stack."""
+    """(first product frame outside vcs/local.py, the LocalGitCli method it called) of the current stack."""
     frames = [f for f in traceback.extract_stack() if f"{os.sep}pipeline{os.sep}" in f.filename]
     method, caller = "?", "?"
     for f in reversed(frames):
         name = f"{Path(f.filename).stem}.{f.name}"
-        if Path(f.filename).name == "git.py":
+        if Path(f.filename).name == "local.py" and Path(f.filename).parent.name == "vcs":
             method = name if not f.name.startswith("_") or method == "?" else method
         elif Path(f.filename).name != "proc.py":
             caller = name

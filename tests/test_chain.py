@@ -181,3 +181,36 @@ def test_start_run_refuses_a_branch_behind_its_base_or_unrelated_to_it(tmp_path:
         setup.start()
     assert f"branch autonomous/{setup.run_id} already exists" in err.value.message
     assert not setup.store.run_json.exists()
+
+
+def test_the_event_log_is_fsynced_once_per_group_before_a_child_and_at_the_end_of_a_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log is the durability point: the events a step appends are fsynced together
+    before the next child process starts and when the step ends; the artifacts written
+    between them are not fsynced one by one."""
+    from pipeline.core import proc
+    from pipeline.run.context import open_context
+
+    setup = _two_phases(tmp_path)
+    setup.start()
+    synced: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    log = setup.run_dir / "events.jsonl"
+    with open_context(setup.workspace, setup.run_id) as ctx:
+        monkeypatch.setattr(os, "fsync", fsync)
+        ctx.rec.note(setup.run_id, "first")
+        ctx.rec.note(setup.run_id, "second")
+        assert synced == []  # two events, run.json written twice: nothing fsynced yet
+        proc.run(["true"])
+        assert synced == [log.stat().st_ino]  # the two events, at once, before the child
+        proc.run(["true"])
+        assert synced == [log.stat().st_ino]  # nothing new: no fsync
+        ctx.rec.note(setup.run_id, "third")
+    assert synced == [log.stat().st_ino] * 2  # the step's end (the context's flush)
+    assert [e.data["what"] for e in ctx.store.events.read()[-3:]] == ["first", "second", "third"]

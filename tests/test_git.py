@@ -669,3 +669,85 @@ def test_head_follows_what_git_says(cli: LocalGitCli, wt: Path) -> None:
     assert cli.head(wt) == second == git(wt, "rev-parse", "HEAD")
     git(wt, "checkout", "-q", "--detach", first)
     assert cli.head(wt) == first
+
+
+def _for_each_ref(repo: Path) -> dict[str, str]:
+    out = git(repo, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads", "refs/tags", "refs/stash")
+    return {name: sha for sha, _, name in (line.partition(" ") for line in out.splitlines() if line)}
+
+
+def _git_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The argv of every git process started from now on (each still runs)."""
+    from pipeline.core import proc
+
+    calls: list[list[str]] = []
+    real = proc.run
+
+    def run(argv, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(list(argv))
+        return real(argv, *args, **kwargs)
+
+    monkeypatch.setattr(proc, "run", run)
+    return calls
+
+
+def test_refs_state_reads_loose_and_packed_refs_without_git(
+    cli: LocalGitCli, repo: Path, wt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Branches, tags (annotated, packed, nested) and the stash as `for-each-ref` shows
+    them, read from git's files: a loose ref wins over its packed line, lock files and
+    other refs are not refs of the user's."""
+    git(repo, "branch", "feature/deep")
+    git(repo, "tag", "-a", "-m", "annotated", "v1")
+    git(repo, "tag", "light")
+    git(repo, "pack-refs", "--all")
+    (repo / "README.md").write_text("moved on\n")
+    git(repo, "commit", "-qam", "after the pack")
+    git(repo, "branch", "-f", "feature/deep", "HEAD")  # loose now, over its packed line
+    git(repo, "tag", "-a", "-m", "loose", "v2")
+    (repo / "README.md").write_text("stashed\n")
+    git(repo, "stash")
+    git(repo, "update-ref", "refs/autopack/quarantine/x", "HEAD")  # not a branch or tag
+    (repo / ".git" / "refs" / "heads" / "half.lock").write_text("")  # a lock git skips too
+    calls = _git_calls(monkeypatch)
+    state = cli.refs_state()
+    assert calls == []
+    assert state.refs == _for_each_ref(repo)
+    assert {"refs/heads/feature/deep", "refs/tags/v1", "refs/tags/v2", "refs/stash"} <= set(state.refs)
+
+
+def test_refs_state_asks_git_for_refs_it_cannot_read_as_files(
+    cli: LocalGitCli, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A symbolic ref (or anything else but a sha per file) is git's to interpret."""
+    git(repo, "symbolic-ref", "refs/heads/alias", "refs/heads/main")
+    calls = _git_calls(monkeypatch)
+    state = cli.refs_state()
+    assert [c for c in calls if "for-each-ref" in c]
+    assert state.refs == _for_each_ref(repo)
+
+
+def test_changed_paths_are_what_collect_patch_shows_from_one_status_that_writes_nothing(
+    cli: LocalGitCli, wt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Staged, unstaged, deleted and untracked paths (not ignored ones), with spaces and
+    non-ASCII kept as they are; one read-only `git status`."""
+    git(wt, "rm", "-q", "README.md")
+    (wt / "src" / "app.py").write_text("changed\n")
+    (wt / "new dir").mkdir()
+    (wt / "new dir" / "café ü.txt").write_text("new\n")
+    (wt / "debug.log").write_text("ignored\n")
+    git(wt, "add", "src/app.py")
+    (wt / "src" / "app.py").write_text("changed again\n")
+    index = Path(git(wt, "rev-parse", "--git-path", "index").strip())
+    index = index if index.is_absolute() else wt / index
+    stamp = index.stat().st_mtime_ns
+    calls = _git_calls(monkeypatch)
+    paths = cli.changed_paths(wt)
+    assert len(calls) == 1 and "status" in calls[0]
+    assert index.stat().st_mtime_ns == stamp
+    assert paths == ["README.md", "new dir/café ü.txt", "src/app.py"]
+    from pipeline.gate.patch import parse_patch
+
+    monkeypatch.undo()
+    assert parse_patch(cli.collect_patch(wt, cli.head(wt))).touched_paths == paths

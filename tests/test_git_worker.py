@@ -259,6 +259,10 @@ def test_every_operation_round_trips(remote: RemoteGitAdapter, repo: Path, tmp_p
     assert all(isinstance(e, WorktreeEntry) and isinstance(e.path, Path) for e in remote.worktrees())
     assert remote.checked_out_in(BRANCH) == wt.resolve() and remote.checked_out_in("nope") is None
     assert remote.last_commit() == local.last_commit()
+    (wt / "new dir").mkdir()
+    (wt / "new dir" / "n.txt").write_text("n\n")
+    assert remote.changed_paths(wt) == local.changed_paths(wt) == ["new dir/n.txt"]
+    (wt / "new dir" / "n.txt").unlink()
 
     before = remote.refs_state()
     assert isinstance(before, RefsState) and before == local.refs_state()

@@ -226,3 +226,61 @@ def test_model_text_is_what_write_model_writes(tmp_path: Path) -> None:
     doc = Doc(title="t", items=[Item(name="a", size=1)])
     write_model(tmp_path / "doc.json", doc)
     assert (tmp_path / "doc.json").read_text() == model_text(tmp_path / "doc.json", doc)
+
+
+def _counting_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The fds fsynced from now on (the real fsync still runs)."""
+    seen: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        seen.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return seen
+
+
+def test_an_atomic_write_is_fsynced_unless_an_event_log_covers_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside a run directory a write is fsynced (file and directory); below a directory
+    whose durability point is its event log, it is renamed into place without an fsync."""
+    from pipeline.core.jsonio import log_is_durability_point
+
+    fsyncs = _counting_fsyncs(monkeypatch)
+    write_text_atomic(tmp_path / "plain" / "a.json", "{}\n")
+    assert len(fsyncs) == 2  # the file, then its directory
+
+    run_dir = tmp_path / "runs" / "r1"
+    log_is_durability_point(run_dir)
+    write_text_atomic(run_dir / "phases" / "01-P1" / "phase.json", "{}\n")
+    write_text_atomic(run_dir / "run.json", "{}\n")
+    assert len(fsyncs) == 2
+    assert (run_dir / "run.json").read_text() == "{}\n"
+    assert not list(run_dir.glob(".*.tmp.*"))
+    write_text_atomic(tmp_path / "runs" / "r2" / "run.json", "{}\n")  # a sibling is not covered
+    assert len(fsyncs) == 4
+
+
+def test_a_children_only_barrier_waits_for_a_child_process_not_for_a_write(tmp_path: Path) -> None:
+    """The event log's deferred fsync (the Recorder's) runs before a child starts, not
+    before every artifact write."""
+    from pipeline.core import proc
+    from pipeline.core.jsonio import add_barrier, barrier, remove_barrier
+
+    ran: list[str] = []
+
+    def sync() -> None:
+        remove_barrier(sync)
+        ran.append("sync")
+
+    add_barrier(sync, children_only=True)
+    write_text_atomic(tmp_path / "a.txt", "x\n")
+    barrier()
+    assert ran == []
+    proc.run(["true"])
+    assert ran == ["sync"]
+    add_barrier(sync, children_only=True)
+    barrier(children=True)
+    assert ran == ["sync", "sync"]

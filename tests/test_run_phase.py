@@ -821,3 +821,27 @@ def test_cli_status_json_and_run_exit_codes(tmp_path: Path) -> None:
     assert "DONE_FAILED_REQUIRES_HUMAN_REVIEW" in failed.stdout + failed.stderr
     data = json.loads(cli(bad, "status", "--run", bad.run_id, "--json").stdout)
     assert {p["phase_id"]: p["state"] for p in data["phases"]} == {"P1": "FAILED"}
+
+
+def test_a_phase_driven_in_one_process_runs_no_history_lookup_nor_for_each_ref(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The snapshot looks for an earlier commit of its phase only when it resumes (the
+    kill matrix covers that path); refs are read from git's files around the builder."""
+    from pipeline.core import proc
+
+    setup = make_workspace(tmp_path, files={"mod.py": "X = 1\n"}, agent_body='write("mod.py", "X = 2\\n")')
+    setup.start()
+    subcommands: list[str] = []
+    real = proc.run
+
+    def counting(argv, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not isinstance(argv, str) and argv and argv[0] == "git":
+            rest = [a for a in argv[1:] if not a.startswith("-") and "=" not in a]
+            subcommands.append(rest[0] if rest else "?")
+        return real(argv, *args, **kwargs)
+
+    monkeypatch.setattr(proc, "run", counting)
+    outcome = run_phase(setup.workspace, setup.run_id)
+    assert outcome.phase_state == PhaseState.COMPLETE, outcome.message
+    assert "log" not in subcommands and "for-each-ref" not in subcommands, subcommands

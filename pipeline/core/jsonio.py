@@ -1,10 +1,17 @@
 """Deterministic JSON and atomic writes (docs/architecture.md: Invariants, The run directory).
 
 Every machine-written artifact goes through here: sorted keys, indent 2, UTF-8, trailing
-newline; written to a temp file in the same directory, fsynced, then `os.replace`d over the
-target, so a process killed at any instant leaves either the old or the new file, never a
-partial one. Rewriting an artifact with unchanged content touches nothing (no byte, no
-mtime), so re-running a step leaves no git diff.
+newline; written to a temp file in the same directory, then `os.replace`d over the target,
+so a process killed at any instant leaves either the old or the new file, never a partial
+one. Rewriting an artifact with unchanged content touches nothing (no byte, no mtime), so
+re-running a step leaves no git diff.
+
+Durability: a file is fsynced (and its directory) before the rename, except below a
+directory whose durability point is a run's event log (`log_is_durability_point`, a run
+directory while its Recorder is open): there the log's fsynced appends are what survive
+a power loss, and the record is checked against the log when it is opened again
+(docs/architecture.md, Crash safety). A kill -9 loses nothing either way: a write is in
+the kernel's page cache once the call returns.
 
 pydantic is imported lazily: a writer that only needs `write_text_atomic` stays cheap to
 start.
@@ -35,23 +42,51 @@ M = TypeVar("M", bound="BaseModel")
 
 
 _BARRIERS: list[Callable[[], None]] = []
+# Directories whose writes are made durable by an event log rather than one fsync each.
+_LOG_DURABLE: set[Path] = set()
 
 
-def add_barrier(flush: Callable[[], None]) -> None:
-    """Run `flush` before the next atomic write or child process (until removed)."""
-    if flush not in _BARRIERS:
-        _BARRIERS.append(flush)
+def log_is_durability_point(directory: Path) -> None:
+    """Writes below `directory` are not fsynced one by one: its event log is (see the
+    module docstring). For a run directory, by the run's Recorder."""
+    _LOG_DURABLE.add(Path(os.path.abspath(directory)))
+
+
+def _fsynced(path: Path) -> bool:
+    """Is a write to `path` fsynced itself (not covered by an event log)?"""
+    if not _LOG_DURABLE:
+        return True
+    where = Path(os.path.abspath(path))
+    return not any(where.is_relative_to(d) for d in _LOG_DURABLE)
+
+
+# Run before a child process starts (and by `barrier(children=True)`) only: an event
+# log's deferred fsync (the Recorder's), which an artifact write need not wait for.
+_CHILD_BARRIERS: list[Callable[[], None]] = []
+
+
+def add_barrier(flush: Callable[[], None], *, children_only: bool = False) -> None:
+    """Run `flush` before the next atomic write or child process (until removed); with
+    `children_only`, before the next child process only."""
+    barriers = _CHILD_BARRIERS if children_only else _BARRIERS
+    if flush not in barriers:
+        barriers.append(flush)
 
 
 def remove_barrier(flush: Callable[[], None]) -> None:
-    if flush in _BARRIERS:
-        _BARRIERS.remove(flush)
+    for barriers in (_BARRIERS, _CHILD_BARRIERS):
+        if flush in barriers:
+            barriers.remove(flush)
 
 
-def barrier() -> None:
-    """Write whatever registered writers hold back (before any other durable effect)."""
+def barrier(children: bool = False) -> None:
+    """Write whatever registered writers hold back (before any other durable effect);
+    `children`: also what must be durable before a child process starts."""
     for flush in list(_BARRIERS):
         flush()
+    if children:
+        for flush in list(_CHILD_BARRIERS):
+            flush()
 
 
 def canonical_json(obj: object) -> str:
@@ -91,9 +126,10 @@ def write_all(fd: int, data: bytes) -> None:
 def write_text_atomic(path: Path, text: str) -> bool:
     """Atomically make `path` hold `text` (UTF-8). Returns False if it already did.
 
-    Writes `.<name>.tmp.<pid>` beside the target, flushes and fsyncs it, replaces the
-    target with it and fsyncs the directory. Parent directories are created. An unchanged
-    file is not rewritten (its mtime stays).
+    Writes `.<name>.tmp.<pid>` beside the target, fsyncs it, replaces the target with it
+    and fsyncs the directory (both fsyncs left to the event log below a directory it
+    covers: `log_is_durability_point`). Parent directories are created. An unchanged file
+    is not rewritten (its mtime stays).
     """
     barrier()
     path = Path(path)
@@ -106,6 +142,7 @@ def write_text_atomic(path: Path, text: str) -> bool:
     except IsADirectoryError as exc:
         raise InvalidInput(f"{path}: is a directory, cannot write a file there") from exc
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    durable = _fsynced(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     except (FileNotFoundError, NotADirectoryError):  # a new directory: made only then (as before)
@@ -114,7 +151,8 @@ def write_text_atomic(path: Path, text: str) -> bool:
     try:
         try:
             write_all(fd, data)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         failpoints.hit("atomic_write")
@@ -123,7 +161,8 @@ def write_text_atomic(path: Path, text: str) -> bool:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
     return True
 
 

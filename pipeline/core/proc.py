@@ -102,7 +102,7 @@ def run(
     args: Sequence[str] = ["/bin/sh", "-c", argv] if isinstance(argv, str) else list(argv)
     # Encoded before the child starts: a failure here must not leave it waiting on stdin.
     stdin_bytes = input_text.encode("utf-8", "surrogateescape") if input_text is not None else None
-    jsonio.barrier()  # what a writer holds back reaches the disk before the command runs
+    jsonio.barrier(children=True)  # what a writer holds back reaches the disk before the command runs
     started = time.monotonic()
     log_file = open(log_path, "wb") if log_path else None  # noqa: SIM115 - closed below
     try:

@@ -84,6 +84,9 @@ class RunContext:
     record_in_branch: bool
     ws: Workspace
     _confinement: sandbox.Confinement | None = field(default=None, repr=False)
+    # Phases whose CI passed in this context: their snapshot commit cannot exist yet (no
+    # process died since), so `verify.snapshot` does not look for it in the history.
+    verified_here: set[str] = field(default_factory=set)
 
     def __enter__(self) -> RunContext:
         return self
@@ -230,6 +233,7 @@ def open_context(where: Path | Workspace, run_id: str, interrupted: bool = False
     workspace = ws.root
     store = RunStore(workspace, run_id)
     rec = Recorder.open(store)
+    rec.group_log_syncs = True  # the context's exit flushes (and fsyncs the log)
     target = current_target(workspace, store, Path(rec.run.target_repo))
     git = git_for(target)
     in_branch = record_lives_in_branch(workspace, target)

@@ -52,9 +52,10 @@ def target_problems(workspace: Path, store: RunStore, plan: Plan) -> list[str]:
             f"{where}: branch {branch} already exists in {target} with commits of its own; "
             f"delete it (`git branch -D {branch}`) or choose another run id"
         )
+    refs = git.refs_state().refs  # one read for every phase's tag (from git's files where it can)
     for _, phase in plan.phases():
         tag = f"{branch}/{phase.phase_id}"
-        if git.resolve(f"refs/tags/{tag}") is not None:
+        if f"refs/tags/{tag}" in refs:
             problems.append(f"{where}: tag {tag} already exists in {target}; delete it or choose another run id")
     return problems
 

@@ -6,7 +6,11 @@ by construction.
 
 Writes, in the order they are made:
 
-- every event is appended (fsynced) when it happens;
+- every event is appended when it happens and fsynced (in a step, `group_log_syncs`:
+  with the events after it, before the next child process starts or the step ends,
+  `flush`, whichever comes first): the log is the run's
+  durability point; the artifacts are written atomically without an fsync each (see
+  "Crash safety" in docs/architecture.md);
 - phase.json is written before the next durable effect of any kind: an event, another
   file's atomic write, a child process (agent, git, CI; see `jsonio.add_barrier`) or the
   end of the step. Saves of a phase with nothing in between become one write, and a
@@ -27,7 +31,14 @@ from typing import Any, Protocol
 
 from pipeline.core import failpoints
 from pipeline.core.errors import InvalidInput
-from pipeline.core.jsonio import add_barrier, model_text, read_model, remove_barrier, write_text_atomic
+from pipeline.core.jsonio import (
+    add_barrier,
+    log_is_durability_point,
+    model_text,
+    read_model,
+    remove_barrier,
+    write_text_atomic,
+)
 from pipeline.models.enums import Complexity, PhaseState, RunState, TierState
 from pipeline.models.issues import PhaseIssueFile
 from pipeline.models.run import PhaseRecord, PhaseSummary, RunRecord, Spend, TierSummary
@@ -62,6 +73,12 @@ class Recorder:
         self._run_dirty = False  # self.run holds changes run.json does not have yet
         # phase.json texts saved but not written yet, oldest save first
         self._unwritten: dict[Path, str] = {}
+        # Set by a caller that flushes when it is done (RunContext, which ends every step):
+        # events are then fsynced in groups rather than one by one.
+        self.group_log_syncs = False
+        # The event log is the run directory's durability point: its appends are fsynced,
+        # the artifacts are written atomically without an fsync each (module docstring).
+        log_is_durability_point(store.run_dir)
 
     # -- loading -----------------------------------------------------------------------
 
@@ -133,7 +150,11 @@ class Recorder:
 
     def _event(self, kind: str, entity: str, frm: str | None, to: str | None, data: dict[str, Any]) -> int:
         self._write_phases()
-        event = self.store.events.append(kind, entity, frm, to, data)
+        # In a step (`group_log_syncs`): fsynced once for the group of events it appends,
+        # before the next child process (the barrier) or the end of the step (`flush`).
+        event = self.store.events.append(kind, entity, frm, to, data, sync=not self.group_log_syncs)
+        if self.group_log_syncs:
+            add_barrier(self._sync_log, children_only=True)
         failpoints.hit("event_appended")
         seq, head = self.store.events.head
         self.run = self.run.model_copy(update={"events_count": seq, "events_head": head})
@@ -223,10 +244,16 @@ class Recorder:
         self._run_dirty = False
 
     def flush(self) -> None:
-        """Write everything this recorder holds back (the end of a step, before a copy)."""
+        """Write everything this recorder holds back (the end of a step, before a copy),
+        and fsync the event log."""
         self._write_phases()
         if self._run_dirty:
             self.save_run()
+        self._sync_log()
+
+    def _sync_log(self) -> None:
+        remove_barrier(self._sync_log)
+        self.store.events.sync()
 
     def _write_phases(self) -> None:
         remove_barrier(self._write_phases)  # first: the writes below pass the barrier

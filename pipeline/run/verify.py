@@ -13,7 +13,6 @@ from pipeline.core.jsonio import write_model
 from pipeline.gate import collection
 from pipeline.gate.evidence import gate_check
 from pipeline.gate.licence import external_issue_category
-from pipeline.gate.patch import parse_patch
 from pipeline.gate.verdict import feedback_for, run_gate
 from pipeline.models.enums import IssueSource, PhaseState, RunState, Severity
 from pipeline.models.issues import Issue
@@ -129,10 +128,12 @@ def _tampering_review(ctx: RunContext, ps: PhaseStrategy, report: GateReport) ->
 
 def _applied_paths(ctx: RunContext, base: str | None) -> Callable[[list[str]], GateCheck]:
     """The gate's check right after `apply`: the paths git itself reports as changed (3-way
-    included) are the paths the gate parsed; any other fails as a policy violation."""
+    included) are the paths the gate parsed; any other fails as a policy violation. They
+    are read against HEAD, which `gate_and_verify` put at `base` (one `git status`)."""
+    del base  # HEAD is the attempt's base here
 
     def check(parsed: list[str]) -> GateCheck:
-        actual = parse_patch(ctx.git.collect_patch(ctx.worktree, base or ctx.git.head(ctx.worktree))).touched_paths
+        actual = ctx.git.changed_paths(ctx.worktree)
         unseen = sorted(set(actual) - set(parsed))
         if unseen:
             return gate_check("applied_paths", False, "git changed paths the gate did not see in the patch", unseen)
@@ -271,14 +272,19 @@ def _verify(ctx: RunContext, ps: PhaseStrategy, k: int) -> None:
     resolve_fixed_issues(ctx, ps, k)
     mark_attempt(ctx, ps, "passed", "gate and CI passed")
     ctx.rec.save_phase(ctx.rec.phase(ps.phase_id).model_copy(update={"step": "ci_passed"}))
+    ctx.verified_here.add(ps.phase_id)
 
 
 def snapshot(ctx: RunContext, ps: PhaseStrategy) -> None:
     rec = ctx.rec.phase(ps.phase_id)
     attempt = rec.attempts[-1]
     base = attempt.base_commit or ctx.git.head(ctx.worktree)
-    # A crash between `git commit` and recording it must not produce a second commit.
-    sha = ctx.git.find_commit_with_trailer(ctx.branch, "Autopack-Phase", ps.phase_id, since=base)
+    # A crash between `git commit` and recording it must not produce a second commit: a
+    # resumed snapshot looks for it first (one whose CI passed in this process cannot have
+    # been made yet).
+    sha = None
+    if ps.phase_id not in ctx.verified_here:
+        sha = ctx.git.find_commit_with_trailer(ctx.branch, "Autopack-Phase", ps.phase_id, since=base)
     if sha is None:
         # CI may have left build products behind; the snapshot is exactly the gated patch.
         ctx.git.reset_to(ctx.worktree, ctx.branch, base)

@@ -1,5 +1,6 @@
 """`events.jsonl`: one canonical JSON object per line, each carrying the sha256 of the previous
-line, so an edit, a truncation or a torn write is detectable (`verify`). Appends are fsynced;
+line, so an edit, a truncation or a torn write is detectable (`verify`). Appends are fsynced
+(a writer may append a group of events and fsync once, `append(sync=False)` then `sync()`);
 a line torn by a crash mid-append is removed by the next append (`repair_torn_tail`).
 """
 
@@ -75,6 +76,7 @@ class EventLog:
         # re-reads the tail only when the file changed behind this instance's back.
         self._tail: tuple[int, str] | None = None
         self._size: int | None = None
+        self._unsynced = False  # appended with sync=False and not fsynced since
 
     def __repr__(self) -> str:
         return f"EventLog({str(self.path)!r})"
@@ -90,8 +92,9 @@ class EventLog:
         data: dict[str, Any] | None = None,
         *,
         ts: str | None = None,
+        sync: bool = True,
     ) -> Event:
-        """Append one event (fsynced) and return it.
+        """Append one event (fsynced, or with `sync=False` left to `sync()`) and return it.
 
         A torn last line left by a crash is removed first; seq and prev_sha256 continue
         from the last complete line.
@@ -129,7 +132,9 @@ class EventLog:
                 ) from exc
             line = event_line(event)
             write_all(fd, line + b"\n")
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
+            self._unsynced = not sync
             self._tail = (event.seq, _sha256(line))
             self._size = size + len(line) + 1
         finally:
@@ -137,6 +142,20 @@ class EventLog:
         if created:
             fsync_dir(self.path.parent)
         return event
+
+    def sync(self) -> None:
+        """fsync what `append(sync=False)` left unsynced (nothing to do otherwise)."""
+        if not self._unsynced:
+            return
+        self._unsynced = False
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:  # removed since (a start_run starting over): nothing to keep
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def repair_torn_tail(self) -> bool:
         """Remove an incomplete last line (no trailing newline). True if one was removed."""

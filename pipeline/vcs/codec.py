@@ -138,6 +138,7 @@ OP_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "refs_state": (),
     "tracked_symlinks": (("worktree", "path"),),
     "untracked_files": (("worktree", "path"), ("under", "str")),
+    "changed_paths": (("worktree", "path"),),
     "restore_refs": (("before", "refs_state"), ("keep", "str_list"), ("quarantine", "str")),
     "branch_commits": (("branch", "str"), ("since", "str")),
 }

@@ -1077,14 +1077,48 @@ class LocalGitCli:
         out = self._ok("ls-files", "--others", "--exclude-standard", "-z", "--", f":(literal){under}", cwd=wt)
         return sorted(p for p in out.split("\0") if p)
 
+    def changed_paths(self, worktree: Path) -> list[str]:
+        """Every path the worktree or its index changes against HEAD, and every untracked
+        file that is not ignored: the paths `collect_patch` against HEAD would show, from
+        one `git status` that writes nothing (not even the index)."""
+        wt = self._worktree(worktree, ours=False).path
+        out = self._ok(
+            "status",
+            "--porcelain=v2",
+            "-z",
+            "--no-renames",
+            "--untracked-files=all",
+            "--ignore-submodules=dirty",
+            "--",
+            *self._outside(wt),
+            cwd=wt,
+        )
+        paths = set()
+        for record in out.split("\0"):
+            kind = record[:2]
+            if kind == "1 ":
+                paths.add(record.split(" ", 8)[8])
+            elif kind == "u ":
+                paths.add(record.split(" ", 10)[10])
+            elif kind == "? ":
+                paths.add(record[2:])
+            elif record:
+                raise GitError(
+                    f"git status printed a record it cannot have written in {wt}: {record[:200]!r}",
+                    "a bug in Autopack or git: report it with `git --version`",
+                )
+        return sorted(paths)
+
     # -- what an agent may leave behind in the shared ref store ---------------------------
 
     def refs_state(self) -> RefsState:
         """Branches, tags and the stash (with its reflog, which is the stash list), so what
         an agent does to them in its linked worktree can be undone: they are shared with
         the user's repository."""
-        out = self._ok("for-each-ref", "--format=%(objectname) %(refname)", "refs/heads", "refs/tags", "refs/stash")
-        refs = {name: sha for sha, _, name in (line.partition(" ") for line in out.splitlines() if line)}
+        refs = _refs_from_files(self._common_dir())
+        if refs is None:  # not a plain files backend: git says
+            out = self._ok("for-each-ref", "--format=%(objectname) %(refname)", "refs/heads", "refs/tags", "refs/stash")
+            refs = {name: sha for sha, _, name in (line.partition(" ") for line in out.splitlines() if line)}
         log = self._common_dir() / "logs" / "refs" / "stash"
         return RefsState(refs, log.read_bytes() if log.exists() else None)
 
@@ -1203,6 +1237,60 @@ def _loose_head(git_dir: Path, common_dir: Path, branch: str | None = None) -> s
     except (OSError, UnicodeDecodeError):
         return None
     return sha[:-1] if sha.endswith("\n") and _is_full_sha(sha[:-1]) else None
+
+
+_SHARED_REFS = ("refs/heads", "refs/tags")
+
+
+def _refs_from_files(common_dir: Path) -> dict[str, str] | None:
+    """Branches, tags and `refs/stash` (name -> the sha `for-each-ref` shows) read from
+    git's files backend: loose refs over `packed-refs`, `*.lock` files skipped as git
+    skips them. None for anything git would read differently (the reftable backend, a
+    symbolic or broken ref, a symlink, a name git would not take): ask git then."""
+    if (common_dir / "reftable").exists():
+        return None
+    refs: dict[str, str] = {}
+    try:
+        packed = (common_dir / "packed-refs").read_bytes().decode("ascii")
+    except FileNotFoundError:
+        packed = ""
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in packed.splitlines():
+        if not line or line[0] in "#^":
+            continue
+        sha, _, name = line.partition(" ")
+        if not _is_full_sha(sha) or not valid_ref_name(name):
+            return None
+        if name == "refs/stash" or name.startswith(tuple(root + "/" for root in _SHARED_REFS)):
+            refs[name] = sha
+    try:
+        loose = [name for root in _SHARED_REFS for name in _loose_ref_names(common_dir, root)]
+        if (common_dir / "refs" / "stash").exists() or (common_dir / "refs" / "stash").is_symlink():
+            loose.append("refs/stash")
+        for name in loose:
+            path = common_dir / name
+            if path.is_symlink() or not valid_ref_name(name):
+                return None
+            text = path.read_bytes().decode("ascii")
+            if not text.endswith("\n") or not _is_full_sha(text[:-1]):
+                return None
+            refs[name] = text[:-1]
+    except (OSError, UnicodeDecodeError):
+        return None
+    return refs
+
+
+def _loose_ref_names(common_dir: Path, root: str) -> list[str]:
+    """The loose refs below `common_dir/root` by name (lock files left out); a symlinked
+    directory is named itself, so that the caller refuses it."""
+    names: list[str] = []
+    top = common_dir / root
+    for dirpath, dirnames, filenames in os.walk(top):
+        rel = Path(dirpath).relative_to(common_dir).as_posix()
+        names += [f"{rel}/{d}" for d in dirnames if Path(dirpath, d).is_symlink()]
+        names += [f"{rel}/{f}" for f in filenames if not f.endswith(".lock")]
+    return names
 
 
 def _literal_ignore_pattern(path: str) -> str:

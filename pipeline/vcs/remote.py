@@ -309,6 +309,12 @@ class RemoteGitAdapter:
             raise self._wrong("untracked_files", value, "an array of paths")
         return [str(v) for v in value]
 
+    def changed_paths(self, worktree: Path) -> list[str]:
+        value = self._call("changed_paths", worktree=worktree)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._wrong("changed_paths", value, "an array of paths")
+        return [str(v) for v in value]
+
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
         return self._bool("is_ancestor", ancestor=ancestor, descendant=descendant)
 
