@@ -602,8 +602,11 @@ def test_an_attempt_replaced_by_the_auditors_revision_is_superseded(tmp_path: Pa
 def test_doit_strategy_states_the_rules_chosen_where_the_playbook_is_ambiguous(tmp_path: Path) -> None:
     from pipeline.commands.explain import CHOICES, explain_strategy
 
-    setup = governed(tmp_path, builder='write("mod.py", "X = 2\\n")', phases=[phase("P1", tests="may_change")])
+    declared = {**phase("P1", tests="may_change"), "allows": ["filters", "submodules"]}
+    setup = governed(tmp_path, builder='write("mod.py", "X = 2\\n")', phases=[declared, phase("P2")])
     out = explain_strategy(setup.workspace, setup.run_id)
+    assert re.search(r"^\s+allows\s+filters, submodules\s+\(plan\)$", out, re.M)
+    assert re.search(r"^\s+allows\s+nothing\s+\(default\)$", out, re.M)
     assert "rules chosen where the playbook is ambiguous (docs/governance.md):" in out
     assert all(f"  - {choice}" in out for choice in CHOICES)
     assert re.search(r"^\s+tests_may_change\s+True\s+\(plan\)$", out, re.M)

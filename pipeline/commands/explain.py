@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pipeline.config.workspace import Workspace
 from pipeline.core.jsonio import read_model
-from pipeline.models.strategy import Strategy
+from pipeline.models.strategy import PhaseStrategy, Strategy
 from pipeline.store.rundir import RunStore
 
 _FIELDS = (
@@ -24,6 +24,7 @@ _FIELDS = (
     "majors_tolerated",
     "incident_token_cap",
     "budget_modifier",
+    "allows",
 )
 
 
@@ -58,6 +59,15 @@ def _strategy_for(workspace: Path, run_id: str) -> tuple[Strategy, str]:
     return compile_for(ws, store, load_valid_plan(ws, store)), "compiled now (run not started)"
 
 
+def _field_line(ps: PhaseStrategy, field: str) -> str:
+    value = getattr(ps, field)
+    if field == "allows":  # only the plan declares it, so its origin is known without `why`
+        shown, origin = ", ".join(value) or "nothing", "plan" if value else "default"
+    else:
+        shown, origin = (value.value if hasattr(value, "value") else value), ps.why.get(field, "default")
+    return f"    {field:<22} {shown!s:<24} ({origin})"
+
+
 def explain_strategy(workspace: Path, run_id: str) -> str:
     strategy, origin = _strategy_for(workspace, run_id)
     b = strategy.run_budget
@@ -81,9 +91,7 @@ def explain_strategy(workspace: Path, run_id: str) -> str:
                 continue
             lines.append(f"  phase {ps.phase_id} {ps.name}")
             for field in _FIELDS:
-                value = getattr(ps, field)
-                shown = value.value if hasattr(value, "value") else value
-                lines.append(f"    {field:<22} {shown!s:<24} ({ps.why.get(field, 'default')})")
+                lines.append(_field_line(ps, field))
     lines.append("rules chosen where the playbook is ambiguous (docs/governance.md):")
     lines += [f"  - {choice}" for choice in CHOICES]
     return "\n".join(lines)
