@@ -550,6 +550,28 @@ def test_rollup_follows_changes_and_removals(ws: Path) -> None:
         assert rows(con, "SELECT count(*) AS n FROM run_issues WHERE run_id = 'r-old'") == [{"n": 0}]
 
 
+def test_rollup_keeps_each_attempts_run_and_phase(ws: Path) -> None:
+    # parsed from the filename once, at ingest: a report does not run the regex per attempt
+    rollup.refresh(ws)
+    con = duckdb.connect()
+    con.execute(f"ATTACH '{ws / rollup.ROLLUP_DB}' AS r (READ_ONLY)")
+    stored = con.execute(
+        "SELECT path.run_id, path.phase_index, path.phase_id, k FROM r.raw_attempts "
+        "WHERE run_id = 'r-budget' ORDER BY path.phase_index, k"
+    ).fetchall()
+    con.close()
+    assert ("r-budget", "02", "P2", 3) in stored and all(run == "r-budget" for run, *_ in stored)
+    query = (
+        "SELECT * EXCLUDE (filename, path), path.run_id, path.phase_index, path.phase_id, "
+        "regexp_replace(filename, '^.*runs/', 'runs/') AS f FROM located_attempts"
+    )
+    with rollup.connect(ws, refresh_first=False) as con:
+        over_rollup = sorted(map(repr, con.execute(query).fetchall()))
+    with rollup.connect(ws, rollup=False) as con:
+        over_files = sorted(map(repr, con.execute(query).fetchall()))
+    assert over_rollup == over_files and len(over_files) == 10
+
+
 def test_a_broken_rollup_is_rebuilt(ws: Path) -> None:
     rollup.refresh(ws)
     (ws / rollup.ROLLUP_DB).write_bytes(b"not a database")

@@ -52,7 +52,7 @@ ROLLUP_DIR = REPORTS_DIR / "rollup"
 ROLLUP_DB = ROLLUP_DIR / "rollup.duckdb"
 BACKLOG_FILE = REPORTS_DIR / "project_issue_backlog.json"
 # Bump when the rollup's own tables change in a way views.sql does not show.
-ROLLUP_FORMAT = "6"
+ROLLUP_FORMAT = "7"
 # Runs per ingest batch: reading one batch overlaps with DuckDB parsing the previous one.
 INGEST_BATCH = 1000
 INGEST_THREADS = int(os.environ.get("AUTOPACK_INGEST_THREADS", "1"))
@@ -101,10 +101,13 @@ SOURCES = (
 # In the rollup, attempts come from phase.json's attempts[] (written together with
 # builder.json), so the attempts view needs no walk over attempts/*/builder.json. They are
 # unnested once, at ingest, into a flat table (with the run id, to replace a run's rows).
+# Each row keeps `path` (artifact_path of its filename: what views.sql's located_attempts
+# adds), so reports do not run that regex over every attempt each time.
 _ATTEMPTS_OF_GONE_RUNS = (
+    "SELECT *, artifact_path(filename) AS path FROM ("
     "SELECT run_id, a.*, regexp_replace(filename, 'phase[.]json$', 'attempts/' || a.k || '/builder.json') "
     "AS filename FROM (SELECT run_id, filename, unnest(attempts) AS a FROM rollup.raw_phases "
-    "WHERE run_id IN (SELECT run_id FROM gone))"
+    "WHERE run_id IN (SELECT run_id FROM gone)))"
 )
 
 
@@ -212,6 +215,7 @@ def split_statements(sql: str) -> list[str]:
 
 
 _RAW_VIEW = re.compile(r"^CREATE OR REPLACE VIEW (raw_\w+) AS FROM \w+\(getvariable\('(\w+)'\)\);$")
+_ANY_VIEW = re.compile(r"^CREATE OR REPLACE VIEW (\w+) AS ")
 _READ_VIEW = re.compile(r"^CREATE OR REPLACE VIEW (raw_\w+) AS FROM (\w+)\(")
 _SET_FILES = re.compile(r"^SET VARIABLE (\w+) = files_or_none\('([^']*)'\);$")
 
@@ -227,7 +231,7 @@ def define_views(
     runs: Sequence[str] | None = None,
     needed_by: str | None = None,
 ) -> None:
-    """Execute views.sql on `con` for `workspace`; `overrides` maps a raw view to its SQL.
+    """Execute views.sql on `con` for `workspace`; `overrides` maps a view (usually a raw one) to its SQL.
 
     With `needed_by` (a query), only the macros, variables and views that query can reach
     are defined (see `needed_statements`).
@@ -246,8 +250,9 @@ def define_views(
     skipped_vars = {m.group(2) for s in statements if (m := _RAW_VIEW.match(s)) and m.group(1) in overrides}
     for statement in statements:
         raw, files = _RAW_VIEW.match(statement), _SET_FILES.match(statement)
-        if raw and raw.group(1) in overrides:
-            statement = f"CREATE OR REPLACE VIEW {raw.group(1)} AS {overrides[raw.group(1)]};"
+        view = raw or _ANY_VIEW.match(statement)
+        if view and view.group(1) in overrides:
+            statement = f"CREATE OR REPLACE VIEW {view.group(1)} AS {overrides[view.group(1)]};"
         elif files and files.group(1) in skipped_vars:
             continue
         elif files and runs is not None:
@@ -507,7 +512,8 @@ def _create_tables(con: DuckDBPyConnection) -> None:
         else:
             con.execute(f"CREATE TABLE rollup.{source.view} AS FROM {source.reader}({empty})")
     con.execute(
-        f"CREATE TABLE rollup.raw_attempts AS SELECT NULL::VARCHAR AS run_id, * FROM read_attempt_records({empty})"
+        "CREATE TABLE rollup.raw_attempts AS SELECT NULL::VARCHAR AS run_id, *, artifact_path(filename) AS path "
+        f"FROM read_attempt_records({empty})"
     )
     con.execute("CREATE TABLE rollup.green_tests (run_id VARCHAR, phase_id VARCHAR, node_id VARCHAR)")
     con.execute(f"CREATE TABLE rollup.issue_keys AS {_issue_keys_of('rollup.raw_phase_issues')} LIMIT 0")
@@ -527,6 +533,8 @@ def _readers(con: DuckDBPyConnection) -> None:
     writes); they live in the in-memory catalog of the ingesting connection only."""
     tagged = {s.reader for s in SOURCES if s.tagged}
     for statement in split_statements(views_sql()):
+        if statement.startswith("CREATE OR REPLACE MACRO artifact_path("):
+            con.execute(statement)  # the `path` of raw_attempts, kept at ingest
         if statement.startswith("CREATE OR REPLACE MACRO read_"):
             statement = statement.replace("format = 'unstructured'", "format = 'newline_delimited'")
             con.execute(statement)
@@ -782,7 +790,8 @@ def connect(
                 s.view: f"SELECT * EXCLUDE (run_id) FROM rollup.{s.view}" if s.tagged else f"FROM rollup.{s.view}"
                 for s in SOURCES
             }
-            overrides["raw_attempts"] = "SELECT * EXCLUDE (run_id) FROM rollup.raw_attempts"
+            overrides["raw_attempts"] = "SELECT * EXCLUDE (run_id, path) FROM rollup.raw_attempts"
+            overrides["located_attempts"] = "SELECT * EXCLUDE (run_id) FROM rollup.raw_attempts"
         if query is not None:
             overrides.update(_placeholders(query))
         define_views(con, workspace, overrides, needed_by=query or None)
