@@ -585,6 +585,29 @@ def test_a_broken_run_json_names_the_file(ws: Path) -> None:
     assert "runs/r-ok/run.json" in exc.value.message and "doit validate" in exc.value.fix
 
 
+def test_reader_processes_build_the_same_rollup(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # one run per batch: three batches, read by two reader processes
+    query = "SELECT * EXCLUDE (filename), filename FROM {} ORDER BY ALL"
+    views = ("runs", "phase_records", "attempts", "ci_runs", "issues", "run_issues")
+    monkeypatch.setattr(rollup, "INGEST_READERS", 0)
+    assert rollup.refresh(ws).reread == 3
+    with rollup.connect(ws, refresh_first=False) as con:
+        alone = {v: con.execute(query.format(v)).fetchall() for v in views}
+    shutil.rmtree(ws / "reports" / "rollup")
+    monkeypatch.setattr(rollup, "INGEST_BATCH", 1)
+    monkeypatch.setattr(rollup, "INGEST_READERS", 2)
+    assert rollup.refresh(ws).reread == 3
+    with rollup.connect(ws, refresh_first=False) as con:
+        assert {v: con.execute(query.format(v)).fetchall() for v in views} == alone
+    assert all(alone.values())
+    # a broken file read by a reader process is named like one read here
+    shutil.rmtree(ws / "reports" / "rollup")
+    (ws / "runs" / "r-ok" / "phases" / "01-P1" / "phase.json").write_text("[1]\n")
+    with pytest.raises(InvalidInput) as exc:
+        rollup.refresh(ws)
+    assert "runs/r-ok/phases/01-P1/phase.json" in exc.value.message
+
+
 def test_a_run_filed_under_another_directory_is_refused(ws: Path) -> None:
     shutil.move(ws / "runs" / "r-ok", ws / "runs" / "r-moved")
     with pytest.raises(InvalidInput, match="'r-ok', which is not its directory's name"):

@@ -17,7 +17,8 @@ run's record ends with run.json, see `scan`).
 Re-reading: Python reads the changed runs' files in batches and writes each batch as one
 newline-delimited temp file per source; a worker thread hands each to the same reader
 macro the views use (one DuckDB scan per batch, not one per file) while the next batch is
-read. 10,000 runs of 10 phases (120,000 files) take ~3 s; a refresh that finds nothing
+read. With more than one batch, reader processes (INGEST_READERS, forked) read batches
+side by side. 10,000 runs of 10 phases (120,000 files) take ~3 s; a refresh that finds nothing
 changed costs the stat calls (~70 ms) and does not open the rollup.
 
 The rollup is a git-ignored cache: deleted, stale, broken or written by another DuckDB
@@ -56,6 +57,10 @@ ROLLUP_FORMAT = "7"
 # Runs per ingest batch: reading one batch overlaps with DuckDB parsing the previous one.
 INGEST_BATCH = 1000
 INGEST_THREADS = int(os.environ.get("AUTOPACK_INGEST_THREADS", "1"))
+# Processes reading the files of a large re-read (more than one batch); 0: read in this
+# process. Reading is Python-bound (open/read/close per small file), so two cores read
+# two batches at once while DuckDB parses the previous ones.
+INGEST_READERS = int(os.environ.get("AUTOPACK_INGEST_READERS", str(min(2, os.cpu_count() or 1))))
 # pipeline.models.base.ID_PATTERN (a test keeps them equal), not imported: the up-to-date
 # check of `doit report` imports this module and should not pay for pydantic.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -659,8 +664,8 @@ def _apply(
             ThreadPoolExecutor(max_workers=1) as duck,
         ):
             pending: list[Future[None]] = []
-            for n, batch in enumerate(_batches(changed, INGEST_BATCH)):
-                for source, path in _concatenate(workspace, batch, Path(tmp), str(n)):
+            for concatenated in _read_batches(workspace, changed, Path(tmp)):
+                for source, path in concatenated:
                     pending.append(duck.submit(_insert, con, source, path))
             errors = [f.exception() for f in pending]
         if first := next((e for e in errors if e is not None), None):
@@ -688,6 +693,24 @@ def _apply(
             f"cannot read the run records{': ' + bad if bad else ''} ({str(exc).splitlines()[0]})",
             "`doit validate --run <run>` names the broken artifact; fix or remove it",
         ) from exc
+
+
+def _read_batches(workspace: Path, changed: Sequence[str], into: Path) -> Iterator[list[tuple[Source, Path]]]:
+    """`_concatenate` over batches of the changed runs, in order: in reader processes when
+    there is more than one batch (a one-run refresh does not pay for starting them)."""
+    batches = list(_batches(changed, INGEST_BATCH))
+    tags = [str(n) for n in range(len(batches))]
+    if INGEST_READERS < 1 or len(batches) < 2:
+        yield from map(_concatenate, [workspace] * len(batches), batches, [into] * len(batches), tags)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # fork: spawn and forkserver re-import the main module (doit's, a test's), and `map`
+    # starts every reader before the DuckDB thread gets its first batch to insert.
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=INGEST_READERS, mp_context=context) as readers:
+        yield from readers.map(_concatenate, [workspace] * len(batches), batches, [into] * len(batches), tags)
 
 
 def is_duckdb_error(exc: BaseException) -> bool:
