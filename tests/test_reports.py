@@ -791,3 +791,16 @@ def test_sql_catalog_queries_see_every_view(ws: Path, query: str) -> None:
     out = run_sql(ws, query, "csv")
     if query != "SELECT 1":
         assert {"runs", "events", "backlog", "attempts", "run_issues"} <= set(out.split())
+
+
+@pytest.mark.parametrize("raw", ["two", "-1", "1e9", "999"])
+def test_a_bad_ingest_tuning_variable_is_named_and_ignored_not_a_crash_at_import(raw: str) -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AUTOPACK_INGEST_READERS": raw, "AUTOPACK_INGEST_THREADS": raw}
+    code = "from pipeline.store import rollup; print(rollup.INGEST_READERS >= 0, rollup.INGEST_THREADS)"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "1"]
+    assert f"ignoring AUTOPACK_INGEST_READERS={raw!r}" in done.stderr and "fix or unset it" in done.stderr

@@ -36,6 +36,7 @@ import json
 import os
 import re
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,11 +57,26 @@ BACKLOG_FILE = REPORTS_DIR / "project_issue_backlog.json"
 ROLLUP_FORMAT = "7"
 # Runs per ingest batch: reading one batch overlaps with DuckDB parsing the previous one.
 INGEST_BATCH = 1000
-INGEST_THREADS = int(os.environ.get("AUTOPACK_INGEST_THREADS", "1"))
+
+
+def _env_count(name: str, default: int) -> int:
+    """A tuning variable's value; a bad one is ignored (with its default) rather than
+    stopping every command at import, and said on stderr once."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if raw.isdigit() and int(raw) <= 64:
+        return int(raw)
+    print(f"autopack: ignoring {name}={raw!r} (not a count from 0 to 64); using {default}: fix or unset it",
+          file=sys.stderr)
+    return default
+
+
+INGEST_THREADS = max(1, _env_count("AUTOPACK_INGEST_THREADS", 1))
 # Processes reading the files of a large re-read (more than one batch); 0: read in this
 # process. Reading is Python-bound (open/read/close per small file), so two cores read
 # two batches at once while DuckDB parses the previous ones.
-INGEST_READERS = int(os.environ.get("AUTOPACK_INGEST_READERS", str(min(2, os.cpu_count() or 1))))
+INGEST_READERS = _env_count("AUTOPACK_INGEST_READERS", min(2, os.cpu_count() or 1))
 # pipeline.models.base.ID_PATTERN (a test keeps them equal), not imported: the up-to-date
 # check of `doit report` imports this module and should not pay for pydantic.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
