@@ -90,12 +90,12 @@ def validate_run(workspace: Path | Workspace, run_id: str) -> list[str]:
 
 def _load_plan(ws: Workspace, store: RunStore) -> Plan:
     """The plan, checked against the ruleset's task categories (as start_run loads it)."""
-    from pipeline.plan.file import load_plan
+    from pipeline.plan.file import read_plan
 
     if not store.plan_path.exists():
         raise InvalidInput(f"{store.plan_path} does not exist", f"create it with `doit new_run --run {store.run_id}`")
     ruleset = ws.ruleset.ruleset
-    return load_plan(store.plan_path, {*ruleset.categories, *ruleset.aliases})[0]
+    return read_plan(store.plan_path, {*ruleset.categories, *ruleset.aliases})
 
 
 def _target_problems(ws: Workspace, store: RunStore, plan: Plan) -> None:
