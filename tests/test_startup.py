@@ -44,7 +44,8 @@ _NOT_FOR_STATUS = {
 }
 # a valid plan is read by PyYAML's C parser and judged by pydantic (pipeline.plan.file.read_plan):
 # ruamel and jsonschema are for a plan with a problem, to name its line
-_NOT_FOR_VALIDATE = {*_DRIVING, "jsonschema", "ruamel.yaml"}
+# and a workspace without its own catalog files needs no catalog rules or models
+_NOT_FOR_VALIDATE = {*_DRIVING, "jsonschema", "ruamel.yaml", "pipeline.config.catalog", "pipeline.models.catalog"}
 _ENTRIES = {"pipeline": ("-m", "pipeline"), "doit": ("-m", "doit")}
 _IMPORTED = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)\s*$", re.MULTILINE)
 
