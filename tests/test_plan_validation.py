@@ -15,7 +15,7 @@ from pipeline.core import yamlio
 from pipeline.core.errors import InvalidInput, ValidationErrors
 from pipeline.models.enums import Complexity
 from pipeline.models.plan import Plan
-from pipeline.plan.file import load_plan, plan_sha256, write_new_plan
+from pipeline.plan.file import load_plan, plan_sha256, read_plan, write_new_plan
 
 CATEGORIES = {"feature_scaffolding", "tests", "docs"}
 
@@ -72,6 +72,9 @@ def problems_of(text: str, run: str = "R", categories: set[str] | None = None) -
     path = write_plan(text, run)
     with pytest.raises(ValidationErrors) as info:
         load_plan(path, categories)
+    with pytest.raises(ValidationErrors) as fast:  # `doit validate`'s fast path says the same
+        read_plan(path, categories)
+    assert (fast.value.problems, fast.value.fix) == (info.value.problems, info.value.fix)
     return info.value.problems
 
 
@@ -85,6 +88,9 @@ def error_of(text: str) -> InvalidInput:
     path = write_plan(text)
     with pytest.raises(InvalidInput) as info:
         load_plan(path)
+    with pytest.raises(InvalidInput) as fast:  # `doit validate`'s fast path says the same
+        read_plan(path)
+    assert (fast.value.message, fast.value.fix) == (info.value.message, info.value.fix)
     return info.value
 
 

@@ -42,7 +42,10 @@ _NOT_FOR_STATUS = {
     "pipeline.core.schemas",
     "pipeline.plan.file",
 }
-_NOT_FOR_VALIDATE = _DRIVING
+# a valid plan is read by PyYAML's C parser and judged by pydantic (pipeline.plan.file.read_plan):
+# ruamel and jsonschema are for a plan with a problem, to name its line
+# and a workspace without its own catalog files needs no catalog rules or models
+_NOT_FOR_VALIDATE = {*_DRIVING, "jsonschema", "ruamel.yaml", "pipeline.config.catalog", "pipeline.models.catalog"}
 _ENTRIES = {"pipeline": ("-m", "pipeline"), "doit": ("-m", "doit")}
 _IMPORTED = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)\s*$", re.MULTILINE)
 
@@ -87,7 +90,27 @@ def test_validate_imports_nothing_that_drives_a_run(finished: RunSetup, args: tu
     imported = _imports(finished.workspace, *args, entry=entry)
     assert "pipeline.commands.validate" in imported
     assert "pipeline.vcs.local" in imported  # a COMPLETE phase: its commit is looked for on the branch
+    assert "pipeline.plan.file" in imported  # the plan was read
     assert not imported & _NOT_FOR_VALIDATE, sorted(imported & _NOT_FOR_VALIDATE)
+
+
+def test_validate_of_a_bad_plan_still_names_its_lines(finished: RunSetup) -> None:
+    """The fast path gives up on a plan with a problem: ruamel and jsonschema locate it."""
+    plan = finished.workspace / "runs" / "r1" / "plan.yaml"
+    good = plan.read_text()
+    plan.write_text(good.replace("tiers:", "complexty: low\ntiers:", 1))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline", "validate", "--run", "r1"],
+            cwd=finished.workspace,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        plan.write_text(good)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "plan.yaml:" in done.stderr and "$.complexty: unknown key 'complexty'" in done.stderr, done.stderr
 
 
 def test_validate_still_checks_a_workspace_catalog(finished: RunSetup) -> None:

@@ -90,12 +90,12 @@ def validate_run(workspace: Path | Workspace, run_id: str) -> list[str]:
 
 def _load_plan(ws: Workspace, store: RunStore) -> Plan:
     """The plan, checked against the ruleset's task categories (as start_run loads it)."""
-    from pipeline.plan.file import load_plan
+    from pipeline.plan.file import read_plan
 
     if not store.plan_path.exists():
         raise InvalidInput(f"{store.plan_path} does not exist", f"create it with `doit new_run --run {store.run_id}`")
     ruleset = ws.ruleset.ruleset
-    return load_plan(store.plan_path, {*ruleset.categories, *ruleset.aliases})[0]
+    return read_plan(store.plan_path, {*ruleset.categories, *ruleset.aliases})
 
 
 def _target_problems(ws: Workspace, store: RunStore, plan: Plan) -> None:
@@ -219,11 +219,12 @@ def _check_events(store: RunStore) -> None:
 
 def _reuse_problems(plan: Plan, store: RunStore) -> None:
     """A reuse phase the strategy would refuse at start_run (refused licence, no source)."""
-    from pipeline.config.catalog import load_workspace
     from pipeline.policy.strategy import reuse_problems, uncatalogued_sources
 
     problems = [f"{store.plan_path}: {p}" for _, phase in plan.phases() for p in reuse_problems(phase)]
     if any(phase.reuse is not None and phase.reuse.source is not None for _, phase in plan.phases()):
+        from pipeline.config.catalog import load_workspace  # only then: its rules and models cost ~8 ms
+
         try:
             catalog = load_workspace(store.workspace).catalog
         except AutopackError:
@@ -255,6 +256,10 @@ def _own_catalog_problems(workspace: Path) -> list[str]:
 
 def _catalog_problems(ws: Workspace) -> list[str]:
     """Stack profiles and feature catalog (their own rules), plan templates and candidates."""
+    from pipeline.config.catalog_paths import candidate_files, has_catalog_files
+
+    if not has_catalog_files(ws.root):
+        return []
     from pipeline.config import catalog
     from pipeline.core import schemas, yamlio
     from pipeline.models.catalog import CandidateReport
@@ -283,7 +288,7 @@ def _catalog_problems(ws: Workspace) -> list[str]:
             continue
         problems += plan_problems(path, rt, data, categories)
     schema: dict[str, Any] | None = None  # built only when there are candidates
-    for path in catalog.candidate_files(workspace):
+    for path in candidate_files(workspace):
         schema = schema or schemas.schema_for(CandidateReport)
         try:
             rt = yamlio.load_roundtrip(path)

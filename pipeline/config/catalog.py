@@ -16,7 +16,6 @@ planning alike (docs/architecture.md, Reuse).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -24,17 +23,17 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from pipeline.config.catalog_paths import CANDIDATES_DIR as CANDIDATES_DIR
+from pipeline.config.catalog_paths import CATALOG_FILE as CATALOG_FILE
+from pipeline.config.catalog_paths import STACKS_FILE as STACKS_FILE
+from pipeline.config.catalog_paths import TEMPLATES_DIR as TEMPLATES_DIR
+from pipeline.config.catalog_paths import candidate_files as candidate_files
 from pipeline.core import schemas, yamlio
 from pipeline.core.errors import InvalidInput, ValidationErrors
 from pipeline.core.overrides import builtin_path
 from pipeline.core.schemas import Problem
 from pipeline.models.catalog import Catalog, StackProfile, StackProfiles
 from pipeline.policy import licences
-
-CATALOG_FILE = Path("catalog") / "features.yaml"
-STACKS_FILE = Path("profiles") / "stacks.yaml"
-TEMPLATES_DIR = Path("catalog") / "templates"
-CANDIDATES_DIR = Path("catalog") / "candidates"
 
 M = TypeVar("M", bound=BaseModel)
 JsonPath = tuple[str | int, ...]
@@ -282,7 +281,3 @@ def profile_for(stacks: StackProfiles, project_type: str) -> tuple[str, StackPro
     )
 
 
-def candidate_files(workspace: Path) -> Iterator[Path]:
-    directory = Path(workspace) / CANDIDATES_DIR
-    if directory.is_dir():
-        yield from sorted(directory.glob("*.yaml"))

@@ -20,6 +20,8 @@ compiles ~40 Lark grammars at import (1-2 s in every validating task).
 from __future__ import annotations
 
 import difflib
+import functools
+import importlib
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -31,15 +33,6 @@ from pydantic import BaseModel
 
 from pipeline.core.jsonio import canonical_json, json_path
 from pipeline.models.base import ID_PATTERN
-from pipeline.models.catalog import CandidateReport, Catalog, StackProfiles
-from pipeline.models.events import Event
-from pipeline.models.issues import PhaseIssueFile, ProjectBacklog, RunIssueIndex
-from pipeline.models.plan import Plan
-from pipeline.models.reports import CiReport, GateReport
-from pipeline.models.results import AttemptRecord, AuditorResult, BuilderResult
-from pipeline.models.ruleset import Ruleset
-from pipeline.models.run import PhaseRecord, RunRecord
-from pipeline.models.strategy import Strategy
 
 JsonPath = tuple[str | int, ...]
 Positions = Callable[[JsonPath], tuple[int, int] | None]
@@ -49,26 +42,37 @@ SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_ID_BASE = "https://autopack.dev/schemas/"
 REGENERATE = "run `doit schemas` and commit the result"
 
-# file stem in schemas/ -> the model it is generated from
-SCHEMA_MODELS: dict[str, type[BaseModel]] = {
-    "plan": Plan,
-    "ruleset": Ruleset,
-    "strategy": Strategy,
-    "run": RunRecord,
-    "phase": PhaseRecord,
-    "phase_issues": PhaseIssueFile,
-    "run_issue_index": RunIssueIndex,
-    "project_backlog": ProjectBacklog,
-    "builder_result": BuilderResult,
-    "auditor_result": AuditorResult,
-    "attempt": AttemptRecord,
-    "gate": GateReport,
-    "ci": CiReport,
-    "event": Event,
-    "stacks": StackProfiles,
-    "catalog": Catalog,
-    "catalog_candidate": CandidateReport,
+# file stem in schemas/ -> the model it is generated from, as module:class: a command that
+# needs one schema imports one model, not all of them (`schema_models()` imports them all)
+_SCHEMA_MODELS: dict[str, str] = {
+    "plan": "pipeline.models.plan:Plan",
+    "ruleset": "pipeline.models.ruleset:Ruleset",
+    "strategy": "pipeline.models.strategy:Strategy",
+    "run": "pipeline.models.run:RunRecord",
+    "phase": "pipeline.models.run:PhaseRecord",
+    "phase_issues": "pipeline.models.issues:PhaseIssueFile",
+    "run_issue_index": "pipeline.models.issues:RunIssueIndex",
+    "project_backlog": "pipeline.models.issues:ProjectBacklog",
+    "builder_result": "pipeline.models.results:BuilderResult",
+    "auditor_result": "pipeline.models.results:AuditorResult",
+    "attempt": "pipeline.models.results:AttemptRecord",
+    "gate": "pipeline.models.reports:GateReport",
+    "ci": "pipeline.models.reports:CiReport",
+    "event": "pipeline.models.events:Event",
+    "stacks": "pipeline.models.catalog:StackProfiles",
+    "catalog": "pipeline.models.catalog:Catalog",
+    "catalog_candidate": "pipeline.models.catalog:CandidateReport",
 }
+
+
+@functools.cache
+def schema_models() -> dict[str, type[BaseModel]]:
+    """File stem in schemas/ -> the model it is generated from (imports every model)."""
+    models = {}
+    for name, ref in _SCHEMA_MODELS.items():
+        module, cls = ref.split(":")
+        models[name] = getattr(importlib.import_module(module), cls)
+    return models
 
 # Patterns whose regex means nothing to the person who broke it.
 _PATTERN_HINTS = {
@@ -315,13 +319,14 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
 
 def schema_for(model_cls: type[BaseModel]) -> dict[str, Any]:
     """The model's JSON Schema with the 2020-12 dialect and its `$id` in schemas/."""
-    name = next((n for n, m in SCHEMA_MODELS.items() if m is model_cls), model_cls.__name__.lower())
+    ref = f"{model_cls.__module__}:{model_cls.__qualname__}"
+    name = next((n for n, r in _SCHEMA_MODELS.items() if r == ref), model_cls.__name__.lower())
     schema = model_cls.model_json_schema()
     return {"$schema": SCHEMA_DIALECT, "$id": f"{SCHEMA_ID_BASE}{name}.schema.json", **schema}
 
 
 def _schema_text(name: str) -> str:
-    return canonical_json(schema_for(SCHEMA_MODELS[name]))
+    return canonical_json(schema_for(schema_models()[name]))
 
 
 def write_schemas(directory: Path) -> list[Path]:
@@ -335,7 +340,7 @@ def write_schemas(directory: Path) -> list[Path]:
     directory = Path(directory)
     changed = [
         path
-        for name in SCHEMA_MODELS
+        for name in _SCHEMA_MODELS
         if write_text_atomic(path := directory / f"{name}.schema.json", _schema_text(name))
     ]
     for path in _stale_files(directory):
@@ -348,7 +353,7 @@ def check_schemas(directory: Path) -> list[str]:
     """What differs between `directory` and the models: missing, drifted or stale files."""
     directory = Path(directory)
     problems = []
-    for name, model in SCHEMA_MODELS.items():
+    for name, model in schema_models().items():
         path = directory / f"{name}.schema.json"
         try:
             current = path.read_text(encoding="utf-8")
@@ -363,10 +368,10 @@ def check_schemas(directory: Path) -> list[str]:
 
 
 def _stale_files(directory: Path) -> list[Path]:
-    """Our schema files (by `$id`) that no model in SCHEMA_MODELS generates."""
+    """Our schema files (by `$id`) that no model in schema_models() generates."""
     stale = []
     for path in sorted(directory.glob("*.schema.json")):
-        if path.name.removesuffix(".schema.json") in SCHEMA_MODELS:
+        if path.name.removesuffix(".schema.json") in _SCHEMA_MODELS:
             continue
         try:
             schema_id = json.loads(path.read_text(encoding="utf-8")).get("$id", "")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from pipeline.core import schemas, yamlio
 from pipeline.core.errors import InvalidInput, ValidationErrors
 from pipeline.core.jsonio import json_path
-from pipeline.core.schemas import Problem
+from pipeline.core.schemas import Positions, Problem
 from pipeline.core.yamlio import RoundTrip
 from pipeline.models.plan import Plan
 
@@ -56,6 +57,47 @@ def load_plan(path: Path, categories: Collection[str] | None = None) -> tuple[Pl
     return _build(path, rt, data), rt
 
 
+def read_plan(path: Path, categories: Collection[str] | None = None) -> Plan:
+    """The plan at `path`, checked as `load_plan` checks it, without its round-trip data.
+
+    A plan with no problem takes a fast path (~50 ms less per command: no ruamel parse, no
+    JSON Schema generated, no jsonschema import): PyYAML's C parser where it reads what
+    ruamel reads (`yamlio.load_plain`), then pydantic's strict validation, which accepts
+    nothing the plan's JSON Schema refuses (tests/test_plan_fastpath.py holds them side by
+    side). Anything else goes through `load_plan`, which words every problem as before.
+    """
+    plan = _clean_plan(Path(path), categories)
+    return plan if plan is not None else load_plan(path, categories)[0]
+
+
+def _clean_plan(path: Path, categories: Collection[str] | None) -> Plan | None:
+    """The plan when the fast path finds nothing wrong with it, else None."""
+    data = yamlio.load_plain(path)
+    if not isinstance(data, dict) or not _strictly_valid(data):
+        return None
+    if _id_problems(_no_positions, data) or any(_run_dir_problems(path, data)):
+        return None
+    if categories is not None and any(_category_problems(data, categories)):
+        return None
+    return Plan.model_validate(data)  # as `_build` makes it
+
+
+def _strictly_valid(data: dict[str, Any]) -> bool:
+    """Whether pydantic accepts `data` in strict JSON mode: no coercion ("1" is no int, 1.0
+    no int, "yes" no bool), as the JSON Schema judges types; enum values as strings."""
+    from pydantic import ValidationError
+
+    try:
+        Plan.model_validate_json(json.dumps(data), strict=True)
+    except ValidationError:
+        return False
+    return True
+
+
+def _no_positions(_path: JsonPath) -> None:
+    return None
+
+
 def plan_problems(
     path: Path, rt: RoundTrip, data: dict[str, Any], categories: Collection[str] | None = None
 ) -> list[str]:
@@ -69,7 +111,7 @@ def plan_problems(
         for p in schemas.schema_problems(data, plan_schema(), scalar_text=rt.scalar_text)
         if p.path not in surprised or p.keyword in _KEY_KEYWORDS
     ]
-    problems = [*surprises, *schema, *_id_problems(rt, data), *_run_dir_problems(path, data)]
+    problems = [*surprises, *schema, *_id_problems(rt.position, data), *_run_dir_problems(path, data)]
     if categories is not None:
         problems += _category_problems(data, categories)
     ordered = schemas.sort_problems(problems, rt.position)
@@ -136,7 +178,7 @@ def _phases(data: dict[str, Any]) -> Iterator[tuple[JsonPath, dict[str, Any]]]:
                     yield ("tiers", t, "phases", p), phase
 
 
-def _id_problems(rt: RoundTrip, data: dict[str, Any]) -> list[Problem]:
+def _id_problems(positions: Positions, data: dict[str, Any]) -> list[Problem]:
     """Tier ids unique among tiers, phase ids unique across the whole plan.
 
     Ids name directories, branches and tags, which collide on a case-insensitive file
@@ -148,10 +190,10 @@ def _id_problems(rt: RoundTrip, data: dict[str, Any]) -> list[Problem]:
     phases: list[tuple[JsonPath, Any]] = [
         ((*path, "phase_id"), phase.get("phase_id")) for path, phase in _phases(data)
     ]
-    return [*_duplicates(rt, "tier", tiers), *_duplicates(rt, "phase", phases)]
+    return [*_duplicates(positions, "tier", tiers), *_duplicates(positions, "phase", phases)]
 
 
-def _duplicates(rt: RoundTrip, kind: str, ids: list[tuple[JsonPath, Any]]) -> Iterator[Problem]:
+def _duplicates(positions: Positions, kind: str, ids: list[tuple[JsonPath, Any]]) -> Iterator[Problem]:
     first: dict[str, tuple[JsonPath, str]] = {}
     for path, value in ids:
         if not isinstance(value, str):
@@ -160,7 +202,7 @@ def _duplicates(rt: RoundTrip, kind: str, ids: list[tuple[JsonPath, Any]]) -> It
         if seen is None:
             first[value.casefold()] = (path, value)
             continue
-        pos = rt.position(seen[0])
+        pos = positions(seen[0])
         where = f" (first at line {pos[0]})" if pos else f" (first at {json_path(seen[0])})"
         if seen[1] == value:
             yield Problem(path, f"duplicate {kind} id {value!r}{where}")

@@ -8,14 +8,17 @@ Every chosen value records why (`PhaseStrategy.why`): "default" (built-in rulese
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from pipeline.core.errors import InvalidInput
-from pipeline.models.catalog import Catalog
 from pipeline.models.enums import CiProfileName, Complexity, SafetyProfile, Severity
 from pipeline.models.plan import AgentRef, AgentSpec, CiProfile, Plan, PlanPhase, PlanTier
 from pipeline.models.ruleset import BuilderModeRule, CategoryRule, Ruleset, SafetyProfileRule
 from pipeline.models.strategy import PhaseStrategy, RunBudget, Strategy, TierBudget
 from pipeline.policy import licences
+
+if TYPE_CHECKING:  # `doit validate` imports this module; the catalog models only when a phase reuses code
+    from pipeline.models.catalog import Catalog
 
 
 def agent_spec(ref: AgentRef | None) -> AgentSpec | None:
