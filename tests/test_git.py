@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -751,3 +752,136 @@ def test_changed_paths_are_what_collect_patch_shows_from_one_status_that_writes_
 
     monkeypatch.undo()
     assert parse_patch(cli.collect_patch(wt, cli.head(wt))).touched_paths == paths
+
+
+def _worktree_state(wt: Path) -> tuple[object, ...]:
+    """What a snapshot commit is made from: HEAD, the index, every file (with its mode and
+    symlinks), and what git reports as changed, untracked or ignored."""
+    status = git(wt, "status", "--porcelain=v2", "--branch", "--untracked-files=all", "--ignored=traditional")
+    files = {
+        str(p.relative_to(wt)): (p.lstat().st_mode, os.readlink(p) if p.is_symlink() else p.read_bytes())
+        for p in sorted(wt.rglob("*"))
+        if p.relative_to(wt).parts[0] != ".git" and not p.is_dir()
+    }
+    return git(wt, "ls-files", "-s"), status, files
+
+
+def _gated_patch(cli: LocalGitCli, wt: Path, tmp_path: Path) -> tuple[str, Path]:
+    """A patch touching every kind of entry (modified, added, deleted, executable, binary,
+    symlink, a name with a space), as the builder step collects it; the worktree back at base."""
+    base = cli.head(wt)
+    _write(wt, "src/app.py", LINES.replace("line 5\n", "LINE 5\n"))
+    _write(wt, "new dir/new file.txt", "new\n")
+    (wt / "README.md").unlink()
+    _write(wt, "tool.sh", "#!/bin/sh\n")
+    (wt / "tool.sh").chmod(0o755)
+    (wt / "blob.bin").write_bytes(bytes(range(256)))
+    (wt / "link").symlink_to("src/app.py")
+    patch = _patch_file(tmp_path, cli.collect_patch(wt, base))
+    cli.reset_to(wt, BRANCH, base)
+    return base, patch
+
+
+def test_reapply_over_the_gated_patch_asks_git_once(
+    cli: LocalGitCli, wt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, patch = _gated_patch(cli, wt, tmp_path)
+    assert cli.apply(wt, patch).ok
+    expected = _worktree_state(wt)
+    calls = _count_git(monkeypatch)
+    assert cli.reapply(wt, BRANCH, base, patch).ok
+    assert calls == ["status"]
+    assert _worktree_state(wt) == expected
+
+    # CI's leftovers (ignored and untracked) go with one `git clean`, as a reset removes them.
+    _write(wt, "build.log", "ignored\n")
+    _write(wt, "out/report.txt", "untracked\n")
+    calls.clear()
+    assert cli.reapply(wt, BRANCH, base, patch).ok
+    assert calls == ["status", "clean"]
+    assert _worktree_state(wt) == expected
+    sha = cli.commit(wt, "phase", {"Autopack-Phase": "F1"})
+    assert git(wt, "show", "--name-status", "--format=", sha).splitlines() == [
+        "D\tREADME.md",
+        "A\tblob.bin",
+        "A\tlink",
+        "A\tnew dir/new file.txt",
+        "M\tsrc/app.py",
+        "A\ttool.sh",
+    ]
+
+
+@pytest.mark.parametrize(
+    "meddle",
+    [
+        "edit_patched",
+        "edit_untouched",
+        "stage_other",
+        "unstage",
+        "commit",
+        "switch_branch",
+        "chmod",
+        "not_applied",
+    ],
+)
+def test_reapply_resets_and_applies_whatever_ci_changed(
+    meddle: str, cli: LocalGitCli, wt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, patch = _gated_patch(cli, wt, tmp_path)
+    assert cli.apply(wt, patch).ok
+    expected = _worktree_state(wt)
+    if meddle == "edit_patched":
+        _write(wt, "src/app.py", "reformatted by CI\n")
+    elif meddle == "edit_untouched":
+        _write(wt, ".gitignore", "*.log\n*.tmp\n")
+    elif meddle == "stage_other":
+        _write(wt, "staged.txt", "x\n")
+        git(wt, "add", "staged.txt")
+    elif meddle == "unstage":
+        git(wt, "reset", "-q", "--", "src/app.py")
+    elif meddle == "commit":
+        git(wt, "commit", "-q", "-m", "CI committed")
+    elif meddle == "switch_branch":
+        git(wt, "checkout", "-q", "-b", "elsewhere")
+    elif meddle == "chmod":
+        (wt / "tool.sh").chmod(0o644)
+    else:
+        cli.reset_to(wt, BRANCH, base)
+    calls = _count_git(monkeypatch)
+    assert cli.reapply(wt, BRANCH, base, patch).ok
+    assert calls[0] == "status" and "apply" in calls
+    assert _worktree_state(wt) == expected
+    assert git(wt, "symbolic-ref", "--short", "HEAD") == BRANCH
+
+
+def test_reapply_of_a_patch_without_full_blob_names_applies_it(
+    cli: LocalGitCli, wt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = cli.head(wt)
+    _write(wt, "src/app.py", LINES.replace("line 5\n", "LINE 5\n"))
+    (wt / "README.md").chmod(0o755)  # a mode-only change has no index line at all
+    short = _patch_file(tmp_path, git(wt, "diff", "HEAD") + "\n")
+    cli.reset_to(wt, BRANCH, base)
+    assert cli.apply(wt, short).ok
+    expected = _worktree_state(wt)
+    calls = _count_git(monkeypatch)
+    assert cli.reapply(wt, BRANCH, base, short).ok
+    assert "apply" in calls
+    assert _worktree_state(wt) == expected
+
+
+def test_post_images_name_what_git_stages(cli: LocalGitCli, wt: Path, tmp_path: Path) -> None:
+    from pipeline.vcs.local import _post_images
+
+    base, patch = _gated_patch(cli, wt, tmp_path)
+    assert cli.apply(wt, patch).ok
+    staged = {}
+    raw = git(wt, "diff", "--cached", "--raw", "--no-abbrev", "--no-renames", base)
+    for line in raw.splitlines():
+        meta, _, path = line.partition("\t")
+        _, new_mode, _, new_blob, _ = meta.split(" ")
+        staged[path] = (new_mode, new_blob)
+    assert _post_images(patch.read_bytes()) == staged
+    assert _post_images(b"--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n") is None
+    assert _post_images(b"") is None
+

@@ -123,6 +123,7 @@ OP_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "collect_patch": (("worktree", "path"), ("base_commit", "str")),
     "reset_to": (("worktree", "path"), ("branch", "str"), ("commit", "str")),
     "apply": (("worktree", "path"), ("patch", "bytes")),
+    "reapply": (("worktree", "path"), ("branch", "str"), ("commit", "str"), ("patch", "bytes")),
     "commit": (("worktree", "path"), ("message", "str"), ("trailers", "trailers"), ("allow_empty", "bool")),
     "commit_changes": (("worktree", "path"), ("message", "str"), ("trailers", "trailers")),
     "tag": (("worktree", "path"), ("name", "str"), ("commit", "str"), ("message", "str")),
@@ -145,8 +146,8 @@ OP_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
 
 
 # What a worker may apply again when its predecessor died before answering: reads, and
-# operations that are idempotent by design (ensure_worktree, reset_to, tag, remove_worktree,
-# restore_refs).
+# operations that are idempotent by design (ensure_worktree, reset_to, reapply, tag,
+# remove_worktree, restore_refs).
 NOT_REPEATABLE = frozenset({"apply", "commit", "commit_changes", "merge_no_ff"})
 
 

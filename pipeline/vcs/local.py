@@ -820,6 +820,71 @@ class LocalGitCli:
         message = f"{_failure(done)}; 3-way merge: {_failure(merged)}"
         return ApplyResult(ok=False, three_way=True, message=message)
 
+    def reapply(self, worktree: Path, branch: str, commit: str, patch_path: Path) -> ApplyResult:
+        """The worktree at `commit` on `branch` with the patch applied to it and its index,
+        exactly as `reset_to` + `apply` leave it (the snapshot of a verified patch).
+
+        One `git status` when the worktree already holds exactly that patch (the gate
+        applied it, CI ran on it): HEAD is `branch` at `commit`, and every path git reports
+        as changed is staged with the mode and blob the patch's `--full-index` lines name
+        and unchanged in the working tree; only untracked and ignored leftovers (CI's build
+        products) are then removed, with one `git clean`. Anything else, and an adopted
+        checkout, takes `reset_to` + `apply`. git's own answer decides, never a cache: what
+        CI changed, staged or left behind is seen by this one status.
+        """
+        checked = self._worktree(worktree, ours=True)
+        self._check_ref_name(branch, "branch")
+        wt = checked.path
+        patch = Path(patch_path)
+        expected = None
+        if wt not in self._in_place and _is_full_sha(commit) and patch.is_file():
+            expected = _post_images(patch.read_bytes())
+        leftovers = self._holds(wt, branch, commit, expected) if expected else None
+        if leftovers is None:
+            self.reset_to(worktree, branch, commit)
+            return self.apply(worktree, patch_path)
+        self._dirty.add(wt)
+        if leftovers:
+            # An agent or CI step killed mid-command leaves this lock; the worktree is ours alone.
+            (checked.git_dir / "index.lock").unlink(missing_ok=True)
+            self._ok("clean", "-ffdxq", cwd=wt)
+        return ApplyResult(ok=True, three_way=False, message="applied")
+
+    def _holds(self, wt: Path, branch: str, sha: str, expected: Mapping[str, tuple[str, str]]) -> bool | None:
+        """Whether HEAD is `branch` at `sha` and the index and working tree differ from it
+        by exactly `expected` (path -> (mode, blob) staged and in the working tree): None
+        if not, else whether untracked or ignored files lie around as well."""
+        res = self._run(
+            "status",
+            "--porcelain=v2",
+            "--branch",
+            "--untracked-files=all",
+            "--ignored=traditional",
+            "--ignore-submodules=dirty",
+            "-z",
+            cwd=wt,
+        )
+        if not res.ok or "\ufffd" in res.stdout:  # a path that is not UTF-8: compare nothing
+            return None
+        left = dict(expected)
+        branch_ok = leftovers = False
+        for record in res.stdout.split("\0"):
+            if record.startswith("# branch.oid "):
+                branch_ok = record == f"# branch.oid {sha}"
+            elif record.startswith("# branch.head "):
+                if record != f"# branch.head {branch}":
+                    return None
+            elif record.startswith(("? ", "! ")):
+                leftovers = True
+            elif record.startswith("1 "):
+                # 1 XY sub mH mI mW hH hI path: staged (X), the working tree as staged (Y is .)
+                _, xy, sub, _, m_index, _, _, h_index, path = record.split(" ", 8)
+                if xy[1] != "." or sub != "N..." or left.pop(path, None) != (m_index, h_index):
+                    return None
+            elif record and not record.startswith("# "):
+                return None  # a conflict, a rename: not the plain applied patch
+        return leftovers if branch_ok and not left else None
+
     def _discard_changes(self, wt: Path) -> None:
         if wt in self._in_place:
             self._ok("reset", "--quiet", "--mixed", "HEAD", cwd=wt)
@@ -1207,6 +1272,55 @@ def _section_path(section: bytes) -> bytes:
             "a bug in Autopack or git: report it with `git --version` and the file name",
         )
     return taken[0][2:]
+
+
+_NULL_MODE = "000000"
+
+
+def _post_images(raw: bytes) -> dict[str, tuple[str, str]] | None:
+    """path -> (mode, blob) after a `git diff --full-index` patch (a deleted path: mode
+    000000 and a blob of zeros, as `git status` shows it staged); None for anything
+    it cannot name exactly (a short index line, a rename, a path twice, a text that is
+    not a git diff, a path that is not UTF-8): the caller then applies the patch."""
+    out: dict[str, tuple[str, str]] = {}
+    for section in _diff_sections(raw):
+        if not section.startswith(b"diff --git "):
+            return None
+        try:
+            path = _section_path(section).decode("utf-8")
+            header = section.split(b"\n---", 1)[0].split(b"\n@@", 1)[0].decode("ascii")
+        except (GitError, UnicodeDecodeError):
+            return None
+        image = _header_image(header.split("\n")[1:])
+        if image is None or path in out or "\ufffd" in path:
+            return None
+        out[path] = image
+    return out or None
+
+
+def _header_image(lines: list[str]) -> tuple[str, str] | None:
+    """(mode, blob) a git diff section's extended header names for the new side."""
+    mode = blob = None
+    deleted = False
+    for line in lines:
+        key, _, value = line.partition(" ")
+        if line.startswith(("new file mode ", "new mode ")):
+            mode = line.rsplit(" ", 1)[1]
+        elif line.startswith("deleted file mode "):
+            deleted = True
+        elif key == "index":
+            span, _, index_mode = value.partition(" ")
+            blob = span.partition("..")[2]
+            mode = mode or index_mode or None
+        elif line.startswith(("GIT binary patch", "Binary files ")):
+            break
+        elif not line.startswith("old mode "):
+            return None  # a rename, a copy, a similarity: not what collect_patch writes
+    if blob is None or not _is_full_sha(blob):
+        return None
+    if deleted:
+        return (_NULL_MODE, blob) if set(blob) == {"0"} else None
+    return (mode, blob) if mode is not None and re.fullmatch(r"[0-7]{6}", mode) else None
 
 
 def _porcelain_fields(block: str) -> dict[str, str]:
