@@ -885,3 +885,91 @@ def test_post_images_name_what_git_stages(cli: LocalGitCli, wt: Path, tmp_path: 
     assert _post_images(b"--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n") is None
     assert _post_images(b"") is None
 
+
+def _ls_files_symlinks(wt: Path) -> list[str]:
+    out = git(wt, "ls-files", "-s", "-z")
+    return sorted(e.partition("\t")[2] for e in out.split("\0") if e.startswith("120000 "))
+
+
+def _index_of(wt: Path) -> Path:
+    return Path(git(wt, "rev-parse", "--path-format=absolute", "--git-path", "index"))
+
+
+def _add_symlink_entries(wt: Path) -> None:
+    """Symlinks (and other entries) straight into the index, names the filesystem would
+    refuse included (over 0xFFF bytes, which the entry's length field cannot hold)."""
+    blob = git(wt, "hash-object", "-w", "--stdin")
+    deep = "/".join(["d" * 200] * 25) + "/deep link"
+    for mode, name in [("120000", "a link"), ("120000", "sub/b"), ("100755", "tool"), ("120000", deep)]:
+        git(wt, "update-index", "--add", "--cacheinfo", f"{mode},{blob},{name}")
+    _write(wt, "later.txt", "x\n")
+    git(wt, "add", "--intent-to-add", "later.txt")  # an extended flag: the index becomes v3
+
+
+@pytest.mark.parametrize("version", ["2", "3", "4"])
+def test_tracked_symlinks_read_from_the_index_as_git_lists_them(
+    version: str, cli: LocalGitCli, wt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (wt / "link").symlink_to("README.md")
+    git(wt, "add", "link")
+    if version != "3":
+        _add_symlink_entries(wt)
+    if version == "2":
+        git(wt, "rm", "-q", "--cached", "later.txt")
+    git(wt, "update-index", "--index-version", version)
+    if version == "3":
+        _add_symlink_entries(wt)
+    assert _index_of(wt).read_bytes()[4:8] == int(version).to_bytes(4, "big")
+    cli.head(wt)
+    calls = _count_git(monkeypatch)
+    found = cli.tracked_symlinks(wt)
+    assert calls == []
+    assert found == _ls_files_symlinks(wt) and "link" in found and len(found) >= (1 if version == "3" else 4)
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "split", "skip_hash", "large"])
+def test_tracked_symlinks_ask_git_about_an_index_it_does_not_read(
+    kind: str, cli: LocalGitCli, wt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (wt / "link").symlink_to("README.md")
+    git(wt, "add", "link")
+    index = _index_of(wt)
+    if kind == "corrupt":  # one flipped bit in a mode: the checksum no longer matches
+        data = bytearray(index.read_bytes())
+        data[12 + 24 + 2] ^= 0x20
+        index.write_bytes(bytes(data))
+    elif kind == "split":
+        git(wt, "update-index", "--split-index")
+    elif kind == "skip_hash":  # what index.skipHash (git 2.40) writes: no checksum
+        index.write_bytes(index.read_bytes()[:-20] + bytes(20))
+    else:
+        blob = git(wt, "hash-object", "-w", "--stdin")
+        lines = "".join(f"100644 {blob}\tmany/{i:05d}\n" for i in range(2100))
+        import subprocess
+
+        subprocess.run(["git", "update-index", "--index-info"], cwd=wt, input=lines, text=True, check=True)
+    cli.head(wt)
+    calls = _count_git(monkeypatch)
+    try:
+        found: list[str] | None = cli.tracked_symlinks(wt)
+    except GitError:  # git found the index corrupt (or too new for it): its answer either way
+        found = None
+    assert calls == ["ls-files"]
+    if kind in ("split", "large"):
+        assert found == _ls_files_symlinks(wt) == ["link"]
+
+
+def test_tracked_symlinks_of_a_sha256_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "sha256"
+    repo.mkdir()
+    git(repo, "init", "-q", "--object-format=sha256", "-b", "main")
+    (repo / "README.md").write_text("x\n")
+    (repo / "link").symlink_to("README.md")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "init")
+    cli = LocalGitCli(repo)
+    wt = tmp_path / "wt"
+    cli.ensure_worktree(BRANCH, "main", wt)
+    calls = _count_git(monkeypatch)
+    assert cli.tracked_symlinks(wt) == ["link"]
+    assert calls == []

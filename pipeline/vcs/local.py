@@ -24,9 +24,11 @@ identity, and with the user's settings that would change our output or commits o
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
+import struct
 import tempfile
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -1129,8 +1131,15 @@ class LocalGitCli:
 
     def tracked_symlinks(self, worktree: Path) -> list[str]:
         """Paths of the symlinks committed at the worktree's HEAD (mode 120000)."""
-        wt = self._worktree(worktree, ours=True).path
-        out = self._ok("ls-files", "-s", "-z", cwd=wt)
+        checked = self._worktree(worktree, ours=True)
+        # The index file git itself would read for `ls-files`: safe for this security
+        # check because what is read is git's own record (rewritten by git at every reset,
+        # replaced only by an atomic rename), and every byte of it is verified (its checksum,
+        # a version and extensions this reader knows); anything else asks git.
+        found = _index_symlinks(checked.git_dir / "index")
+        if found is not None:
+            return found
+        out = self._ok("ls-files", "-s", "-z", cwd=checked.path)
         return sorted(
             entry.partition("\t")[2] for entry in out.split("\0") if entry.startswith("120000 ")
         )
@@ -1321,6 +1330,101 @@ def _header_image(lines: list[str]) -> tuple[str, str] | None:
     if deleted:
         return (_NULL_MODE, blob) if set(blob) == {"0"} else None
     return (mode, blob) if mode is not None and re.fullmatch(r"[0-7]{6}", mode) else None
+
+
+_SYMLINK_TYPE = 0o120000
+
+
+# Above this many entries one `git ls-files` costs less than walking them in Python.
+_INDEX_ENTRIES_READ = 2000
+
+
+def _index_symlinks(path: Path) -> list[str] | None:
+    """The paths of the symlinks in the git index at `path` (every stage, sorted, as
+    `git ls-files -s` lists them); None where git should be asked: no index, a checksum
+    that does not match (or none: index.skipHash), a version other than 2-4, a split or
+    sparse index, a large one, or any entry that does not parse exactly."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    for algo, size in (("sha1", 20), ("sha256", 32)):
+        if len(data) >= 12 + size and hashlib.new(algo, data[:-size]).digest() == data[-size:]:
+            found = _index_entries(data[:-size], size)
+            return None if found is None else sorted(found)
+    return None
+
+
+def _index_entries(data: bytes, hash_size: int) -> list[str] | None:
+    """The symlink paths of index `data` (without its checksum); None as `_index_symlinks`."""
+    if data[:4] != b"DIRC":
+        return None
+    version, count = struct.unpack_from(">II", data, 4)
+    if version not in (2, 3, 4) or count > _INDEX_ENTRIES_READ:
+        return None
+    pos, name, found = 12, b"", []
+    fixed = 40 + hash_size + 2  # stat data, object name, flags
+    for _ in range(count):
+        if pos + fixed > len(data):
+            return None
+        (mode,) = struct.unpack_from(">I", data, pos + 24)
+        (flags,) = struct.unpack_from(">H", data, pos + fixed - 2)
+        extended = bool(flags & 0x4000)
+        if extended and version < 3:
+            return None
+        parsed = _index_name(data, pos + fixed + 2 * extended, name, version)
+        if parsed is None or (flags & 0xFFF < 0xFFF and flags & 0xFFF != len(parsed[0])):
+            return None
+        name, end = parsed
+        if version < 4:  # NUL padding to a multiple of 8 bytes
+            end = pos + ((fixed + 2 * extended + len(name) + 8) & ~7)
+            if end > len(data) or data[pos + fixed + 2 * extended + len(name) : end].strip(b"\0"):
+                return None
+        if mode & 0o170000 == _SYMLINK_TYPE:
+            try:
+                found.append(name.decode("utf-8"))
+            except UnicodeDecodeError:
+                return None  # how git's output would show it is git's to say
+        pos = end
+    return found if _plain_extensions(data, pos) else None
+
+
+def _index_name(data: bytes, start: int, previous: bytes, version: int) -> tuple[bytes, int] | None:
+    """(the entry's path, the position after its NUL) at `start`; version 4 first strips
+    the previous name's tail (a varint says how many bytes)."""
+    prefix = b""
+    if version == 4:
+        strip, start = _varint(data, start)
+        if strip < 0 or strip > len(previous):
+            return None
+        prefix = previous[: len(previous) - strip]
+    end = data.find(b"\0", start)
+    if end < 0:
+        return None
+    return prefix + data[start:end], end + 1
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    """git's offset varint (index v4) at `pos`: (value, the position after it); -1 if cut."""
+    value = -1
+    while pos < len(data):
+        byte = data[pos]
+        pos += 1
+        value = byte & 0x7F if value < 0 else ((value + 1) << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            return value, pos
+    return -1, pos
+
+
+def _plain_extensions(data: bytes, pos: int) -> bool:
+    """The extensions after the entries span the rest exactly and none changes which
+    entries there are (`link`: a split index, `sdir`: a sparse one)."""
+    while pos + 8 <= len(data):
+        (size,) = struct.unpack_from(">I", data, pos + 4)
+        if data[pos : pos + 4] in (b"link", b"sdir"):
+            return False
+        pos += 8 + size
+    return pos == len(data)
 
 
 def _porcelain_fields(block: str) -> dict[str, str]:
