@@ -973,3 +973,25 @@ def test_tracked_symlinks_of_a_sha256_repository(tmp_path: Path, monkeypatch: py
     calls = _count_git(monkeypatch)
     assert cli.tracked_symlinks(wt) == ["link"]
     assert calls == []
+
+
+def test_git_version_is_asked_once_per_binary(
+    cli: LocalGitCli, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    version = cli.check_available()
+    calls = _count_git(monkeypatch)  # a `git --version` call would fail it (no subcommand)
+    assert LocalGitCli(repo).check_available() == version
+    assert calls == []
+    monkeypatch.undo()
+
+    # Another git on PATH (here one too old) is asked, and judged, again.
+    fake = tmp_path / "old-bin"
+    fake.mkdir()
+    write_script(fake / "git", "#!/bin/sh\necho 'git version 2.20.1'\n")
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(GitError, match="too old"):
+        LocalGitCli(repo).check_available()
+    with pytest.raises(GitError, match="too old"):
+        cli.check_available()
+    monkeypatch.undo()
+    assert cli.check_available() == version

@@ -152,6 +152,22 @@ def git_env(source: Mapping[str, str] | None = None) -> dict[str, str]:
     return proc.scrubbed_env((*proc.BASE_ENV_ALLOW, *GIT_ENV_ALLOW), extra, src)
 
 
+# The versions `check_available` found, by the git binary that said so: its real path,
+# inode and mtime (a git upgraded or replaced in place is asked again).
+_VERSIONS: dict[tuple[str, int, int], str] = {}
+
+
+def _git_binary(env: Mapping[str, str]) -> tuple[str, int, int] | None:
+    found = shutil.which("git", path=env.get("PATH"))
+    if found is None:
+        return None
+    try:
+        st = os.stat(found)
+    except OSError:
+        return None
+    return os.path.realpath(found), st.st_ino, st.st_mtime_ns
+
+
 def _tail(text: str, lines: int = 6) -> str:
     kept = [line for line in text.strip().splitlines() if line.strip()]
     return "; ".join(kept[-lines:]) or "(no output)"
@@ -222,7 +238,11 @@ class LocalGitCli:
     # -- the repository ----------------------------------------------------------------
 
     def check_available(self) -> str:
-        """The git version (e.g. "2.39.5"); GitError if git is missing or too old."""
+        """The git version (e.g. "2.39.5"); GitError if git is missing or too old. Asked
+        once per process and git binary (start_run's preflight and start both check)."""
+        binary = _git_binary(git_env())
+        if binary is not None and binary in _VERSIONS:
+            return _VERSIONS[binary]
         res = self._run("--version", cwd=self.repo if self.repo.is_dir() else Path(os.sep))
         version = _version_tuple(res.stdout)
         if not res.ok or version is None:
@@ -233,7 +253,10 @@ class LocalGitCli:
                 f"git {res.stdout.strip()} is too old; Autopack needs git {want} or newer",
                 fix=INSTALL_FIX.replace("install git", "install a newer git", 1),
             )
-        return res.stdout.strip().removeprefix("git version ").strip()
+        found = res.stdout.strip().removeprefix("git version ").strip()
+        if binary is not None:
+            _VERSIONS[binary] = found
+        return found
 
     def toplevel(self) -> Path:
         """The top directory of the user's checkout."""
