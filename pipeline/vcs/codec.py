@@ -15,8 +15,8 @@ sharing the volume) applies it with `LocalGitCli` and writes the result back:
 A request is `{"protocol": 1, "id", "op", "repo", "args", ...}`: `op` is the name of a
 GitAdapter method, `repo` the absolute path of the target repository, `args` the method's
 arguments by name as JSON (paths as absolute path strings; a text that is not valid UTF-8 as
-`{"surrogateescape_b64": ...}`; `apply` sends the patch's bytes as base64 in `patch`, so the
-worker needs no access to the run directory). A result is `{"protocol", "id", "op", "ok",
+`{"surrogateescape_b64": ...}`; `apply` and `reapply` send the patch's bytes as base64 in
+`patch`, so the worker needs no access to the run directory). A result is `{"protocol", "id", "op", "ok",
 "value"}` or `{..., "ok": false, "error": {"kind", "message", "fix"}}`; dataclass values
 (ApplyResult, IntegrationStatus, WorktreeEntry) travel as objects of their fields. An
 error becomes the same `GitError` (message and fix) that `LocalGitCli` would have raised.

@@ -15,8 +15,9 @@ holds the same pointer (anything else means git verifies it again).
 A phase makes many git calls, so each costs as few processes as it can: ref names are
 checked in Python (`valid_ref_name`, git's rules), HEAD is read from git's own files when
 it is a plain loose ref, `reset_to` asks `git status` whether there is anything to reset,
-`apply` needs no `--check` run (git apply is all or nothing), and errors are worked out
-after a failure rather than checked for before every call.
+`apply` needs no `--check` run (git apply is all or nothing), `reapply` keeps a patch that
+one `git status` shows is still applied exactly, committed symlinks are read from the index
+file, and errors are worked out after a failure rather than checked for before every call.
 
 git runs through `pipeline.core.proc.run` with a list argv, a scrubbed environment and a fixed
 identity, and with the user's settings that would change our output or commits overridden.
