@@ -995,3 +995,12 @@ def test_git_version_is_asked_once_per_binary(
         cli.check_available()
     monkeypatch.undo()
     assert cli.check_available() == version
+
+
+def test_reapply_removes_a_stale_index_lock(cli: LocalGitCli, wt: Path, tmp_path: Path) -> None:
+    base, patch = _gated_patch(cli, wt, tmp_path)
+    assert cli.apply(wt, patch).ok
+    lock = Path(git(wt, "rev-parse", "--path-format=absolute", "--git-path", "index.lock"))
+    lock.write_text("")  # a CI step's git killed mid-command
+    assert cli.reapply(wt, BRANCH, base, patch).ok
+    assert cli.commit(wt, "phase", {"Autopack-Phase": "F1"}) == cli.head(wt)

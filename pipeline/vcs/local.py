@@ -870,9 +870,9 @@ class LocalGitCli:
             self.reset_to(worktree, branch, commit)
             return self.apply(worktree, patch_path)
         self._dirty.add(wt)
+        # A CI step killed mid-command leaves this lock (as `reset_to` knows); the worktree is ours alone.
+        (checked.git_dir / "index.lock").unlink(missing_ok=True)
         if leftovers:
-            # An agent or CI step killed mid-command leaves this lock; the worktree is ours alone.
-            (checked.git_dir / "index.lock").unlink(missing_ok=True)
             self._ok("clean", "-ffdxq", cwd=wt)
         return ApplyResult(ok=True, three_way=False, message="applied")
 
