@@ -927,7 +927,7 @@ def test_tracked_symlinks_read_from_the_index_as_git_lists_them(
     assert found == _ls_files_symlinks(wt) and "link" in found and len(found) >= (1 if version == "3" else 4)
 
 
-@pytest.mark.parametrize("kind", ["corrupt", "split", "skip_hash", "large"])
+@pytest.mark.parametrize("kind", ["corrupt", "split", "skip_hash", "large", "required_extension"])
 def test_tracked_symlinks_ask_git_about_an_index_it_does_not_read(
     kind: str, cli: LocalGitCli, wt: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -942,6 +942,11 @@ def test_tracked_symlinks_ask_git_about_an_index_it_does_not_read(
         git(wt, "update-index", "--split-index")
     elif kind == "skip_hash":  # what index.skipHash (git 2.40) writes: no checksum
         index.write_bytes(index.read_bytes()[:-20] + bytes(20))
+    elif kind == "required_extension":  # lower case: one git must understand (git refuses it)
+        import hashlib
+
+        body = index.read_bytes()[:-20] + b"zzzz" + bytes(4)
+        index.write_bytes(body + hashlib.sha1(body).digest())
     else:
         blob = git(wt, "hash-object", "-w", "--stdin")
         lines = "".join(f"100644 {blob}\tmany/{i:05d}\n" for i in range(2100))
@@ -1004,3 +1009,18 @@ def test_reapply_removes_a_stale_index_lock(cli: LocalGitCli, wt: Path, tmp_path
     lock.write_text("")  # a CI step's git killed mid-command
     assert cli.reapply(wt, BRANCH, base, patch).ok
     assert cli.commit(wt, "phase", {"Autopack-Phase": "F1"}) == cli.head(wt)
+
+
+def test_reapply_knows_an_added_and_a_deleted_empty_file(
+    cli: LocalGitCli, wt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = cli.head(wt)
+    _write(wt, "empty.txt", "")
+    patch = _patch_file(tmp_path, cli.collect_patch(wt, base))
+    assert "@@" not in patch.read_text()  # a section without hunks
+    cli.reset_to(wt, BRANCH, base)
+    assert cli.apply(wt, patch).ok
+    calls = _count_git(monkeypatch)
+    assert cli.reapply(wt, BRANCH, base, patch).ok
+    assert calls == ["status"]
+    assert (wt / "empty.txt").read_bytes() == b""

@@ -16,10 +16,11 @@ A request is `{"protocol": 1, "id", "op", "repo", "args", ...}`: `op` is the nam
 GitAdapter method, `repo` the absolute path of the target repository, `args` the method's
 arguments by name as JSON (paths as absolute path strings; a text that is not valid UTF-8 as
 `{"surrogateescape_b64": ...}`; `apply` and `reapply` send the patch's bytes as base64 in
-`patch`, so the worker needs no access to the run directory). A result is `{"protocol", "id", "op", "ok",
-"value"}` or `{..., "ok": false, "error": {"kind", "message", "fix"}}`; dataclass values
-(ApplyResult, IntegrationStatus, WorktreeEntry) travel as objects of their fields. An
-error becomes the same `GitError` (message and fix) that `LocalGitCli` would have raised.
+`patch`, so the worker needs no access to the run directory). A result is `{"protocol",
+"id", "op", "ok", "value"}` or `{..., "ok": false, "error": {"kind", "message", "fix"}}`;
+dataclass values (ApplyResult, IntegrationStatus, WorktreeEntry) travel as objects of
+their fields. An error becomes the same `GitError` (message and fix) that `LocalGitCli`
+would have raised.
 
 Ids begin with the time in nanoseconds, so a worker applies requests in the order they
 were made. A request id found in the ledger is never applied again (a re-delivered file

@@ -904,8 +904,10 @@ class LocalGitCli:
                 leftovers = True
             elif record.startswith("1 "):
                 # 1 XY sub mH mI mW hH hI path: staged (X), the working tree as staged (Y is .)
-                _, xy, sub, _, m_index, _, _, h_index, path = record.split(" ", 8)
-                if xy[1] != "." or sub != "N..." or left.pop(path, None) != (m_index, h_index):
+                fields = record.split(" ", 8)
+                if len(fields) != 9 or fields[1][1] != "." or fields[2] != "N...":
+                    return None
+                if left.pop(fields[8], None) != (fields[4], fields[7]):
                     return None
             elif record and not record.startswith("# "):
                 return None  # a conflict, a rename: not the plain applied patch
@@ -1337,6 +1339,8 @@ def _header_image(lines: list[str]) -> tuple[str, str] | None:
     deleted = False
     for line in lines:
         key, _, value = line.partition(" ")
+        if not line:
+            continue  # the end of a section without hunks (an empty file added or deleted)
         if line.startswith(("new file mode ", "new mode ")):
             mode = line.rsplit(" ", 1)[1]
         elif line.startswith("deleted file mode "):
@@ -1441,11 +1445,12 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def _plain_extensions(data: bytes, pos: int) -> bool:
-    """The extensions after the entries span the rest exactly and none changes which
-    entries there are (`link`: a split index, `sdir`: a sparse one)."""
+    """The extensions after the entries span the rest exactly and all are optional ones
+    (a capital first letter: a cache git may ignore); a required one changes which entries
+    there are (`link`: a split index, `sdir`: a sparse one) or is one git would refuse."""
     while pos + 8 <= len(data):
         (size,) = struct.unpack_from(">I", data, pos + 4)
-        if data[pos : pos + 4] in (b"link", b"sdir"):
+        if not 0x41 <= data[pos] <= 0x5A:
             return False
         pos += 8 + size
     return pos == len(data)
