@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -751,3 +752,275 @@ def test_changed_paths_are_what_collect_patch_shows_from_one_status_that_writes_
 
     monkeypatch.undo()
     assert parse_patch(cli.collect_patch(wt, cli.head(wt))).touched_paths == paths
+
+
+def _worktree_state(wt: Path) -> tuple[object, ...]:
+    """What a snapshot commit is made from: HEAD, the index, every file (with its mode and
+    symlinks), and what git reports as changed, untracked or ignored."""
+    status = git(wt, "status", "--porcelain=v2", "--branch", "--untracked-files=all", "--ignored=traditional")
+    files = {
+        str(p.relative_to(wt)): (p.lstat().st_mode, os.readlink(p) if p.is_symlink() else p.read_bytes())
+        for p in sorted(wt.rglob("*"))
+        if p.relative_to(wt).parts[0] != ".git" and not p.is_dir()
+    }
+    return git(wt, "ls-files", "-s"), status, files
+
+
+def _gated_patch(cli: LocalGitCli, wt: Path, tmp_path: Path) -> tuple[str, Path]:
+    """A patch touching every kind of entry (modified, added, deleted, executable, binary,
+    symlink, a name with a space), as the builder step collects it; the worktree back at base."""
+    base = cli.head(wt)
+    _write(wt, "src/app.py", LINES.replace("line 5\n", "LINE 5\n"))
+    _write(wt, "new dir/new file.txt", "new\n")
+    (wt / "README.md").unlink()
+    _write(wt, "tool.sh", "#!/bin/sh\n")
+    (wt / "tool.sh").chmod(0o755)
+    (wt / "blob.bin").write_bytes(bytes(range(256)))
+    (wt / "link").symlink_to("src/app.py")
+    patch = _patch_file(tmp_path, cli.collect_patch(wt, base))
+    cli.reset_to(wt, BRANCH, base)
+    return base, patch
+
+
+def test_reapply_over_the_gated_patch_asks_git_once(
+    cli: LocalGitCli, wt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, patch = _gated_patch(cli, wt, tmp_path)
+    assert cli.apply(wt, patch).ok
+    expected = _worktree_state(wt)
+    calls = _count_git(monkeypatch)
+    assert cli.reapply(wt, BRANCH, base, patch).ok
+    assert calls == ["status"]
+    assert _worktree_state(wt) == expected
+
+    # CI's leftovers (ignored and untracked) go with one `git clean`, as a reset removes them.
+    _write(wt, "build.log", "ignored\n")
+    _write(wt, "out/report.txt", "untracked\n")
+    calls.clear()
+    assert cli.reapply(wt, BRANCH, base, patch).ok
+    assert calls == ["status", "clean"]
+    assert _worktree_state(wt) == expected
+    sha = cli.commit(wt, "phase", {"Autopack-Phase": "F1"})
+    assert git(wt, "show", "--name-status", "--format=", sha).splitlines() == [
+        "D\tREADME.md",
+        "A\tblob.bin",
+        "A\tlink",
+        "A\tnew dir/new file.txt",
+        "M\tsrc/app.py",
+        "A\ttool.sh",
+    ]
+
+
+@pytest.mark.parametrize(
+    "meddle",
+    [
+        "edit_patched",
+        "edit_untouched",
+        "stage_other",
+        "unstage",
+        "commit",
+        "switch_branch",
+        "chmod",
+        "not_applied",
+    ],
+)
+def test_reapply_resets_and_applies_whatever_ci_changed(
+    meddle: str, cli: LocalGitCli, wt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, patch = _gated_patch(cli, wt, tmp_path)
+    assert cli.apply(wt, patch).ok
+    expected = _worktree_state(wt)
+    if meddle == "edit_patched":
+        _write(wt, "src/app.py", "reformatted by CI\n")
+    elif meddle == "edit_untouched":
+        _write(wt, ".gitignore", "*.log\n*.tmp\n")
+    elif meddle == "stage_other":
+        _write(wt, "staged.txt", "x\n")
+        git(wt, "add", "staged.txt")
+    elif meddle == "unstage":
+        git(wt, "reset", "-q", "--", "src/app.py")
+    elif meddle == "commit":
+        git(wt, "commit", "-q", "-m", "CI committed")
+    elif meddle == "switch_branch":
+        git(wt, "checkout", "-q", "-b", "elsewhere")
+    elif meddle == "chmod":
+        (wt / "tool.sh").chmod(0o644)
+    else:
+        cli.reset_to(wt, BRANCH, base)
+    calls = _count_git(monkeypatch)
+    assert cli.reapply(wt, BRANCH, base, patch).ok
+    assert calls[0] == "status" and "apply" in calls
+    assert _worktree_state(wt) == expected
+    assert git(wt, "symbolic-ref", "--short", "HEAD") == BRANCH
+
+
+def test_reapply_of_a_patch_without_full_blob_names_applies_it(
+    cli: LocalGitCli, wt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = cli.head(wt)
+    _write(wt, "src/app.py", LINES.replace("line 5\n", "LINE 5\n"))
+    (wt / "README.md").chmod(0o755)  # a mode-only change has no index line at all
+    short = _patch_file(tmp_path, git(wt, "diff", "HEAD") + "\n")
+    cli.reset_to(wt, BRANCH, base)
+    assert cli.apply(wt, short).ok
+    expected = _worktree_state(wt)
+    calls = _count_git(monkeypatch)
+    assert cli.reapply(wt, BRANCH, base, short).ok
+    assert "apply" in calls
+    assert _worktree_state(wt) == expected
+
+
+def test_post_images_name_what_git_stages(cli: LocalGitCli, wt: Path, tmp_path: Path) -> None:
+    from pipeline.vcs.local import _post_images
+
+    base, patch = _gated_patch(cli, wt, tmp_path)
+    assert cli.apply(wt, patch).ok
+    staged = {}
+    raw = git(wt, "diff", "--cached", "--raw", "--no-abbrev", "--no-renames", base)
+    for line in raw.splitlines():
+        meta, _, path = line.partition("\t")
+        _, new_mode, _, new_blob, _ = meta.split(" ")
+        staged[path] = (new_mode, new_blob)
+    assert _post_images(patch.read_bytes()) == staged
+    assert _post_images(b"--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n") is None
+    assert _post_images(b"") is None
+
+
+def _ls_files_symlinks(wt: Path) -> list[str]:
+    out = git(wt, "ls-files", "-s", "-z")
+    return sorted(e.partition("\t")[2] for e in out.split("\0") if e.startswith("120000 "))
+
+
+def _index_of(wt: Path) -> Path:
+    return Path(git(wt, "rev-parse", "--path-format=absolute", "--git-path", "index"))
+
+
+def _add_symlink_entries(wt: Path) -> None:
+    """Symlinks (and other entries) straight into the index, names the filesystem would
+    refuse included (over 0xFFF bytes, which the entry's length field cannot hold)."""
+    blob = git(wt, "hash-object", "-w", "--stdin")
+    deep = "/".join(["d" * 200] * 25) + "/deep link"
+    for mode, name in [("120000", "a link"), ("120000", "sub/b"), ("100755", "tool"), ("120000", deep)]:
+        git(wt, "update-index", "--add", "--cacheinfo", f"{mode},{blob},{name}")
+    _write(wt, "later.txt", "x\n")
+    git(wt, "add", "--intent-to-add", "later.txt")  # an extended flag: the index becomes v3
+
+
+@pytest.mark.parametrize("version", ["2", "3", "4"])
+def test_tracked_symlinks_read_from_the_index_as_git_lists_them(
+    version: str, cli: LocalGitCli, wt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (wt / "link").symlink_to("README.md")
+    git(wt, "add", "link")
+    if version != "3":
+        _add_symlink_entries(wt)
+    if version == "2":
+        git(wt, "rm", "-q", "--cached", "later.txt")
+    git(wt, "update-index", "--index-version", version)
+    if version == "3":
+        _add_symlink_entries(wt)
+    assert _index_of(wt).read_bytes()[4:8] == int(version).to_bytes(4, "big")
+    cli.head(wt)
+    calls = _count_git(monkeypatch)
+    found = cli.tracked_symlinks(wt)
+    assert calls == []
+    assert found == _ls_files_symlinks(wt) and "link" in found and len(found) >= (1 if version == "3" else 4)
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "split", "skip_hash", "large", "required_extension"])
+def test_tracked_symlinks_ask_git_about_an_index_it_does_not_read(
+    kind: str, cli: LocalGitCli, wt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (wt / "link").symlink_to("README.md")
+    git(wt, "add", "link")
+    index = _index_of(wt)
+    if kind == "corrupt":  # one flipped bit in a mode: the checksum no longer matches
+        data = bytearray(index.read_bytes())
+        data[12 + 24 + 2] ^= 0x20
+        index.write_bytes(bytes(data))
+    elif kind == "split":
+        git(wt, "update-index", "--split-index")
+    elif kind == "skip_hash":  # what index.skipHash (git 2.40) writes: no checksum
+        index.write_bytes(index.read_bytes()[:-20] + bytes(20))
+    elif kind == "required_extension":  # lower case: one git must understand (git refuses it)
+        import hashlib
+
+        body = index.read_bytes()[:-20] + b"zzzz" + bytes(4)
+        index.write_bytes(body + hashlib.sha1(body).digest())
+    else:
+        blob = git(wt, "hash-object", "-w", "--stdin")
+        lines = "".join(f"100644 {blob}\tmany/{i:05d}\n" for i in range(2100))
+        import subprocess
+
+        subprocess.run(["git", "update-index", "--index-info"], cwd=wt, input=lines, text=True, check=True)
+    cli.head(wt)
+    calls = _count_git(monkeypatch)
+    try:
+        found: list[str] | None = cli.tracked_symlinks(wt)
+    except GitError:  # git found the index corrupt (or too new for it): its answer either way
+        found = None
+    assert calls == ["ls-files"]
+    if kind in ("split", "large"):
+        assert found == _ls_files_symlinks(wt) == ["link"]
+
+
+def test_tracked_symlinks_of_a_sha256_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "sha256"
+    repo.mkdir()
+    git(repo, "init", "-q", "--object-format=sha256", "-b", "main")
+    (repo / "README.md").write_text("x\n")
+    (repo / "link").symlink_to("README.md")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "init")
+    cli = LocalGitCli(repo)
+    wt = tmp_path / "wt"
+    cli.ensure_worktree(BRANCH, "main", wt)
+    calls = _count_git(monkeypatch)
+    assert cli.tracked_symlinks(wt) == ["link"]
+    assert calls == []
+
+
+def test_git_version_is_asked_once_per_binary(
+    cli: LocalGitCli, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    version = cli.check_available()
+    calls = _count_git(monkeypatch)  # a `git --version` call would fail it (no subcommand)
+    assert LocalGitCli(repo).check_available() == version
+    assert calls == []
+    monkeypatch.undo()
+
+    # Another git on PATH (here one too old) is asked, and judged, again.
+    fake = tmp_path / "old-bin"
+    fake.mkdir()
+    write_script(fake / "git", "#!/bin/sh\necho 'git version 2.20.1'\n")
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(GitError, match="too old"):
+        LocalGitCli(repo).check_available()
+    with pytest.raises(GitError, match="too old"):
+        cli.check_available()
+    monkeypatch.undo()
+    assert cli.check_available() == version
+
+
+def test_reapply_removes_a_stale_index_lock(cli: LocalGitCli, wt: Path, tmp_path: Path) -> None:
+    base, patch = _gated_patch(cli, wt, tmp_path)
+    assert cli.apply(wt, patch).ok
+    lock = Path(git(wt, "rev-parse", "--path-format=absolute", "--git-path", "index.lock"))
+    lock.write_text("")  # a CI step's git killed mid-command
+    assert cli.reapply(wt, BRANCH, base, patch).ok
+    assert cli.commit(wt, "phase", {"Autopack-Phase": "F1"}) == cli.head(wt)
+
+
+def test_reapply_knows_an_added_and_a_deleted_empty_file(
+    cli: LocalGitCli, wt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = cli.head(wt)
+    _write(wt, "empty.txt", "")
+    patch = _patch_file(tmp_path, cli.collect_patch(wt, base))
+    assert "@@" not in patch.read_text()  # a section without hunks
+    cli.reset_to(wt, BRANCH, base)
+    assert cli.apply(wt, patch).ok
+    calls = _count_git(monkeypatch)
+    assert cli.reapply(wt, BRANCH, base, patch).ok
+    assert calls == ["status"]
+    assert (wt / "empty.txt").read_bytes() == b""

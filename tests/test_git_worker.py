@@ -235,6 +235,9 @@ def test_every_operation_round_trips(remote: RemoteGitAdapter, repo: Path, tmp_p
     patch.write_bytes(patch_text.encode("utf-8", errors="surrogateescape"))
     assert remote.apply(wt, patch) == ApplyResult(ok=True, three_way=False, message="applied")
     assert (wt / "latin1.txt").read_bytes() == b"caf\xe9\n"
+    (wt / "build.log").write_text("CI's leftover\n")
+    assert remote.reapply(wt, BRANCH, main or "", patch) == ApplyResult(ok=True, three_way=False, message="applied")
+    assert (wt / "latin1.txt").read_bytes() == b"caf\xe9\n" and not (wt / "build.log").exists()
 
     sha = remote.commit(wt, "phase P1\n\nbody: café", {"Autopack-Phase": "P1"})
     assert remote.head(wt) == sha == local.resolve(BRANCH)

@@ -845,3 +845,31 @@ def test_a_phase_driven_in_one_process_runs_no_history_lookup_nor_for_each_ref(
     outcome = run_phase(setup.workspace, setup.run_id)
     assert outcome.phase_state == PhaseState.COMPLETE, outcome.message
     assert "log" not in subcommands and "for-each-ref" not in subcommands, subcommands
+    # The snapshot keeps the patch the gate applied (one status, no second apply, no
+    # checkout); the symlink check reads the index (no ls-files).
+    assert subcommands.count("apply") == 1 and "ls-files" not in subcommands, subcommands
+    assert subcommands.count("checkout") == 1, subcommands  # the reset after the builder
+
+
+MEDDLING_CI = """\
+from pathlib import Path
+Path("mod.py").write_text("X = 3\\n")
+Path("other.py").write_text("changed by CI\\n")
+Path("ci-output.txt").write_text("left behind\\n")
+Path("build").mkdir(exist_ok=True)
+Path("build/cache.bin").write_text("ignored\\n")
+"""
+
+
+def test_the_snapshot_is_the_gated_patch_whatever_ci_did_to_the_worktree(tmp_path: Path) -> None:
+    setup = make_workspace(
+        tmp_path, files={**FILES, "other.py": "OTHER = 1\n", ".gitignore": "build/\n"},
+        agent_body='write("mod.py", "X = 2\\n")', ci_steps=[python_step("meddle", MEDDLING_CI)],
+    )
+    before = started(setup)
+    run_to_end(setup.workspace, setup.run_id)
+    sha = assert_complete(setup, "P1")
+    assert setup.git("show", f"{sha}:mod.py") == "X = 2"
+    assert setup.git("show", f"{sha}:other.py") == "OTHER = 1"
+    assert branch_files(setup, sha) == {".gitignore", "mod.py", "other.py"}
+    assert_user_untouched(setup, before)

@@ -286,9 +286,9 @@ def snapshot(ctx: RunContext, ps: PhaseStrategy) -> None:
     if ps.phase_id not in ctx.verified_here:
         sha = ctx.git.find_commit_with_trailer(ctx.branch, "Autopack-Phase", ps.phase_id, since=base)
     if sha is None:
-        # CI may have left build products behind; the snapshot is exactly the gated patch.
-        ctx.git.reset_to(ctx.worktree, ctx.branch, base)
-        applied = ctx.git.apply(ctx.worktree, raw_patch_path(ctx, ps, attempt.k))
+        # CI may have left build products behind; the snapshot is exactly the gated patch
+        # (one `git status` when the worktree holds just that patch still).
+        applied = ctx.git.reapply(ctx.worktree, ctx.branch, base, raw_patch_path(ctx, ps, attempt.k))
         if not applied.ok:
             raise GitError(
                 f"re-applying the verified patch of {ps.phase_id} failed: {applied.message}",

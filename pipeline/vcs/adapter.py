@@ -88,6 +88,8 @@ class GitAdapter(Protocol):
 
     def apply(self, worktree: Path, patch_path: Path) -> ApplyResult: ...
 
+    def reapply(self, worktree: Path, branch: str, commit: str, patch_path: Path) -> ApplyResult: ...
+
     def commit(
         self,
         worktree: Path,

@@ -15,11 +15,12 @@ sharing the volume) applies it with `LocalGitCli` and writes the result back:
 A request is `{"protocol": 1, "id", "op", "repo", "args", ...}`: `op` is the name of a
 GitAdapter method, `repo` the absolute path of the target repository, `args` the method's
 arguments by name as JSON (paths as absolute path strings; a text that is not valid UTF-8 as
-`{"surrogateescape_b64": ...}`; `apply` sends the patch's bytes as base64 in `patch`, so the
-worker needs no access to the run directory). A result is `{"protocol", "id", "op", "ok",
-"value"}` or `{..., "ok": false, "error": {"kind", "message", "fix"}}`; dataclass values
-(ApplyResult, IntegrationStatus, WorktreeEntry) travel as objects of their fields. An
-error becomes the same `GitError` (message and fix) that `LocalGitCli` would have raised.
+`{"surrogateescape_b64": ...}`; `apply` and `reapply` send the patch's bytes as base64 in
+`patch`, so the worker needs no access to the run directory). A result is `{"protocol",
+"id", "op", "ok", "value"}` or `{..., "ok": false, "error": {"kind", "message", "fix"}}`;
+dataclass values (ApplyResult, IntegrationStatus, WorktreeEntry) travel as objects of
+their fields. An error becomes the same `GitError` (message and fix) that `LocalGitCli`
+would have raised.
 
 Ids begin with the time in nanoseconds, so a worker applies requests in the order they
 were made. A request id found in the ledger is never applied again (a re-delivered file
@@ -123,6 +124,7 @@ OP_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "collect_patch": (("worktree", "path"), ("base_commit", "str")),
     "reset_to": (("worktree", "path"), ("branch", "str"), ("commit", "str")),
     "apply": (("worktree", "path"), ("patch", "bytes")),
+    "reapply": (("worktree", "path"), ("branch", "str"), ("commit", "str"), ("patch", "bytes")),
     "commit": (("worktree", "path"), ("message", "str"), ("trailers", "trailers"), ("allow_empty", "bool")),
     "commit_changes": (("worktree", "path"), ("message", "str"), ("trailers", "trailers")),
     "tag": (("worktree", "path"), ("name", "str"), ("commit", "str"), ("message", "str")),
@@ -145,8 +147,8 @@ OP_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
 
 
 # What a worker may apply again when its predecessor died before answering: reads, and
-# operations that are idempotent by design (ensure_worktree, reset_to, tag, remove_worktree,
-# restore_refs).
+# operations that are idempotent by design (ensure_worktree, reset_to, reapply, tag,
+# remove_worktree, restore_refs).
 NOT_REPEATABLE = frozenset({"apply", "commit", "commit_changes", "merge_no_ff"})
 
 

@@ -15,8 +15,9 @@ holds the same pointer (anything else means git verifies it again).
 A phase makes many git calls, so each costs as few processes as it can: ref names are
 checked in Python (`valid_ref_name`, git's rules), HEAD is read from git's own files when
 it is a plain loose ref, `reset_to` asks `git status` whether there is anything to reset,
-`apply` needs no `--check` run (git apply is all or nothing), and errors are worked out
-after a failure rather than checked for before every call.
+`apply` needs no `--check` run (git apply is all or nothing), `reapply` keeps a patch that
+one `git status` shows is still applied exactly, committed symlinks are read from the index
+file, and errors are worked out after a failure rather than checked for before every call.
 
 git runs through `pipeline.core.proc.run` with a list argv, a scrubbed environment and a fixed
 identity, and with the user's settings that would change our output or commits overridden.
@@ -24,9 +25,11 @@ identity, and with the user's settings that would change our output or commits o
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
+import struct
 import tempfile
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -150,6 +153,22 @@ def git_env(source: Mapping[str, str] | None = None) -> dict[str, str]:
     return proc.scrubbed_env((*proc.BASE_ENV_ALLOW, *GIT_ENV_ALLOW), extra, src)
 
 
+# The versions `check_available` found, by the git binary that said so: its real path,
+# inode and mtime (a git upgraded or replaced in place is asked again).
+_VERSIONS: dict[tuple[str, int, int], str] = {}
+
+
+def _git_binary(env: Mapping[str, str]) -> tuple[str, int, int] | None:
+    found = shutil.which("git", path=env.get("PATH"))
+    if found is None:
+        return None
+    try:
+        st = os.stat(found)
+    except OSError:
+        return None
+    return os.path.realpath(found), st.st_ino, st.st_mtime_ns
+
+
 def _tail(text: str, lines: int = 6) -> str:
     kept = [line for line in text.strip().splitlines() if line.strip()]
     return "; ".join(kept[-lines:]) or "(no output)"
@@ -220,7 +239,11 @@ class LocalGitCli:
     # -- the repository ----------------------------------------------------------------
 
     def check_available(self) -> str:
-        """The git version (e.g. "2.39.5"); GitError if git is missing or too old."""
+        """The git version (e.g. "2.39.5"); GitError if git is missing or too old. Asked
+        once per process and git binary (start_run's preflight and start both check)."""
+        binary = _git_binary(git_env())
+        if binary is not None and binary in _VERSIONS:
+            return _VERSIONS[binary]
         res = self._run("--version", cwd=self.repo if self.repo.is_dir() else Path(os.sep))
         version = _version_tuple(res.stdout)
         if not res.ok or version is None:
@@ -231,7 +254,10 @@ class LocalGitCli:
                 f"git {res.stdout.strip()} is too old; Autopack needs git {want} or newer",
                 fix=INSTALL_FIX.replace("install git", "install a newer git", 1),
             )
-        return res.stdout.strip().removeprefix("git version ").strip()
+        found = res.stdout.strip().removeprefix("git version ").strip()
+        if binary is not None:
+            _VERSIONS[binary] = found
+        return found
 
     def toplevel(self) -> Path:
         """The top directory of the user's checkout."""
@@ -820,6 +846,73 @@ class LocalGitCli:
         message = f"{_failure(done)}; 3-way merge: {_failure(merged)}"
         return ApplyResult(ok=False, three_way=True, message=message)
 
+    def reapply(self, worktree: Path, branch: str, commit: str, patch_path: Path) -> ApplyResult:
+        """The worktree at `commit` on `branch` with the patch applied to it and its index,
+        exactly as `reset_to` + `apply` leave it (the snapshot of a verified patch).
+
+        One `git status` when the worktree already holds exactly that patch (the gate
+        applied it, CI ran on it): HEAD is `branch` at `commit`, and every path git reports
+        as changed is staged with the mode and blob the patch's `--full-index` lines name
+        and unchanged in the working tree; only untracked and ignored leftovers (CI's build
+        products) are then removed, with one `git clean`. Anything else, and an adopted
+        checkout, takes `reset_to` + `apply`. git's own answer decides, never a cache: what
+        CI changed, staged or left behind is seen by this one status.
+        """
+        checked = self._worktree(worktree, ours=True)
+        self._check_ref_name(branch, "branch")
+        wt = checked.path
+        patch = Path(patch_path)
+        expected = None
+        if wt not in self._in_place and _is_full_sha(commit) and patch.is_file():
+            expected = _post_images(patch.read_bytes())
+        leftovers = self._holds(wt, branch, commit, expected) if expected else None
+        if leftovers is None:
+            self.reset_to(worktree, branch, commit)
+            return self.apply(worktree, patch_path)
+        self._dirty.add(wt)
+        # A CI step killed mid-command leaves this lock (as `reset_to` knows); the worktree is ours alone.
+        (checked.git_dir / "index.lock").unlink(missing_ok=True)
+        if leftovers:
+            self._ok("clean", "-ffdxq", cwd=wt)
+        return ApplyResult(ok=True, three_way=False, message="applied")
+
+    def _holds(self, wt: Path, branch: str, sha: str, expected: Mapping[str, tuple[str, str]]) -> bool | None:
+        """Whether HEAD is `branch` at `sha` and the index and working tree differ from it
+        by exactly `expected` (path -> (mode, blob) staged and in the working tree): None
+        if not, else whether untracked or ignored files lie around as well."""
+        res = self._run(
+            "status",
+            "--porcelain=v2",
+            "--branch",
+            "--untracked-files=all",
+            "--ignored=traditional",
+            "--ignore-submodules=dirty",
+            "-z",
+            cwd=wt,
+        )
+        if not res.ok or "\ufffd" in res.stdout:  # a path that is not UTF-8: compare nothing
+            return None
+        left = dict(expected)
+        branch_ok = leftovers = False
+        for record in res.stdout.split("\0"):
+            if record.startswith("# branch.oid "):
+                branch_ok = record == f"# branch.oid {sha}"
+            elif record.startswith("# branch.head "):
+                if record != f"# branch.head {branch}":
+                    return None
+            elif record.startswith(("? ", "! ")):
+                leftovers = True
+            elif record.startswith("1 "):
+                # 1 XY sub mH mI mW hH hI path: staged (X), the working tree as staged (Y is .)
+                fields = record.split(" ", 8)
+                if len(fields) != 9 or fields[1][1] != "." or fields[2] != "N...":
+                    return None
+                if left.pop(fields[8], None) != (fields[4], fields[7]):
+                    return None
+            elif record and not record.startswith("# "):
+                return None  # a conflict, a rename: not the plain applied patch
+        return leftovers if branch_ok and not left else None
+
     def _discard_changes(self, wt: Path) -> None:
         if wt in self._in_place:
             self._ok("reset", "--quiet", "--mixed", "HEAD", cwd=wt)
@@ -1064,8 +1157,15 @@ class LocalGitCli:
 
     def tracked_symlinks(self, worktree: Path) -> list[str]:
         """Paths of the symlinks committed at the worktree's HEAD (mode 120000)."""
-        wt = self._worktree(worktree, ours=True).path
-        out = self._ok("ls-files", "-s", "-z", cwd=wt)
+        checked = self._worktree(worktree, ours=True)
+        # The index file git itself would read for `ls-files`: safe for this security
+        # check because what is read is git's own record (rewritten by git at every reset,
+        # replaced only by an atomic rename), and every byte of it is verified (its checksum,
+        # a version and extensions this reader knows); anything else asks git.
+        found = _index_symlinks(checked.git_dir / "index")
+        if found is not None:
+            return found
+        out = self._ok("ls-files", "-s", "-z", cwd=checked.path)
         return sorted(
             entry.partition("\t")[2] for entry in out.split("\0") if entry.startswith("120000 ")
         )
@@ -1207,6 +1307,153 @@ def _section_path(section: bytes) -> bytes:
             "a bug in Autopack or git: report it with `git --version` and the file name",
         )
     return taken[0][2:]
+
+
+_NULL_MODE = "000000"
+
+
+def _post_images(raw: bytes) -> dict[str, tuple[str, str]] | None:
+    """path -> (mode, blob) after a `git diff --full-index` patch (a deleted path: mode
+    000000 and a blob of zeros, as `git status` shows it staged); None for anything
+    it cannot name exactly (a short index line, a rename, a path twice, a text that is
+    not a git diff, a path that is not UTF-8): the caller then applies the patch."""
+    out: dict[str, tuple[str, str]] = {}
+    for section in _diff_sections(raw):
+        if not section.startswith(b"diff --git "):
+            return None
+        try:
+            path = _section_path(section).decode("utf-8")
+            header = section.split(b"\n---", 1)[0].split(b"\n@@", 1)[0].decode("ascii")
+        except (GitError, UnicodeDecodeError):
+            return None
+        image = _header_image(header.split("\n")[1:])
+        if image is None or path in out or "\ufffd" in path:
+            return None
+        out[path] = image
+    return out or None
+
+
+def _header_image(lines: list[str]) -> tuple[str, str] | None:
+    """(mode, blob) a git diff section's extended header names for the new side."""
+    mode = blob = None
+    deleted = False
+    for line in lines:
+        key, _, value = line.partition(" ")
+        if not line:
+            continue  # the end of a section without hunks (an empty file added or deleted)
+        if line.startswith(("new file mode ", "new mode ")):
+            mode = line.rsplit(" ", 1)[1]
+        elif line.startswith("deleted file mode "):
+            deleted = True
+        elif key == "index":
+            span, _, index_mode = value.partition(" ")
+            blob = span.partition("..")[2]
+            mode = mode or index_mode or None
+        elif line.startswith(("GIT binary patch", "Binary files ")):
+            break
+        elif not line.startswith("old mode "):
+            return None  # a rename, a copy, a similarity: not what collect_patch writes
+    if blob is None or not _is_full_sha(blob):
+        return None
+    if deleted:
+        return (_NULL_MODE, blob) if set(blob) == {"0"} else None
+    return (mode, blob) if mode is not None and re.fullmatch(r"[0-7]{6}", mode) else None
+
+
+_SYMLINK_TYPE = 0o120000
+
+
+# Above this many entries one `git ls-files` costs less than walking them in Python.
+_INDEX_ENTRIES_READ = 2000
+
+
+def _index_symlinks(path: Path) -> list[str] | None:
+    """The paths of the symlinks in the git index at `path` (every stage, sorted, as
+    `git ls-files -s` lists them); None where git should be asked: no index, a checksum
+    that does not match (or none: index.skipHash), a version other than 2-4, a split or
+    sparse index, a large one, or any entry that does not parse exactly."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    for algo, size in (("sha1", 20), ("sha256", 32)):
+        if len(data) >= 12 + size and hashlib.new(algo, data[:-size]).digest() == data[-size:]:
+            found = _index_entries(data[:-size], size)
+            return None if found is None else sorted(found)
+    return None
+
+
+def _index_entries(data: bytes, hash_size: int) -> list[str] | None:
+    """The symlink paths of index `data` (without its checksum); None as `_index_symlinks`."""
+    if data[:4] != b"DIRC":
+        return None
+    version, count = struct.unpack_from(">II", data, 4)
+    if version not in (2, 3, 4) or count > _INDEX_ENTRIES_READ:
+        return None
+    pos, name, found = 12, b"", []
+    fixed = 40 + hash_size + 2  # stat data, object name, flags
+    for _ in range(count):
+        if pos + fixed > len(data):
+            return None
+        (mode,) = struct.unpack_from(">I", data, pos + 24)
+        (flags,) = struct.unpack_from(">H", data, pos + fixed - 2)
+        extended = bool(flags & 0x4000)
+        if extended and version < 3:
+            return None
+        parsed = _index_name(data, pos + fixed + 2 * extended, name, version)
+        if parsed is None or (flags & 0xFFF < 0xFFF and flags & 0xFFF != len(parsed[0])):
+            return None
+        name, end = parsed
+        if version < 4:  # NUL padding to a multiple of 8 bytes
+            end = pos + ((fixed + 2 * extended + len(name) + 8) & ~7)
+            if end > len(data) or data[pos + fixed + 2 * extended + len(name) : end].strip(b"\0"):
+                return None
+        if mode & 0o170000 == _SYMLINK_TYPE:
+            try:
+                found.append(name.decode("utf-8"))
+            except UnicodeDecodeError:
+                return None  # how git's output would show it is git's to say
+        pos = end
+    return found if _plain_extensions(data, pos) else None
+
+
+def _index_name(data: bytes, start: int, previous: bytes, version: int) -> tuple[bytes, int] | None:
+    """(the entry's path, the position after its NUL) at `start`; version 4 first strips
+    the previous name's tail (a varint says how many bytes)."""
+    prefix = b""
+    if version == 4:
+        strip, start = _varint(data, start)
+        if strip < 0 or strip > len(previous):
+            return None
+        prefix = previous[: len(previous) - strip]
+    end = data.find(b"\0", start)
+    if end < 0:
+        return None
+    return prefix + data[start:end], end + 1
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    """git's offset varint (index v4) at `pos`: (value, the position after it); -1 if cut."""
+    value = -1
+    while pos < len(data):
+        byte = data[pos]
+        pos += 1
+        value = byte & 0x7F if value < 0 else ((value + 1) << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            return value, pos
+    return -1, pos
+
+
+def _plain_extensions(data: bytes, pos: int) -> bool:
+    """The extensions after the entries span the rest exactly and all are optional ones
+    (a capital first letter: a cache git may ignore); a required one changes which entries
+    there are (`link`: a split index, `sdir`: a sparse one) or is one git would refuse."""
+    while pos + 8 <= len(data):
+        (size,) = struct.unpack_from(">I", data, pos + 4)
+        if not 0x41 <= data[pos] <= 0x5A:
+            return False
+        pos += 8 + size
+    return pos == len(data)
 
 
 def _porcelain_fields(block: str) -> dict[str, str]:

@@ -247,13 +247,15 @@ class RemoteGitAdapter:
 
     def apply(self, worktree: Path, patch_path: Path) -> ApplyResult:
         """Apply the patch at `patch_path` (its bytes travel in the request)."""
-        patch = Path(patch_path).resolve()
-        if not patch.is_file():
-            raise GitError(
-                f"patch file {patch} does not exist",
-                fix="check the attempt directory; the patch is written before it is applied",
-            )
-        data = self._object("apply", worktree=worktree, patch=patch.read_bytes())
+        return self._apply_result("apply", worktree=worktree, patch=_patch_bytes(patch_path))
+
+    def reapply(self, worktree: Path, branch: str, commit: str, patch_path: Path) -> ApplyResult:
+        """`reset_to` + `apply` in one request, the patch's bytes in it."""
+        patch = _patch_bytes(patch_path)
+        return self._apply_result("reapply", worktree=worktree, branch=branch, commit=commit, patch=patch)
+
+    def _apply_result(self, op: str, **args: object) -> ApplyResult:
+        data = self._object(op, **args)
         try:
             return ApplyResult(
                 ok=required_field(data, "ok", bool),
@@ -261,7 +263,7 @@ class RemoteGitAdapter:
                 message=dec_text(required_field(data, "message", str, dict), "message"),
             )
         except Malformed as exc:
-            raise self._malformed_value("apply", exc) from None
+            raise self._malformed_value(op, exc) from None
 
     def commit(self, worktree: Path, message: str, trailers: dict[str, str], allow_empty: bool = False) -> str:
         return self._str("commit", worktree=worktree, message=message, trailers=trailers, allow_empty=allow_empty)
@@ -357,6 +359,16 @@ class RemoteGitAdapter:
             return [_worktree_entry(item) for item in value]
         except Malformed as exc:
             raise self._malformed_value("worktrees", exc) from None
+
+
+def _patch_bytes(patch_path: Path) -> bytes:
+    patch = Path(patch_path).resolve()
+    if not patch.is_file():
+        raise GitError(
+            f"patch file {patch} does not exist",
+            fix="check the attempt directory; the patch is written before it is applied",
+        )
+    return patch.read_bytes()
 
 
 def _withdraw(request: Path) -> bool:

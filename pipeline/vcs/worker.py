@@ -284,13 +284,14 @@ class GitWorker:
         cli = self._clis.get(repo)
         if cli is None:
             cli = self._clis[repo] = LocalGitCli(repo)
-        if request.op == "apply":
-            patch = request.args["patch"]
+        if request.op in ("apply", "reapply"):
+            args = dict(request.args)
+            patch = args.pop("patch")
             assert isinstance(patch, bytes)
             with tempfile.TemporaryDirectory(prefix="autopack-worker-") as tmp:
                 path = Path(tmp) / "patch.diff"
                 path.write_bytes(patch)
-                return cli.apply(_path(request.args["worktree"]), path)
+                return getattr(cli, request.op)(**args, patch_path=path)
         method: Callable[..., object] = getattr(cli, request.op)
         return method(**request.args)
 
