@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from pipeline.core import sandbox
 from pipeline.run import guard
 from pipeline.run.driver import run_to_end
@@ -84,6 +86,23 @@ def test_other_runs_are_watched_unless_another_live_process_holds_their_lock(tmp
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_proc_locks_is_read_only_when_a_sibling_run_has_a_lock_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = tmp_path / "runs"
+    for name in ("r", "old", "older"):
+        (runs / name).mkdir(parents=True)
+    (runs / "r" / ".lock").write_text("")  # our own lock never counts
+    reads: list[int] = []
+    real = guard._held_flocks
+    monkeypatch.setattr(guard, "_held_flocks", lambda: reads.append(1) or real())
+    assert guard.other_runs(runs / "r") == [runs / "old", runs / "older"]
+    assert reads == [], "no sibling can hold an flock without a lock file"
+    (runs / "older" / ".lock").write_text("")
+    assert guard.other_runs(runs / "r") == [runs / "old", runs / "older"]
+    assert reads == [1]
 
 
 def test_a_file_changed_in_place_with_its_mtime_put_back_is_still_found(tmp_path: Path) -> None:
