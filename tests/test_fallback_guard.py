@@ -122,6 +122,25 @@ def test_a_file_changed_in_place_with_its_mtime_put_back_is_still_found(tmp_path
     assert guard.changes(snap) == [f"modified {target}"]
 
 
+def test_a_file_is_racy_for_a_tick_s_reach_only_and_for_2_s_with_a_whole_second_timestamp(tmp_path: Path) -> None:
+    _repo, wt = _linked(tmp_path)
+    record = tmp_path / "runs" / "r"
+    record.mkdir(parents=True)
+    fine, whole = record / "run.json", record / "strategy.json"
+    fine.write_text("{}\n")
+    whole.write_text("{}\n")
+    if fine.stat().st_ctime_ns % 1_000_000_000 == 0:
+        pytest.skip("this filesystem keeps whole-second timestamps")
+    second = time.time_ns() // 1_000_000_000 * 1_000_000_000
+    os.utime(whole, ns=(second, second))
+    time.sleep(0.25)
+    snap = guard.take(record, wt)
+    assert not snap.entries[str(fine)].racy, "150 ms after its last change a file is decided by its stat"
+    assert snap.entries[str(whole)].racy, "a whole-second mtime may come from a coarse filesystem"
+    fine.write_text("[]\n")
+    assert guard.changes(snap) == [f"modified {fine}"]
+
+
 # -- hostile builders through a whole run -------------------------------------------------
 
 

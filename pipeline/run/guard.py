@@ -11,13 +11,14 @@ step it compares; any change is put back from the snapshot and ends the attempt 
 policy violation naming the file. Branch and tag moves are undone separately
 (`LocalGitCli.restore_refs`), as before.
 
-Cost and memory: no file content is held in memory. Every watched file is copied once
+Cost and memory: no file content is kept in memory. Every watched file is copied once
 into a private, content-addressed backup directory (`Backup`); a file whose
 (device, inode, size, mtime, ctime) is the same as when it was last hashed is neither
 hashed nor copied again (ctime cannot be set back by a process of the user; a file changed
-in the last seconds before the snapshot is compared by content, as git does with racy
-entries). A copy is checked against its sha256 before it is put back: a copy tampered
-with is reported as not restorable, never written.
+within a timestamp tick's reach of the snapshot, 100 ms or 2 s on a filesystem with
+whole-second timestamps, is compared by content, as git does with racy entries). A copy
+is checked against its sha256 before it is put back: a copy tampered with is reported as
+not restorable, never written.
 """
 
 from __future__ import annotations
@@ -43,7 +44,14 @@ from pipeline.core.sandbox import git_dirs
 _SHARED_FILES = ("config", "config.worktree", "HEAD", "commondir", "packed-refs", "shallow")
 _SHARED_DIRS = ("hooks", "info", "objects/info")
 _WORKTREE_META = ("commondir", "gitdir", "config.worktree", "HEAD")
-_RACY_NS = 2_000_000_000  # a file changed this close to the snapshot is compared by content
+# A file changed this close to the snapshot is compared by content: a rewrite within one
+# timestamp tick after the snapshot would keep its whole stat key (git's "racy" entries).
+# Ticks are at most 10 ms where timestamps have sub-second parts (ext4, xfs, btrfs, tmpfs:
+# the kernel's coarse clock, one jiffy at HZ >= 100); 2 s covers whole-second ones (FAT,
+# HFS+, some network filesystems), told by a timestamp without a sub-second part. The
+# same windows as `run.context`'s record copy.
+_RACY_NS = 100_000_000
+_RACY_WHOLE_SECONDS_NS = 2_000_000_000
 _CHUNK = 1024 * 1024
 
 StatKey = tuple[int, int, int, int, int]  # device, inode, size, mtime_ns, ctime_ns
@@ -340,8 +348,15 @@ def _entry(path: str, now: int) -> Entry:
         return Entry("link:" + os.readlink(path))
     if not stat.S_ISREG(st.st_mode):
         return Entry(_special(st))
-    racy = now - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS
+    racy = now - max(st.st_mtime_ns, st.st_ctime_ns) < _racy_window(st)
     return Entry(BACKUP.keep(path, _key(st), racy), _key(st), racy)
+
+
+def _racy_window(st: os.stat_result) -> int:
+    """How recent a change keeps `st`'s file racy: 2 s where either timestamp has no
+    sub-second part (a coarse filesystem, or a time set by hand: the safe side)."""
+    whole = st.st_mtime_ns % 1_000_000_000 == 0 or st.st_ctime_ns % 1_000_000_000 == 0
+    return _RACY_WHOLE_SECONDS_NS if whole else _RACY_NS
 
 
 def _changed_digest(path: str, before: Entry) -> str | None:
