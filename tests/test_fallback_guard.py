@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from pipeline.core import sandbox
 from pipeline.run import guard
 from pipeline.run.driver import run_to_end
@@ -86,6 +88,23 @@ def test_other_runs_are_watched_unless_another_live_process_holds_their_lock(tmp
         holder.wait()
 
 
+def test_proc_locks_is_read_only_when_a_sibling_run_has_a_lock_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = tmp_path / "runs"
+    for name in ("r", "old", "older"):
+        (runs / name).mkdir(parents=True)
+    (runs / "r" / ".lock").write_text("")  # our own lock never counts
+    reads: list[int] = []
+    real = guard._held_flocks
+    monkeypatch.setattr(guard, "_held_flocks", lambda: reads.append(1) or real())
+    assert guard.other_runs(runs / "r") == [runs / "old", runs / "older"]
+    assert reads == [], "no sibling can hold an flock without a lock file"
+    (runs / "older" / ".lock").write_text("")
+    assert guard.other_runs(runs / "r") == [runs / "old", runs / "older"]
+    assert reads == [1]
+
+
 def test_a_file_changed_in_place_with_its_mtime_put_back_is_still_found(tmp_path: Path) -> None:
     _repo, wt = _linked(tmp_path)
     record = tmp_path / "runs" / "r"
@@ -101,6 +120,25 @@ def test_a_file_changed_in_place_with_its_mtime_put_back_is_still_found(tmp_path
         fh.write('{"protected": ["b"]}\n')
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert guard.changes(snap) == [f"modified {target}"]
+
+
+def test_a_file_is_racy_for_a_tick_s_reach_only_and_for_2_s_with_a_whole_second_timestamp(tmp_path: Path) -> None:
+    _repo, wt = _linked(tmp_path)
+    record = tmp_path / "runs" / "r"
+    record.mkdir(parents=True)
+    fine, whole = record / "run.json", record / "strategy.json"
+    fine.write_text("{}\n")
+    whole.write_text("{}\n")
+    if fine.stat().st_ctime_ns % 1_000_000_000 == 0:
+        pytest.skip("this filesystem keeps whole-second timestamps")
+    second = time.time_ns() // 1_000_000_000 * 1_000_000_000
+    os.utime(whole, ns=(second, second))
+    time.sleep(0.25)
+    snap = guard.take(record, wt)
+    assert not snap.entries[str(fine)].racy, "150 ms after its last change a file is decided by its stat"
+    assert snap.entries[str(whole)].racy, "a whole-second mtime may come from a coarse filesystem"
+    fine.write_text("[]\n")
+    assert guard.changes(snap) == [f"modified {fine}"]
 
 
 # -- hostile builders through a whole run -------------------------------------------------

@@ -91,6 +91,19 @@ def test_a_jailed_agent_commits_in_a_private_git_dir(tmp_path: Path) -> None:
 
 
 @needs_bwrap
+def test_a_jailed_step_starts_on_the_worktrees_branch_with_no_loose_ref_directories(tmp_path: Path) -> None:
+    _repo, wt = _linked(tmp_path)
+    head = git(wt, "rev-parse", "HEAD")
+    with sandbox.jail_for("bwrap", wt) as jail:
+        assert jail.tmp is not None
+        private = jail.tmp / ".autopack-git"
+        assert sorted(p.name for p in (private / "refs").iterdir()) == [], "a directory made and removed per step"
+        res = _sh(jail, "git rev-parse --abbrev-ref HEAD && git rev-parse HEAD && git status --porcelain", wt)
+    assert res.ok, res.stdout + res.stderr
+    assert res.stdout.split() == ["autonomous/r", head]
+
+
+@needs_bwrap
 def test_a_jailed_step_sees_no_other_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _repo, wt = _linked(tmp_path)
     token = "withheld-" + secrets.token_hex(8)

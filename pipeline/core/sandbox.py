@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -47,6 +48,7 @@ INSTALL_FIX = (
     "install bubblewrap (`apt-get install -y bubblewrap`) or set sandbox.isolation: auto in profiles/ruleset.yaml"
 )
 _PROBE_TIMEOUT_S = 20.0
+_HEX_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a sha1 or sha256 object id
 
 
 @dataclass(frozen=True)
@@ -227,18 +229,19 @@ def private_git(worktree: Path, tmp: Path) -> tuple[Path, Path] | None:
     if own is None or common is None:
         return None
     private = tmp / ".autopack-git"
+    # The fewest directories git needs (objects/, refs/): the branch goes in packed-refs,
+    # not a loose ref in refs/heads/<its path>/. Every directory is made and removed again
+    # around every step, and a directory operation is a journal write on the disk.
     (private / "objects" / "info").mkdir(parents=True)
-    (private / "refs" / "heads").mkdir(parents=True)
-    (private / "refs" / "tags").mkdir(parents=True)
+    (private / "refs").mkdir()
     (private / "objects" / "info" / "alternates").write_text(f"{common / 'objects'}\n")
     head = (own / "HEAD").read_text().strip()
     (private / "HEAD").write_text(head + "\n")
     if head.startswith("ref: "):
         ref = head[5:].strip()
         sha = _resolve_ref(common, ref)
-        if sha and not Path(ref).is_absolute() and ".." not in Path(ref).parts:
-            (private / ref).parent.mkdir(parents=True, exist_ok=True)
-            (private / ref).write_text(sha + "\n")
+        if sha and _HEX_ID.fullmatch(sha) and ref.startswith("refs/") and not any(c.isspace() for c in ref):
+            (private / "packed-refs").write_text(f"{sha} {ref}\n")
     if (own / "index").is_file():
         shutil.copyfile(own / "index", private / "index")
     (private / "config").write_text(_private_config(common))

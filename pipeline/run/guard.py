@@ -11,13 +11,14 @@ step it compares; any change is put back from the snapshot and ends the attempt 
 policy violation naming the file. Branch and tag moves are undone separately
 (`LocalGitCli.restore_refs`), as before.
 
-Cost and memory: no file content is held in memory. Every watched file is copied once
+Cost and memory: no file content is kept in memory. Every watched file is copied once
 into a private, content-addressed backup directory (`Backup`); a file whose
 (device, inode, size, mtime, ctime) is the same as when it was last hashed is neither
 hashed nor copied again (ctime cannot be set back by a process of the user; a file changed
-in the last seconds before the snapshot is compared by content, as git does with racy
-entries). A copy is checked against its sha256 before it is put back: a copy tampered
-with is reported as not restorable, never written.
+within a timestamp tick's reach of the snapshot, 100 ms or 2 s on a filesystem with
+whole-second timestamps, is compared by content, as git does with racy entries). A copy
+is checked against its sha256 before it is put back: a copy tampered with is reported as
+not restorable, never written.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pipeline.core.sandbox import git_dirs
 
@@ -42,7 +44,14 @@ from pipeline.core.sandbox import git_dirs
 _SHARED_FILES = ("config", "config.worktree", "HEAD", "commondir", "packed-refs", "shallow")
 _SHARED_DIRS = ("hooks", "info", "objects/info")
 _WORKTREE_META = ("commondir", "gitdir", "config.worktree", "HEAD")
-_RACY_NS = 2_000_000_000  # a file changed this close to the snapshot is compared by content
+# A file changed this close to the snapshot is compared by content: a rewrite within one
+# timestamp tick after the snapshot would keep its whole stat key (git's "racy" entries).
+# Ticks are at most 10 ms where timestamps have sub-second parts (ext4, xfs, btrfs, tmpfs:
+# the kernel's coarse clock, one jiffy at HZ >= 100); 2 s covers whole-second ones (FAT,
+# HFS+, some network filesystems), told by a timestamp without a sub-second part. The
+# same windows as `run.context`'s record copy.
+_RACY_NS = 100_000_000
+_RACY_WHOLE_SECONDS_NS = 2_000_000_000
 _CHUNK = 1024 * 1024
 
 StatKey = tuple[int, int, int, int, int]  # device, inode, size, mtime_ns, ctime_ns
@@ -57,11 +66,13 @@ class Entry:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What a step must leave unchanged, by path."""
+    """What a step must leave unchanged, by path (absolute, normalised path strings: a
+    snapshot holds every file of the record and of the other runs, and building a `Path`
+    per file was most of its cost)."""
 
-    entries: dict[Path, Entry]
-    roots: tuple[Path, ...]  # directories whose new files count as changes
-    allowed: tuple[Path, ...]  # paths the step may write
+    entries: dict[str, Entry]
+    roots: tuple[str, ...]  # directories whose new files count as changes
+    allowed: tuple[str, ...]  # paths the step may write
 
 
 class Backup:
@@ -69,7 +80,7 @@ class Backup:
 
     def __init__(self) -> None:
         self._dir: Path | None = None
-        self._hashed: dict[Path, tuple[StatKey, str]] = {}
+        self._hashed: dict[str, tuple[StatKey, str]] = {}
 
     @property
     def dir(self) -> Path:
@@ -78,10 +89,10 @@ class Backup:
             atexit.register(shutil.rmtree, self._dir, True)
         return self._dir
 
-    def keep(self, path: Path, key: StatKey, racy: bool) -> str | None:
+    def keep(self, path: str, key: StatKey, racy: bool) -> str | None:
         """The sha256 of `path`, a copy of it kept; None if it vanished meanwhile."""
         known = self._hashed.get(path)
-        if known is not None and known[0] == key and (self.dir / known[1]).is_file():
+        if known is not None and known[0] == key and os.path.isfile(os.path.join(self.dir, known[1])):
             return known[1]
         digest = self._copy(path)
         if digest is not None and not racy:
@@ -90,18 +101,38 @@ class Backup:
             self._hashed.pop(path, None)
         return digest
 
-    def _copy(self, path: Path) -> str | None:
-        tmp = self.dir / f".in.{os.getpid()}"
-        sha = hashlib.sha256()
+    def _copy(self, path: str) -> str | None:
+        """Hash `path` and keep a copy unless one of the same bytes is kept already. A file
+        under one chunk (nearly every record file) is read once and written only when its
+        bytes are new; a larger one is streamed through a temp file, never held whole."""
         try:
-            with path.open("rb") as src, tmp.open("wb") as dst:
-                while chunk := src.read(_CHUNK):
-                    sha.update(chunk)
-                    dst.write(chunk)
+            with open(path, "rb") as src:
+                first = src.read(_CHUNK)
+                if len(first) < _CHUNK:
+                    return self._store(hashlib.sha256(first).hexdigest(), first)
+                return self._stream(src, first)
         except (IsADirectoryError, FileNotFoundError, NotADirectoryError):
             return None
+
+    def _store(self, digest: str, data: bytes) -> str:
+        kept = os.path.join(self.dir, digest)
+        if not os.path.isfile(kept):  # the same bytes kept already (runs share files)
+            tmp = os.path.join(self.dir, f".in.{os.getpid()}")
+            with open(tmp, "wb") as dst:
+                dst.write(data)
+            os.replace(tmp, kept)
+        return digest
+
+    def _stream(self, src: BinaryIO, first: bytes) -> str:
+        tmp = self.dir / f".in.{os.getpid()}"
+        sha = hashlib.sha256(first)
+        with tmp.open("wb") as dst:
+            dst.write(first)
+            while chunk := src.read(_CHUNK):
+                sha.update(chunk)
+                dst.write(chunk)
         digest = sha.hexdigest()
-        if (self.dir / digest).is_file():  # the same bytes kept already (runs share files)
+        if (self.dir / digest).is_file():
             tmp.unlink()
         else:
             os.replace(tmp, self.dir / digest)
@@ -130,9 +161,10 @@ class Backup:
         wanted = set(keep)
         if self._dir is None:
             return
-        for child in self._dir.iterdir():
-            if child.name not in wanted:
-                child.unlink(missing_ok=True)
+        for name in os.listdir(self._dir):
+            if name not in wanted:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self._dir, name))
         self._hashed = {p: v for p, v in self._hashed.items() if v[1] in wanted}
 
 
@@ -165,18 +197,18 @@ def user_git_files(environ: dict[str, str] | None = None) -> list[Path]:
 
 def other_runs(record_dir: Path) -> list[Path]:
     """The sibling run directories of `record_dir`, except those whose lock another live
-    process holds (that run writes its own record meanwhile)."""
+    process holds (that run writes its own record meanwhile). `/proc/locks` is read only
+    when a sibling has a lock file at all: an flock needs one, and the read is slow."""
     parent = record_dir.parent
-    if not parent.is_dir():
+    try:
+        with os.scandir(parent) as it:
+            found = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+    except OSError:
         return []
-    held = _held_flocks()
-    out = []
-    for child in sorted(parent.iterdir()):
-        if child == record_dir or child.is_symlink() or not child.is_dir():
-            continue
-        if _lock_id(child / ".lock") not in held:
-            out.append(child)
-    return out
+    siblings = [parent / name for name in found if parent / name != record_dir]
+    locks = [_lock_id(child / ".lock") for child in siblings]
+    held = _held_flocks() if any(lock is not None for lock in locks) else set()
+    return [child for child, lock in zip(siblings, locks, strict=True) if lock not in held]
 
 
 def _held_flocks() -> set[tuple[int, int, int]]:
@@ -208,18 +240,17 @@ def _lock_id(path: Path) -> tuple[int, int, int] | None:
 def take(record_dir: Path, worktree: Path, allowed: Iterable[Path] = ()) -> Snapshot:
     """The snapshot before a step: the record under `record_dir`, the other runs beside it,
     the shared git state and the user's git configuration."""
-    allow = tuple(p.resolve() for p in allowed)
+    allow = tuple(str(p.resolve()) for p in allowed)
     files, dirs = shared_git_paths(worktree)
     record = record_dir.resolve()
-    roots = (record, *(d.resolve() for d in dirs), *other_runs(record))
+    roots = tuple(str(p) for p in (record, *(d.resolve() for d in dirs), *other_runs(record)))
     now = time.time_ns()
-    entries: dict[Path, Entry] = {}
+    entries: dict[str, Entry] = {}
     for path in [*files, *user_git_files()]:
-        entries[path] = _entry(path, now)
+        entries[str(path)] = _entry(str(path), now)
     for root in roots:
-        for path in _walk(root):
-            if not _is_allowed(path, allow):
-                entries[path] = _entry(path, now)
+        for name in _walk(root, allow):
+            entries[name] = _entry(name, now)
     BACKUP.prune(e.sha256 for e in entries.values() if e.sha256 is not None)
     return Snapshot(entries, roots, allow)
 
@@ -232,8 +263,8 @@ def changes(snap: Snapshot) -> list[str]:
         if after != before.sha256:
             found.append(f"{_verb(before.sha256, after)} {path}")
     for root in snap.roots:
-        for path in _walk(root):
-            if path not in snap.entries and not _is_allowed(path, snap.allowed):
+        for path in _walk(root, snap.allowed):
+            if path not in snap.entries:
                 found.append(f"created {path}")
     return sorted(found)
 
@@ -246,15 +277,15 @@ def restore(snap: Snapshot) -> list[str]:
         if _changed_digest(path, before) == before.sha256:
             continue
         if before.sha256 is None:
-            _remove(path)
+            _remove(Path(path))
         elif before.sha256.startswith("link:"):
-            _relink(path, before.sha256.removeprefix("link:"))
-        elif not _put_back(path, before.sha256):
-            lost.append(str(path))
+            _relink(Path(path), before.sha256.removeprefix("link:"))
+        elif not _put_back(Path(path), before.sha256):
+            lost.append(path)
     for root in snap.roots:
-        for path in _walk(root):
-            if path not in snap.entries and not _is_allowed(path, snap.allowed):
-                _remove(path)
+        for path in _walk(root, snap.allowed):
+            if path not in snap.entries:
+                _remove(Path(path))
     return lost
 
 
@@ -264,25 +295,43 @@ def _verb(before: str | None, after: str | None) -> str:
     return "deleted" if after is None else "modified"
 
 
-def _walk(root: Path) -> list[Path]:
-    """Every file under `root` (links as files, not followed; lock/temp files skipped)."""
-    out: list[Path] = []
-    if not root.is_dir():
-        return out
-    for top, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not Path(top, d).is_symlink()]
-        out += [Path(top, f) for f in filenames if f != ".lock" and ".tmp." not in f]
-        out += [Path(top, d) for d in os.listdir(top) if Path(top, d).is_symlink() and d not in filenames]
+def _walk(root: str, allowed: tuple[str, ...] = ()) -> list[str]:
+    """Every file under `root` but the `allowed` paths (links as files, not followed;
+    lock/temp files skipped). One `scandir` per directory: the entry's type comes with the
+    listing, no stat per file."""
+    out: list[str] = []
+    pending = [root]
+    while pending:
+        try:
+            listing = os.scandir(pending.pop())
+        except OSError:  # gone, or not a directory
+            continue
+        with listing:
+            for entry in listing:
+                path = entry.path
+                if allowed and _is_allowed(path, allowed):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(path)
+                elif _watched(entry):
+                    out.append(path)
     return out
 
 
-def _is_allowed(path: Path, allowed: tuple[Path, ...]) -> bool:
-    return any(path == a or path.is_relative_to(a) for a in allowed)
+def _watched(entry: os.DirEntry[str]) -> bool:
+    """A non-directory entry is watched unless it is a lock or temp file; a link to a
+    directory is watched whatever its name."""
+    return (entry.name != ".lock" and ".tmp." not in entry.name) or (entry.is_symlink() and entry.is_dir())
 
 
-def _lstat(path: Path) -> os.stat_result | None:
+def _is_allowed(path: str, allowed: tuple[str, ...]) -> bool:
+    """`path` is one of `allowed` or below one (all absolute and normalised)."""
+    return any(path == a or path.startswith(a.rstrip(os.sep) + os.sep) for a in allowed)
+
+
+def _lstat(path: str | Path) -> os.stat_result | None:
     try:
-        return path.lstat()
+        return os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
 
@@ -291,7 +340,7 @@ def _key(st: os.stat_result) -> StatKey:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-def _entry(path: Path, now: int) -> Entry:
+def _entry(path: str, now: int) -> Entry:
     st = _lstat(path)
     if st is None or stat.S_ISDIR(st.st_mode):
         return Entry(None)
@@ -299,11 +348,18 @@ def _entry(path: Path, now: int) -> Entry:
         return Entry("link:" + os.readlink(path))
     if not stat.S_ISREG(st.st_mode):
         return Entry(_special(st))
-    racy = now - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS
+    racy = now - max(st.st_mtime_ns, st.st_ctime_ns) < _racy_window(st)
     return Entry(BACKUP.keep(path, _key(st), racy), _key(st), racy)
 
 
-def _changed_digest(path: Path, before: Entry) -> str | None:
+def _racy_window(st: os.stat_result) -> int:
+    """How recent a change keeps `st`'s file racy: 2 s where either timestamp has no
+    sub-second part (a coarse filesystem, or a time set by hand: the safe side)."""
+    whole = st.st_mtime_ns % 1_000_000_000 == 0 or st.st_ctime_ns % 1_000_000_000 == 0
+    return _RACY_WHOLE_SECONDS_NS if whole else _RACY_NS
+
+
+def _changed_digest(path: str, before: Entry) -> str | None:
     """The digest of `path` now; the one before when its stat proves it unchanged."""
     if before.stat is not None and not before.racy:
         st = _lstat(path)
@@ -312,7 +368,7 @@ def _changed_digest(path: Path, before: Entry) -> str | None:
     return _digest(path)
 
 
-def _digest(path: Path) -> str | None:
+def _digest(path: str) -> str | None:
     """sha256 of a regular file, `link:<target>` of a symlink, `special:<mode>` of a fifo,
     socket or device (never opened: a fifo would block), None for a directory or nothing."""
     st = _lstat(path)
@@ -323,8 +379,11 @@ def _digest(path: Path) -> str | None:
     if not stat.S_ISREG(st.st_mode):
         return _special(st)
     try:
-        with path.open("rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
+        with open(path, "rb") as fh:
+            sha = hashlib.sha256()
+            while chunk := fh.read(_CHUNK):  # a small file: one read (file_digest zeroes a 256 KiB buffer per call)
+                sha.update(chunk)
+            return sha.hexdigest()
     except (IsADirectoryError, FileNotFoundError, NotADirectoryError):
         return None
 
