@@ -792,31 +792,45 @@ class LocalGitCli:
         """HEAD is `branch` at `sha` and nothing is modified, staged, untracked or ignored
         (in an adopted checkout: outside the live record; the ignored entries it kept allowed)."""
         spot = self._in_place.get(wt)
+        status = self._branch_status(wt, "normal", *(spot.outside if spot else ()))
+        if status is None:
+            return False
+        head, oid, records = status
+        for record in records:
+            if spot is not None and record.startswith("! ") and record[2:] in spot.kept:
+                continue
+            return False
+        return oid == sha and head == branch
+
+    def _branch_status(
+        self, wt: Path, untracked: str, *pathspec: str
+    ) -> tuple[str | None, str | None, list[str]] | None:
+        """One `git status --porcelain=v2 --branch` of `wt` (ignored entries included):
+        (branch.head, branch.oid, every other non-empty record), None if git failed."""
         res = self._run(
             "status",
             "--porcelain=v2",
             "--branch",
-            "--untracked-files=normal",
+            f"--untracked-files={untracked}",
             "--ignored=traditional",
             "--ignore-submodules=dirty",
             "-z",
             "--",
-            *(spot.outside if spot else ()),
+            *pathspec,
             cwd=wt,
         )
         if not res.ok:
-            return False
-        oid = head = None
+            return None
+        head = oid = None
+        records = []
         for record in res.stdout.split("\0"):
             if record.startswith("# branch.oid "):
                 oid = record.removeprefix("# branch.oid ")
             elif record.startswith("# branch.head "):
                 head = record.removeprefix("# branch.head ")
-            elif spot is not None and record.startswith("! ") and record[2:] in spot.kept:
-                continue
             elif record and not record.startswith("# "):
-                return False
-        return oid == sha and head == branch
+                records.append(record)
+        return head, oid, records
 
     def apply(self, worktree: Path, patch_path: Path) -> ApplyResult:
         """Apply a patch to the working tree and index; 3-way merge if it does not apply.
@@ -880,27 +894,16 @@ class LocalGitCli:
         """Whether HEAD is `branch` at `sha` and the index and working tree differ from it
         by exactly `expected` (path -> (mode, blob) staged and in the working tree): None
         if not, else whether untracked or ignored files lie around as well."""
-        res = self._run(
-            "status",
-            "--porcelain=v2",
-            "--branch",
-            "--untracked-files=all",
-            "--ignored=traditional",
-            "--ignore-submodules=dirty",
-            "-z",
-            cwd=wt,
-        )
-        if not res.ok or "\ufffd" in res.stdout:  # a path that is not UTF-8: compare nothing
+        status = self._branch_status(wt, "all")
+        if status is None:
+            return None
+        head, oid, records = status
+        if head != branch or oid != sha or any("\ufffd" in r for r in records):  # a path not UTF-8: compare nothing
             return None
         left = dict(expected)
-        branch_ok = leftovers = False
-        for record in res.stdout.split("\0"):
-            if record.startswith("# branch.oid "):
-                branch_ok = record == f"# branch.oid {sha}"
-            elif record.startswith("# branch.head "):
-                if record != f"# branch.head {branch}":
-                    return None
-            elif record.startswith(("? ", "! ")):
+        leftovers = False
+        for record in records:
+            if record.startswith(("? ", "! ")):
                 leftovers = True
             elif record.startswith("1 "):
                 # 1 XY sub mH mI mW hH hI path: staged (X), the working tree as staged (Y is .)
@@ -909,9 +912,9 @@ class LocalGitCli:
                     return None
                 if left.pop(fields[8], None) != (fields[4], fields[7]):
                     return None
-            elif record and not record.startswith("# "):
+            else:
                 return None  # a conflict, a rename: not the plain applied patch
-        return leftovers if branch_ok and not left else None
+        return None if left else leftovers
 
     def _discard_changes(self, wt: Path) -> None:
         if wt in self._in_place:

@@ -370,11 +370,6 @@ def _discard(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _path(value: object) -> Path:
-    assert isinstance(value, Path)
-    return value
-
-
 def _error(kind: str, message: str, fix: str) -> dict[str, object]:
     return {"ok": False, "error": {"kind": kind, "message": enc_text(message), "fix": enc_text(fix)}}
 
